@@ -1,0 +1,1 @@
+"""imagetwin_async: an asyncio SDK for the Imagetwin API."""
