@@ -1,12 +1,13 @@
 """The exception tree. Every error the SDK raises is an ``ImagetwinError``::
 
     ImagetwinError
-    ├── ConfigurationError (ValueError)      no API key, bad base URL, bad option
-    ├── InvalidUpload (ValueError)            rejected before anything is sent
+    ├── ConfigurationError (ValueError)      no API key, bad base URL, bad client option
+    ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
+    │   └── InvalidUpload                     a file or option the scan endpoint would reject
     ├── ResponseFormatError                   a response we could not read (carries .path)
     ├── TransportError                        the network failed (carries .scan_may_have_started)
     │   └── AmbiguousSubmission               a scan POST went out and no answer came back:
-    │                                         the scan may exist and be billed; never retried blindly
+    │                                         the scan may exist and be billed; never retried
     ├── PollTimeout (TimeoutError)            waited longer than the caller allowed
     ├── ScanCancelled                         a batch item that was cancelled before it finished
     └── APIError                              the server answered with an error status
@@ -34,6 +35,7 @@ __all__ = [
     "BadRequest",
     "ConfigurationError",
     "ImagetwinError",
+    "InvalidArgument",
     "InvalidUpload",
     "PollTimeout",
     "RateLimitBusy",
@@ -63,7 +65,14 @@ class ConfigurationError(ImagetwinError, ValueError):
     """The client was set up wrongly (no API key, a malformed base URL, a bad option)."""
 
 
-class InvalidUpload(ImagetwinError, ValueError):
+class InvalidArgument(ImagetwinError, ValueError):
+    """An argument the API would reject (a malformed scan id, dates in the wrong order).
+
+    Raised before anything is sent.
+    """
+
+
+class InvalidUpload(InvalidArgument):
     """An upload the API would reject; raised before any byte is sent.
 
     ``source`` names the offending file (its name, never its content).

@@ -1,0 +1,118 @@
+"""The values the API hands back, as frozen attrs classes with snake_case fields.
+
+The camelCase names of the wire format live only in ``_convert``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "CallbackNotice",
+    "ScanOverview",
+    "ScanPending",
+    "ScanResult",
+    "ScanStarted",
+    "ScanSummary",
+]
+
+
+@attrs.frozen
+class ScanStarted:
+    """The server accepted a scan: keep ``scan_id`` to fetch the result.
+
+    >>> started = await client.scan("paper.pdf")
+    >>> started.scan_id
+    'd904c907...'
+    """
+
+    scan_id: str
+    message: str = ""
+
+
+@attrs.frozen
+class ScanResult:
+    """The findings of a finished scan (``GET /result/{scanId}`` answered 200).
+
+    ``ai_image_count`` and ``highest_score`` came with later API versions: they are ``None``
+    when the server did not send them (results of older scans).
+
+    >>> result = await client.wait_for_result(scan_id)
+    >>> result.local_duplicate_count, result.highest_score
+    (2, 0.99)
+    """
+
+    scan_id: str
+    alteration_count: int
+    local_duplicate_count: int
+    extern_duplicate_count: int
+    pdf_report: str
+    result_url: str
+    min_score: float
+    ai_image_count: int | None = None
+    highest_score: float | None = None
+
+    @property
+    def finding_count(self) -> int:
+        """All findings above ``min_score``: alterations, duplicates and AI-generated images."""
+        return (
+            self.alteration_count
+            + self.local_duplicate_count
+            + self.extern_duplicate_count
+            + (self.ai_image_count or 0)
+        )
+
+    @property
+    def clean(self) -> bool:
+        """True when the scan found nothing above ``min_score``."""
+        return self.finding_count == 0
+
+
+@attrs.frozen
+class ScanPending:
+    """The scan is still running (the result endpoint answered 202). Not an error.
+
+    >>> answer = await client.get_result(scan_id)
+    >>> if isinstance(answer, ScanPending): ...
+    """
+
+    scan_id: str
+
+    @property
+    def done(self) -> Literal[False]:
+        return False
+
+
+@attrs.frozen
+class ScanSummary:
+    """One scan in a ``scan_overview``; ``scan_date`` is timezone-aware UTC."""
+
+    scan_id: str
+    scan_date: dt.datetime
+    user: str | None = None
+    free_of_charge: bool = False
+    api_scan: bool = False
+
+
+@attrs.frozen
+class ScanOverview:
+    """The scans performed between two dates (both included), from ``scan_overview``.
+
+    >>> overview = await client.scan_overview(date(2025, 4, 1), date(2025, 4, 30))
+    >>> [s.scan_id for s in overview.scans if s.api_scan]
+    """
+
+    start_date: dt.date
+    end_date: dt.date
+    scans: tuple[ScanSummary, ...] = ()
+
+
+@attrs.frozen
+class CallbackNotice:
+    """The body of the server's callback POST. Unsigned: a hint to poll, never a result."""
+
+    scan_id: str
+    status: Literal["finished", "failed"]

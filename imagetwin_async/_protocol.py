@@ -1,0 +1,380 @@
+"""The sans-I/O core: what to send for each endpoint, and what an answer means.
+
+Pure functions over plain values, no event loop, no network. ``build_*`` turn a call into a
+``Request``; ``read_*`` turn ``(status, headers, body)`` into a model or raise the error of
+``_errors`` that the status means; ``retry_decision`` says whether an answer may be retried
+without risking a second, billed scan.
+
+    >>> request = build_result_request("d904c907...")
+    >>> read_result(202, {}, b"", scan_id="d904c907...")
+    ScanPending(scan_id='d904c907...')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import math
+import re
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from . import _spec
+from ._convert import structure
+from ._errors import (
+    AmbiguousSubmission,
+    APIError,
+    AuthenticationError,
+    BadRequest,
+    InvalidArgument,
+    InvalidUpload,
+    RateLimited,
+    ResponseFormatError,
+    ScanFailed,
+    ScanNotFound,
+    ServerError,
+    ServiceUnavailable,
+)
+from ._models import ScanOverview, ScanPending, ScanResult, ScanStarted
+
+__all__ = [
+    "EndpointGroup",
+    "ExportFormat",
+    "Request",
+    "RetryDecision",
+    "build_overview_request",
+    "build_result_request",
+    "build_scan_request",
+    "error_for_status",
+    "parse_retry_after",
+    "read_overview",
+    "read_result",
+    "read_scan_started",
+    "retry_decision",
+    "server_message",
+    "validate_min_score",
+]
+
+T = TypeVar("T")
+EndpointGroup = Literal["scan", "result", "other"]
+ExportFormat = Literal["json", "csv"]
+LegacyEndpoint = Literal["scanPdf", "scanImages"]
+
+# Scan ids are hex digests or UUIDs; anything else would change the URL's path.
+_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MAX_MESSAGE = 500  # characters of a server message kept on an exception
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request, before any I/O: the session layer sends it as it stands.
+
+    ``path`` is relative to the client's base URL. ``file_field`` names the multipart part the
+    upload goes in (None: no body). ``starts_scan`` marks a POST that bills a scan: it is never
+    retried unless the answer proves no scan started.
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    group: EndpointGroup
+    params: tuple[tuple[str, str], ...] = ()
+    form_fields: tuple[tuple[str, str], ...] = ()
+    file_field: str | None = None
+    starts_scan: bool = False
+
+    @property
+    def endpoint(self) -> str:
+        """Method and path template, for logs and errors (``POST /scan``, ``GET /result``)."""
+        path = "/result/{scanId}" if self.path.startswith("result/") else f"/{self.path}"
+        return f"{self.method} {path}"
+
+
+def validate_min_score(min_score: float | None) -> float | None:
+    """``min_score`` as the API takes it, or ``InvalidUpload`` if outside 0.0-0.9."""
+    if min_score is None:
+        return None
+    low, high = _spec.MIN_SCORE_RANGE
+    if (
+        isinstance(min_score, bool)
+        or not isinstance(min_score, int | float)
+        or not math.isfinite(min_score)
+        or not low <= min_score <= high
+    ):
+        raise InvalidUpload(f"min_score must be a number from {low} to {high}, got {min_score!r}")
+    return float(min_score)
+
+
+def build_scan_request(
+    *,
+    min_score: float | None = None,
+    callback_url: str | None = None,
+    exclude_identical_paper: bool | None = None,
+    sandbox: bool = False,
+    legacy: LegacyEndpoint | None = None,
+) -> Request:
+    """The POST that starts a scan; the upload's parts go in ``Request.file_field``.
+
+    ``legacy`` picks a deprecated endpoint (``scanPdf`` / ``scanImages``), which takes none of
+    the options of ``/scan``.
+    """
+    if legacy is not None:
+        if sandbox or min_score is not None or callback_url or exclude_identical_paper is not None:
+            raise InvalidArgument(f"the deprecated {legacy} endpoint takes no options")
+        field = "pdfFile" if legacy == "scanPdf" else "imageFile"
+        return Request("POST", legacy, "scan", file_field=field, starts_scan=True)
+    fields: list[tuple[str, str]] = []
+    score = validate_min_score(min_score)
+    if score is not None:
+        fields.append(("minScore", repr(score)))
+    if callback_url is not None:
+        fields.append(("callbackUrl", _validate_callback_url(callback_url)))
+    if exclude_identical_paper is not None:
+        if not isinstance(exclude_identical_paper, bool):
+            raise InvalidArgument("exclude_identical_paper must be True, False or None")
+        fields.append(("excludeIdenticalPaper", "true" if exclude_identical_paper else "false"))
+    return Request(
+        "POST",
+        "sandbox/scan" if sandbox else "scan",
+        "scan",
+        form_fields=tuple(fields),
+        file_field="file",
+        # The sandbox is free and returns canned ids: retrying it costs nothing.
+        starts_scan=not sandbox,
+    )
+
+
+def _validate_callback_url(url: str) -> str:
+    if not isinstance(url, str) or not re.match(r"https?://[^\s/?#]+", url):
+        raise InvalidArgument(f"callback_url must be an absolute http(s) URL, got {url!r}")
+    return url
+
+
+def validate_scan_id(scan_id: str) -> str:
+    """The scan id, or ``InvalidArgument`` if it could not be one (it goes in the URL path)."""
+    if not isinstance(scan_id, str) or not _SCAN_ID.fullmatch(scan_id):
+        raise InvalidArgument(f"not a scan id: {scan_id!r}")
+    return scan_id
+
+
+def build_result_request(scan_id: str) -> Request:
+    """``GET /result/{scanId}``."""
+    return Request("GET", f"result/{validate_scan_id(scan_id)}", "result")
+
+
+def build_overview_request(
+    start_date: dt.date | str, end_date: dt.date | str, export_format: ExportFormat = "json"
+) -> Request:
+    """``GET /scan-overview``: scans between two UTC dates, both included."""
+    start, end = _as_date(start_date, "start_date"), _as_date(end_date, "end_date")
+    if start > end:
+        raise InvalidArgument(f"start_date {start} is after end_date {end}")
+    if export_format not in ("json", "csv"):
+        raise InvalidArgument(f"export_format must be 'json' or 'csv', got {export_format!r}")
+    params = (
+        ("startDate", start.isoformat()),
+        ("endDate", end.isoformat()),
+        ("exportFormat", export_format),
+    )
+    return Request("GET", "scan-overview", "other", params=params)
+
+
+def _as_date(value: dt.date | str, name: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        # A datetime is a date too; take its UTC day, as the server stores dates in UTC.
+        return (value.astimezone(dt.UTC) if value.tzinfo else value).date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidArgument(f"{name} must be a date or a 'YYYY-MM-DD' string, got {value!r}")
+
+
+# ---- reading answers ---------------------------------------------------------------------
+
+
+def server_message(body: bytes) -> str | None:
+    """What the server said in an error body: its JSON ``message``, else the text, shortened."""
+    if not body:
+        return None
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("message", "error", "detail"):
+            if isinstance(data.get(key), str):
+                text = data[key]
+                break
+    return text[:_MAX_MESSAGE] or None
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date. None if absent
+    or unreadable; never negative."""
+    if value is None:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT; be lenient with a missing zone
+        when = when.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+_ERRORS: Mapping[int, type[APIError]] = {
+    400: BadRequest,
+    401: AuthenticationError,
+    404: ScanNotFound,
+    429: RateLimited,
+    503: ServiceUnavailable,
+    504: ServiceUnavailable,
+}
+
+
+def error_for_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    request: Request,
+    now: dt.datetime | None = None,
+) -> APIError:
+    """The exception an error status means for this request (returned, not raised)."""
+    cls: type[APIError]
+    if status == 500 and request.group == "result":
+        cls = ScanFailed
+    elif status in _ERRORS:
+        cls = _ERRORS[status]
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIError
+    said = server_message(body)
+    what = {
+        ScanFailed: "the scan failed on the server",
+        ScanNotFound: "no result for this scan id",
+        AuthenticationError: "the API key was refused",
+        RateLimited: "rate limit exceeded",
+    }.get(cls, f"HTTP {status}")
+    return cls(
+        f"{request.endpoint}: {what} ({status})" + (f": {said}" if said else ""),
+        status=status,
+        endpoint=request.endpoint,
+        server_message=said,
+        retry_after=parse_retry_after(_header(headers, "Retry-After"), now=now),
+    )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:  # plain dicts in tests are not case-insensitive
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def _json(body: bytes, request: Request) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ResponseFormatError(
+            f"{request.endpoint}: the server's answer is not JSON", endpoint=request.endpoint
+        ) from exc
+
+
+def _read_object(body: bytes, cls: type[T], request: Request) -> T:
+    data = _json(body, request)
+    if not isinstance(data, dict):
+        raise ResponseFormatError(
+            f"{request.endpoint}: expected a JSON object, got {type(data).__name__}",
+            endpoint=request.endpoint,
+            path="$",
+        )
+    return structure(data, cls, endpoint=request.endpoint)
+
+
+def read_scan_started(
+    status: int, headers: Mapping[str, str], body: bytes, *, request: Request
+) -> ScanStarted:
+    """The answer to a scan POST: ``ScanStarted`` on 200 (or 201/202), else the error."""
+    if status in (200, 201, 202):
+        return _read_object(body, ScanStarted, request)
+    raise error_for_status(status, headers, body, request=request)
+
+
+def read_result(
+    status: int, headers: Mapping[str, str], body: bytes, *, request: Request
+) -> ScanResult | ScanPending:
+    """``GET /result``: 200 a ``ScanResult``, 202 ``ScanPending``; 404 ``ScanNotFound``,
+    500 ``ScanFailed``, others their error."""
+    scan_id = request.path.removeprefix("result/")
+    if status == 202:
+        return ScanPending(scan_id)
+    if status == 200:
+        return _read_object(body, ScanResult, request)
+    raise error_for_status(status, headers, body, request=request)
+
+
+def read_overview(
+    status: int, headers: Mapping[str, str], body: bytes, *, request: Request
+) -> ScanOverview | str:
+    """``GET /scan-overview``: a ``ScanOverview`` for JSON, the text as sent for CSV."""
+    if status != 200:
+        raise error_for_status(status, headers, body, request=request)
+    if ("exportFormat", "csv") in request.params:
+        return body.decode("utf-8-sig")
+    return _read_object(body, ScanOverview, request)
+
+
+# ---- retrying ---------------------------------------------------------------------------
+
+
+class RetryDecision(Enum):
+    """What to do with an answer that is not a success."""
+
+    RAISE = "raise"  # final: hand the error to the caller
+    RETRY = "retry"  # safe to send again after a back-off
+    RETRY_RATE_LIMITED = "retry-rate-limited"  # 429: pause the whole endpoint, then send again
+    AMBIGUOUS = "ambiguous"  # a scan may have started: never resend, tell the caller
+
+
+def retry_decision(status: int, headers: Mapping[str, str], *, request: Request) -> RetryDecision:
+    """Whether an error answer may be retried without risking a second billed scan.
+
+    A 429 never started a scan. A 503 is the service saying it is unavailable: it took
+    nothing. A 504 is a gateway giving up on the service, which may have started the scan
+    anyway, so a scan POST retries it only when the answer carries Retry-After (the service
+    itself telling us to come back); otherwise it is ambiguous. GETs are idempotent: any
+    502/503/504 is retried.
+    """
+    if status == 429:
+        return RetryDecision.RETRY_RATE_LIMITED
+    if status == 503 or (status in (502, 504) and not request.starts_scan):
+        return RetryDecision.RETRY
+    if status in (502, 504):
+        if _header(headers, "Retry-After") is not None:
+            return RetryDecision.RETRY
+        return RetryDecision.AMBIGUOUS
+    return RetryDecision.RAISE
+
+
+def ambiguous_error(request: Request, cause: str) -> AmbiguousSubmission:
+    """The error for a scan POST whose fate is unknown."""
+    return AmbiguousSubmission(
+        f"{request.endpoint}: {cause}; the scan may have started (and be billed), so it was not "
+        "retried. Check scan_overview for it, or resubmit knowingly.",
+        endpoint=request.endpoint,
+    )
