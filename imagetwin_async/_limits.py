@@ -1,0 +1,606 @@
+"""Client-side rate limiting: never more than N requests in any ``per`` seconds.
+
+The server's algorithm is unknown (a calendar-aligned fixed window, a sliding log, or a token
+bucket holding N), and it counts a request when it *receives* it, somewhere between our send and
+its answer. The default ``"window"`` strategy is safe against all three and as fast as a client
+can be without knowing which: it keeps N slots; a slot is taken when a request is about to be
+sent, stays taken while the request is in flight, and frees again ``per + margin`` seconds after
+the answer came back. Two requests that share a slot are therefore received more than ``per``
+seconds apart, so any ``per``-second window holds at most one receipt per slot: at most N.
+
+On a 429 the whole endpoint slows, not one request: ``on_rate_limited`` pauses every acquire
+(Retry-After, else exponential back-off with full jitter) and, since a 429 our own count did not
+predict means someone else spends the same key, halves the capacity we allow ourselves until
+quiet windows show the room is back (see ``_backoff``).
+
+``Limiter`` is the extension point (a Redis-backed store, a user's own); ``RateLimit.build``
+makes the in-process ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import logging
+import math
+import random
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, Literal, Protocol, Self, final, runtime_checkable
+
+import attrs
+from aiolimiter import AsyncLimiter
+
+from ._backoff import AdaptiveCapacity, Backoff
+from ._errors import ConfigurationError, RateLimitBusy
+
+__all__ = [
+    "LimitState",
+    "Limiter",
+    "RateLimit",
+    "Slot",
+    "Strategy",
+    "TokenBucketLimiter",
+    "WindowLimiter",
+]
+
+log = logging.getLogger("imagetwin_async.limits")
+
+Strategy = Literal["window", "token_bucket"]
+Clock = Callable[[], float]
+
+# Loop timers may fire a hair before their deadline (asyncio runs handles due within the clock's
+# resolution; looptime rounds to microseconds). A slot counts as free this close to its time, so
+# a wake-up never re-arms for a sliver. The margin (>= this for any sane ``per``) absorbs it.
+_CLOCK_SLACK: Final = 1e-5
+
+# Defaults as fractions of ``per``, so a test that runs 60x faster (per=1.0) keeps the same shape.
+_MARGIN_FRACTION: Final = 1 / 300  # 0.2 s a minute
+_BACKOFF_BASE_FRACTION: Final = 1 / 20  # 3 s a minute: one evenly paced request interval
+_BACKOFF_CAP_FRACTION: Final = 1.0  # 60 s a minute: one whole window clears any window count
+
+
+def _check_number(name: str, value: object, *, allow_zero: bool = False) -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        kind = "a finite number >= 0" if allow_zero else "a positive finite number"
+        raise ConfigurationError(f"RateLimit.{name} must be {kind}, got {value!r}")
+
+
+def _scaled(limit: RateLimit, fraction: float) -> float:
+    # Defaults are computed before validators run; an invalid ``per`` fails validation next.
+    per = limit.per
+    if isinstance(per, int | float) and not isinstance(per, bool) and math.isfinite(per):
+        return float(per) * fraction
+    return 0.0
+
+
+def _validate_requests(_: RateLimit, __: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"RateLimit.requests must be a positive integer, got {value!r}")
+
+
+def _validate_positive(_: RateLimit, attribute: attrs.Attribute[float], value: float) -> None:
+    _check_number(attribute.name, value)
+
+
+def _validate_non_negative(_: RateLimit, attribute: attrs.Attribute[float], value: float) -> None:
+    _check_number(attribute.name, value, allow_zero=True)
+
+
+def _validate_strategy(_: RateLimit, __: attrs.Attribute[str], value: str) -> None:
+    if value not in ("window", "token_bucket"):
+        raise ConfigurationError(
+            f"RateLimit.strategy must be 'window' or 'token_bucket', got {value!r}"
+        )
+
+
+@attrs.frozen
+class RateLimit:
+    """``requests`` per ``per`` seconds for one endpoint group, and how to keep to it.
+
+        scan_limit = RateLimit(20, per=60.0)                     # the vendor's scan limit
+        limiter = scan_limit.build(name="POST /scan")
+        async with await limiter.acquire(): ...                  # send one request inside
+
+    ``margin``: seconds a slot stays taken beyond ``per`` after its answer (default ``per/300``,
+    0.2 s a minute). Every receipt already precedes our answer, so the margin only has to cover
+    what separates our clock from the server's count: clock-rate drift (NTP slews up to 500 ppm,
+    30 ms a minute), coarse timers (15.6 ms on Windows), millisecond time stamps and windows
+    that include both ends. 0.2 s covers those several times over and costs 0.33% of the span.
+
+    ``strategy``: ``"window"`` (default) is safe against any server algorithm. ``"token_bucket"``
+    uses ``aiolimiter`` (burst N, then one every ``(per + margin)/N`` s): faster for a server
+    *known* to be a token bucket, rejected by fixed-window and sliding-log servers.
+
+    ``backoff_base`` / ``backoff_cap``: full-jitter back-off after a 429 without Retry-After
+    (defaults ``per/20`` and ``per``: 3 s doubling up to 60 s a minute).
+    """
+
+    requests: int = attrs.field(validator=_validate_requests)
+    per: float = attrs.field(default=60.0, validator=_validate_positive)
+    margin: float = attrs.field(kw_only=True, validator=_validate_non_negative)
+    strategy: Strategy = attrs.field(default="window", kw_only=True, validator=_validate_strategy)
+    backoff_base: float = attrs.field(kw_only=True, validator=_validate_positive)
+    backoff_cap: float = attrs.field(kw_only=True, validator=_validate_positive)
+
+    @margin.default
+    def _default_margin(self) -> float:
+        return _scaled(self, _MARGIN_FRACTION)
+
+    @backoff_base.default
+    def _default_backoff_base(self) -> float:
+        return _scaled(self, _BACKOFF_BASE_FRACTION)
+
+    @backoff_cap.default
+    def _default_backoff_cap(self) -> float:
+        return _scaled(self, _BACKOFF_CAP_FRACTION)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backoff_cap < self.backoff_base:
+            raise ConfigurationError(
+                f"RateLimit.backoff_cap ({self.backoff_cap!r}) must be >= "
+                f"backoff_base ({self.backoff_base!r})"
+            )
+
+    def build(
+        self,
+        *,
+        name: str = "",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> Limiter:
+        """A fresh in-process limiter for this limit; share it among all tasks of one client.
+
+        ``name`` labels log lines and ``RateLimitBusy.endpoint`` (``"POST /scan"``). ``clock``
+        reads the time (default: the running loop's ``time()``); waits always sleep on the
+        loop, so a custom clock must run at the loop's pace. ``rng`` draws back-off jitter.
+        """
+        if self.strategy == "token_bucket":
+            return TokenBucketLimiter(self, name=name, clock=clock, rng=rng)
+        return WindowLimiter(self, name=name, clock=clock, rng=rng)
+
+
+@attrs.frozen
+class LimitState:
+    """What a limiter looks like now (for logs, metrics and ``block=False`` callers).
+
+        state = limiter.snapshot()
+        if state.available == 0:
+            print(f"next slot in {state.next_slot_in} s, {state.in_flight} requests in flight")
+
+    ``available``: slots a new ``acquire`` could take at once (0 while paused or while other
+    acquires wait). ``next_slot_in``: seconds until a new acquire would get a slot, 0.0 if
+    now, None if that depends on answers still in flight. ``paused_for``: seconds left of a
+    429 pause.
+    """
+
+    requests: int
+    per: float
+    available: int
+    in_flight: int
+    next_slot_in: float | None
+    paused_for: float
+
+
+@final
+class Slot:
+    """Permission to send one request; ``release()`` it once the server has answered.
+
+        slot = await limiter.acquire()
+        try: response = await send()
+        finally: slot.release()
+
+    It also works as ``with slot:`` / ``async with slot:`` (both release on exit). Releasing
+    twice is harmless. Custom limiters build one with the callback that frees their slot; the
+    callback runs at most once.
+    """
+
+    __slots__ = ("_on_release", "_released")
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release = on_release
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        """Whether ``release()`` has been called."""
+        return self._released
+
+    def release(self) -> None:
+        """Tell the limiter the request is over (answered or failed); later calls do nothing."""
+        if not self._released:
+            self._released = True
+            self._on_release()
+
+    def _forget(self) -> bool:
+        # Mark released without recording an answer: for a slot granted to a cancelled acquire,
+        # which never sent anything. Returns whether the slot was still held.
+        held = not self._released
+        self._released = True
+        return held
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """The rate-limit store one endpoint group uses; implement it to share limits elsewhere.
+
+        slot = await limiter.acquire()           # waits its turn (FIFO); block=False raises
+        try: response = await send()             #   RateLimitBusy instead of waiting
+        finally: slot.release()                  # then on_rate_limited(...) or on_success()
+
+    One limiter serves every task of a client. Implementations must keep to the budget as the
+    server counts it (a slot stays taken while its request is in flight), queue waiters fairly,
+    and not leak a slot when a waiting ``acquire`` is cancelled.
+    """
+
+    async def acquire(self, *, block: bool = True) -> Slot:
+        """Wait for a free slot and take it. ``block=False``: raise ``RateLimitBusy`` at once
+        (with ``retry_after``) instead of waiting."""
+        ...
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        """The server answered 429: pause every acquire for ``retry_after`` seconds (the
+        caller parsed Retry-After) or a back-off; return the pause now in force."""
+        ...
+
+    def on_success(self) -> None:
+        """The server answered something other than 429: the 429 streak is over."""
+        ...
+
+    def snapshot(self) -> LimitState:
+        """The state now; cheap and without side effects."""
+        ...
+
+
+class _LimiterBase:
+    """Clock, 429 pause and back-off shared by the in-process strategies."""
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        name: str = "",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.limit = limit
+        self.name = name or f"{limit.requests}/{limit.per:g}s"
+        self._clock = clock
+        self._backoff = Backoff(limit.backoff_base, limit.backoff_cap, rng)
+        self._paused_until = -math.inf
+
+    def _now(self) -> float:
+        # Read lazily: the limiter is made in a sync constructor, before any loop runs.
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def _pause(self, retry_after: float | None, now: float) -> float:
+        delay = self._backoff.next_delay(retry_after)
+        self._paused_until = max(self._paused_until, now + delay)
+        pause = self._paused_until - now
+        log.debug(
+            "%s: 429 (%s); pausing every acquire for %.3f s",
+            self.name,
+            f"Retry-After {retry_after:g} s"
+            if retry_after is not None
+            else f"back-off, streak {self._backoff.streak}",
+            pause,
+        )
+        return pause
+
+    def _busy(self, message: str, retry_after: float | None) -> RateLimitBusy:
+        return RateLimitBusy(
+            f"{self.name}: {message}; nothing was sent",
+            status=429,
+            endpoint=self.name,
+            retry_after=retry_after,
+        )
+
+    def on_success(self) -> None:
+        self._backoff.reset()
+
+
+class WindowLimiter(_LimiterBase):
+    """N slots, each free again ``per + margin`` s after its last answer: no window sees > N.
+
+        limiter = WindowLimiter(RateLimit(20, per=60.0), name="POST /scan")
+        async with await limiter.acquire():
+            await send()
+
+    Waiters are served first come, first served; a waiting task sleeps until the earliest time
+    a slot frees (or a 429 pause ends), never polls. Use ``RateLimit.build`` rather than this.
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        name: str = "",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(limit, name=name, clock=clock, rng=rng)
+        self._size = limit.requests
+        self._hold = limit.per + limit.margin
+        # Free times of the slots not in flight (a min-heap); -inf: never used.
+        self._idle: list[float] = [-math.inf] * limit.requests
+        self._in_flight = 0
+        self._capacity = AdaptiveCapacity(limit.requests, limit.per)
+        # A waiter's future gets its slot and the slot's previous free time (to undo the grant
+        # if the waiter is cancelled before it could use it).
+        self._waiters: collections.deque[asyncio.Future[tuple[Slot, float]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the arithmetic, at any time t (no releases assumed) ------------------------------
+
+    def _available(self, t: float) -> int:
+        if t + _CLOCK_SLACK < self._paused_until:
+            return 0
+        cooling = sum(1 for free_at in self._idle if free_at > t + _CLOCK_SLACK)
+        return max(0, self._capacity.at(t) - self._in_flight - cooling)
+
+    def _time_until(self, now: float, need: int) -> float | None:
+        """Seconds until ``need`` slots are free at once, or None if answers must come first."""
+        candidates = {now, self._paused_until}
+        candidates.update(free_at for free_at in self._idle if free_at > now)
+        step = self._capacity.next_increase_at(now)
+        while step is not None:
+            candidates.add(step)
+            step = self._capacity.next_increase_at(step)
+        for t in sorted(c for c in candidates if c >= now):
+            if self._available(t) >= need:
+                return t - now
+        return None
+
+    def _live_waiters(self) -> int:
+        return sum(1 for fut in self._waiters if not fut.done())
+
+    # -- granting and releasing --------------------------------------------------------
+
+    def _grant(self) -> tuple[Slot, float]:
+        previous = heapq.heappop(self._idle)  # the longest-free slot; _available said it is free
+        self._in_flight += 1
+        return Slot(self._release), previous
+
+    def _release(self) -> None:
+        # The answer is in: the server received the request at some earlier moment, so one
+        # ``per`` (plus margin) from now that receipt has left every window that could hold it.
+        self._in_flight -= 1
+        heapq.heappush(self._idle, self._now() + self._hold)
+        # No slot frees now (this one cools first), but the wake-up time may be earlier than
+        # the one armed while every slot was in flight with no known free time.
+        self._dispatch()
+
+    def _undo_grant(self, slot: Slot, previous: float) -> None:
+        if slot._forget():  # nothing was sent with it: the slot is as free as before
+            self._in_flight -= 1
+            heapq.heappush(self._idle, previous)
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters in order, then sleep until the next one can be served."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()  # cancelled
+        if not self._waiters:
+            return
+        now = self._now()
+        while self._waiters:
+            fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self._available(now) == 0:
+                break
+            self._waiters.popleft()
+            fut.set_result(self._grant())
+        if self._waiters:
+            delay = self._time_until(now, 1)
+            if delay is not None:  # else a release will call us
+                self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
+
+    def _why_wait(self, now: float, ahead: int) -> str:
+        if now + _CLOCK_SLACK < self._paused_until:
+            return f"paused after a 429 for {self._paused_until - now:.3f} s"
+        if ahead:
+            return f"{ahead} acquire(s) ahead in the queue"
+        capacity = self._capacity.at(now)
+        if self._in_flight >= capacity:
+            return f"all {capacity} usable slots are in flight"
+        reduced = f" (cut to {capacity}/{self._size} after a 429)" if capacity < self._size else ""
+        return f"all slots used within the last {self.limit.per:g} s{reduced}"
+
+    # -- the Limiter interface -----------------------------------------------------------
+
+    async def acquire(self, *, block: bool = True) -> Slot:
+        now = self._now()
+        ahead = self._live_waiters()
+        if ahead == 0 and self._available(now) > 0:
+            slot, _ = self._grant()
+            return slot
+        wait = self._time_until(now, ahead + 1)
+        if not block:
+            raise self._busy(f"no request slot free ({self._why_wait(now, ahead)})", wait)
+        log.debug(
+            "%s: acquire waits %s: %s",
+            self.name,
+            "for an answer" if wait is None else f"~{wait:.3f} s",
+            self._why_wait(now, ahead),
+        )
+        fut: asyncio.Future[tuple[Slot, float]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        if ahead == 0:
+            self._dispatch()  # we head the queue: arm the wake-up for us
+        try:
+            slot, _previous = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted and cancelled in the same tick: give the unused slot back.
+                self._undo_grant(*fut.result())
+            self._dispatch()
+            raise
+        log.debug("%s: acquire waited %.3f s", self.name, self._now() - now)
+        return slot
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        now = self._now()
+        pause = self._pause(retry_after, now)
+        capacity = self._capacity.on_rate_limited(now)
+        log.debug(
+            "%s: assuming the key is shared: %d of %d slots until quiet %g s windows pass",
+            self.name,
+            capacity,
+            self._size,
+            self.limit.per,
+        )
+        if self._waiters:
+            self._dispatch()  # re-arm the wake-up for the end of the pause
+        return pause
+
+    def snapshot(self) -> LimitState:
+        now = self._now()
+        waiting = self._live_waiters()
+        return LimitState(
+            requests=self._size,
+            per=self.limit.per,
+            available=0 if waiting else self._available(now),
+            in_flight=self._in_flight,
+            next_slot_in=self._time_until(now, waiting + 1),
+            paused_for=max(0.0, self._paused_until - now),
+        )
+
+    def __repr__(self) -> str:
+        waiting = self._live_waiters()
+        return f"<WindowLimiter {self.name!r} in_flight={self._in_flight} waiting={waiting}>"
+
+
+class TokenBucketLimiter(_LimiterBase):
+    """``aiolimiter.AsyncLimiter`` behind the ``Limiter`` interface, for token-bucket servers.
+
+        limit = RateLimit(20, per=60.0, strategy="token_bucket")
+        limiter = limit.build(name="POST /scan")
+        async with await limiter.acquire(): await send()
+
+    A burst of N, then one request every ``(per + margin)/N`` s. It ignores how long requests
+    stay in flight, so a fixed-window or sliding-log server rejects it (up to 2N-1 per window),
+    and so can a token-bucket server when latencies vary widely. On a 429 it pauses every
+    acquire and then empties its bucket (the server's bucket is empty), instead of the
+    window strategy's capacity cut.
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        name: str = "",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(limit, name=name, clock=clock, rng=rng)
+        # The margin slows the refill a touch, like the window strategy's hold time.
+        self._period = limit.per + limit.margin
+        self._bucket = AsyncLimiter(limit.requests, self._period)
+        self._gate = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
+        self._drain_pending = False
+        self._in_flight = 0
+
+    def _tokens(self) -> float:
+        # Only public aiolimiter API: has_capacity(x) is "x tokens are there".
+        low, high = 0.0, float(self.limit.requests)
+        if self._bucket.has_capacity(high):
+            return high
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if self._bucket.has_capacity(mid) else (low, mid)
+        return low
+
+    def _next_token_in(self, now: float) -> float:
+        paused = max(0.0, self._paused_until - now)
+        if self._drain_pending:
+            return paused + self._period / self.limit.requests
+        missing = max(0.0, 1.0 - self._tokens())
+        return max(paused, missing * self._period / self.limit.requests)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    async def acquire(self, *, block: bool = True) -> Slot:
+        now = self._now()
+        if not block and (
+            self._gate.locked()
+            or now < self._paused_until
+            or self._drain_pending
+            or not self._bucket.has_capacity()
+        ):
+            raise self._busy("no token in the bucket", self._next_token_in(now))
+        async with self._gate:
+            while (pause := self._paused_until - self._now()) > 0:
+                log.debug("%s: acquire waits %.3f s: paused after a 429", self.name, pause)
+                await asyncio.sleep(pause)
+            if self._drain_pending:
+                # A fresh bucket is full, so taking all of it returns at once: an empty bucket
+                # that refills from now, as the server's did after its 429.
+                self._drain_pending = False
+                self._bucket = AsyncLimiter(self.limit.requests, self._period)
+                await self._bucket.acquire(self.limit.requests)
+            if not self._bucket.has_capacity():
+                log.debug(
+                    "%s: acquire waits ~%.3f s: bucket empty",
+                    self.name,
+                    self._next_token_in(self._now()),
+                )
+            await self._bucket.acquire()
+        self._in_flight += 1
+        return Slot(self._release)
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        self._drain_pending = True
+        return self._pause(retry_after, self._now())
+
+    def snapshot(self) -> LimitState:
+        now = self._now()
+        blocked = self._gate.locked() or now < self._paused_until or self._drain_pending
+        return LimitState(
+            requests=self.limit.requests,
+            per=self.limit.per,
+            available=0 if blocked else int(self._tokens() + 1e-9),
+            in_flight=self._in_flight,
+            next_slot_in=0.0
+            if not blocked and self._bucket.has_capacity()
+            else (self._next_token_in(now)),
+            paused_for=max(0.0, self._paused_until - now),
+        )
+
+    def __repr__(self) -> str:
+        return f"<TokenBucketLimiter {self.name!r} in_flight={self._in_flight}>"
