@@ -10,8 +10,11 @@ from typing import Literal
 
 import attrs
 
+from ._errors import ImagetwinError
+
 __all__ = [
     "CallbackNotice",
+    "ScanOutcome",
     "ScanOverview",
     "ScanPending",
     "ScanResult",
@@ -116,3 +119,25 @@ class CallbackNotice:
 
     scan_id: str
     status: Literal["finished", "failed"]
+
+
+@attrs.frozen
+class ScanOutcome:
+    """What became of one batch item: a result, or the error that stopped it.
+
+    ``scan_id`` is None when the server never accepted the item (an invalid upload, a refused
+    request); ``source`` is the item exactly as it was passed in.
+
+    >>> for outcome in await client.submit_and_wait(["a.pdf", "b.pdf"]):
+    ...     print(outcome.source, outcome.result if outcome.ok else outcome.error)
+    """
+
+    source: object
+    scan_id: str | None = None
+    result: ScanResult | None = None
+    error: ImagetwinError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the scan finished and its result is here."""
+        return self.result is not None and self.error is None

@@ -1,0 +1,320 @@
+"""``ImagetwinClient``: every endpoint of the API, typed, rate-limited and safe to retry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self, overload
+
+import aiohttp
+
+from . import _protocol as protocol
+from ._batch import BatchItem, BatchOptions, BatchProgress, BatchRunner
+from ._errors import ConfigurationError, InvalidArgument
+from ._limits import Limiter, LimitState, RateLimit
+from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
+from ._polling import PollScheduler
+from ._session import ApiKey, RetryPolicy, Transport
+from ._uploads import Files, PreparedUpload, prepare_upload
+
+__all__ = ["DEFAULT_BASE_URL", "ImagetwinClient"]
+
+DEFAULT_BASE_URL = "https://api.imagetwin.ai/v1"
+API_KEY_ENV = "IMAGETWIN_API_KEY"
+
+
+class ImagetwinClient:
+    """An asyncio client for the Imagetwin API; one per API key, shared by all your tasks.
+
+    >>> async with ImagetwinClient() as client:            # key from IMAGETWIN_API_KEY
+    ...     started = await client.scan("paper.pdf", min_score=0.5)
+    ...     result = await client.wait_for_result(started.scan_id)
+
+    Every timing is a parameter, so tests can run it a hundred times faster against the
+    emulator. ``scan_limit`` / ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one
+    shared through Redis, say). Pass ``session`` to use your own ``aiohttp.ClientSession``
+    (the client then leaves it open).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        scan_limit: RateLimit | Limiter = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
+        result_limit: RateLimit | Limiter = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        timeout: float | None = 300.0,
+        connect_timeout: float | None = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not key:
+            raise ConfigurationError(
+                f"no API key: pass api_key=... or set {API_KEY_ENV} "
+                "(generate one at app.imagetwin.ai/account)"
+            )
+        for name, value in (
+            ("poll_interval", poll_interval),
+            ("max_poll_interval", max_poll_interval),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+        if max_poll_interval < poll_interval:
+            raise ConfigurationError("max_poll_interval must be >= poll_interval")
+        self.base_url = base_url
+        self._scan_limiter = _as_limiter(scan_limit, "POST /scan")
+        self._result_limiter = _as_limiter(result_limit, "GET /result")
+        self._transport = Transport(
+            base_url=base_url,
+            api_key=ApiKey(key),
+            limiters={"scan": self._scan_limiter, "result": self._result_limiter},
+            retry=RetryPolicy(max_retries, backoff_base, backoff_cap),
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=connect_timeout),
+            session=session,
+        )
+        self._scheduler = PollScheduler(
+            self._poll_once,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ImagetwinClient base_url={self.base_url!r} api_key='***'>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop polling (waiters get ``ScanCancelled``) and close the HTTP session we own."""
+        await self._scheduler.close()
+        await self._transport.close()
+
+    # ---- rate-limit state --------------------------------------------------------------
+
+    @property
+    def limits(self) -> dict[Literal["scan", "result"], LimitState]:
+        """Requests left and time to the next free slot, per endpoint group.
+
+        >>> client.limits["scan"].available, client.limits["scan"].next_slot_in
+        """
+        return {"scan": self._scan_limiter.snapshot(), "result": self._result_limiter.snapshot()}
+
+    @property
+    def scheduler(self) -> PollScheduler:
+        """The poll scheduler shared by every waiter on this client."""
+        return self._scheduler
+
+    # ---- endpoints ----------------------------------------------------------------------
+
+    async def scan(
+        self,
+        files: Files,
+        *,
+        min_score: float | None = None,
+        callback_url: str | None = None,
+        exclude_identical_paper: bool | None = None,
+        sandbox: bool = False,
+        block: bool = True,
+    ) -> ScanStarted:
+        """Start one (billed) scan of a document or of up to 25 images.
+
+        ``files`` is a path to a .pdf/.docx or an image, a sequence of image paths, or content
+        with a name (``FileContent``, or a FastAPI ``UploadFile``). Everything is checked before
+        any byte is sent (``InvalidUpload``). ``block=False`` raises ``RateLimitBusy`` instead
+        of waiting for a free slot. A POST that may have started a scan is never retried:
+        that case raises ``AmbiguousSubmission``.
+        """
+        request = protocol.build_scan_request(
+            min_score=min_score,
+            callback_url=callback_url,
+            exclude_identical_paper=exclude_identical_paper,
+            sandbox=sandbox,
+        )
+        return await self._start_scan(request, prepare_upload(files), block=block)
+
+    async def _start_scan(
+        self, request: protocol.Request, upload: PreparedUpload, *, block: bool = True
+    ) -> ScanStarted:
+        response = await self._transport.send(request, upload=upload, block=block)
+        started = protocol.read_scan_started(
+            response.status, response.headers, response.body, request=request
+        )
+        expect_callback = any(name == "callbackUrl" for name, _ in request.form_fields)
+        self._scheduler.note_started(started.scan_id, expect_callback=expect_callback)
+        return started
+
+    async def scan_pdf(self, path: str | os.PathLike[str]) -> ScanStarted:
+        """Deprecated endpoint ``/scanPdf``: one PDF. Use ``scan`` instead."""
+        return await self._legacy_scan("scanPdf", path)
+
+    async def scan_images(self, paths: Sequence[str | os.PathLike[str]]) -> ScanStarted:
+        """Deprecated endpoint ``/scanImages``: up to 25 images. Use ``scan`` instead."""
+        return await self._legacy_scan("scanImages", paths)
+
+    async def _legacy_scan(self, endpoint: protocol.LegacyEndpoint, files: Files) -> ScanStarted:
+        warnings.warn(
+            f"the /{endpoint} endpoint is deprecated by Imagetwin; use ImagetwinClient.scan",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        request = protocol.build_scan_request(legacy=endpoint)
+        return await self._start_scan(request, prepare_upload(files, legacy=endpoint))
+
+    async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
+        """One read of a scan's result: ``ScanResult`` when done, ``ScanPending`` while running.
+
+        Raises ``ScanNotFound`` (404) and ``ScanFailed`` (500).
+        """
+        request = protocol.build_result_request(scan_id)
+        response = await self._transport.send(request, block=block)
+        return protocol.read_result(
+            response.status, response.headers, response.body, request=request
+        )
+
+    async def _poll_once(self, scan_id: str) -> ScanResult | ScanPending:
+        return await self.get_result(scan_id)
+
+    async def wait_for_result(self, scan_id: str, *, timeout: float | None = None) -> ScanResult:
+        """Wait for a scan to finish, through the poll scheduler shared by all waiters.
+
+        Raises ``PollTimeout`` after ``timeout`` seconds (the scan may still finish), and
+        ``ScanFailed`` / ``ScanNotFound`` as the result endpoint says.
+        """
+        protocol.validate_scan_id(scan_id)
+        return await self._scheduler.wait(scan_id, timeout=timeout)
+
+    def notify_finished(self, scan_id: str) -> bool:
+        """A hint that ``scan_id`` ended (a callback arrived): poll it now.
+
+        Trusts nothing: the next read decides. Returns False for scans nobody waits for.
+        """
+        return self._scheduler.hint(scan_id)
+
+    @overload
+    async def scan_overview(
+        self,
+        start_date: dt.date | str,
+        end_date: dt.date | str,
+        *,
+        export_format: Literal["json"] = "json",
+    ) -> ScanOverview: ...
+
+    @overload
+    async def scan_overview(
+        self, start_date: dt.date | str, end_date: dt.date | str, *, export_format: Literal["csv"]
+    ) -> str: ...
+
+    async def scan_overview(
+        self,
+        start_date: dt.date | str,
+        end_date: dt.date | str,
+        *,
+        export_format: Literal["json", "csv"] = "json",
+    ) -> ScanOverview | str:
+        """Scans performed between two UTC dates, both included: a ``ScanOverview`` for
+        ``json``, the server's text for ``csv``."""
+        request = protocol.build_overview_request(start_date, end_date, export_format)
+        response = await self._transport.send(request)
+        return protocol.read_overview(
+            response.status, response.headers, response.body, request=request
+        )
+
+    async def download_report(self, result: ScanResult | str, path: str | os.PathLike[str]) -> Path:
+        """Stream a scan's PDF report to ``path`` (a directory: ``<scan_id>.pdf`` inside it).
+
+        ``result`` is a ``ScanResult`` or the report URL. The API key is not sent: the link
+        is public and served by another host.
+        """
+        url = result.pdf_report if isinstance(result, ScanResult) else result
+        if not isinstance(url, str) or not url:
+            raise InvalidArgument("this result has no report URL")
+        target = Path(path)
+        if target.is_dir():
+            name = result.scan_id if isinstance(result, ScanResult) else Path(url).stem
+            target = target / f"{name}.pdf"
+        return await self._transport.download(url, target)
+
+    # ---- batches ------------------------------------------------------------------------
+
+    async def submit_and_wait(
+        self,
+        batch: Iterable[BatchItem],
+        *,
+        min_score: float | None = None,
+        callback_url: str | None = None,
+        exclude_identical_paper: bool | None = None,
+        sandbox: bool = False,
+        timeout: float | None = None,
+        progress: Callable[[BatchProgress], None] | None = None,
+        submit_concurrency: int = 20,
+    ) -> list[ScanOutcome]:
+        """Scan every item and wait for every result: one ``ScanOutcome`` per item, in order.
+
+        Submissions are paced by the scan limiter; results come through the shared poll
+        scheduler. One item's failure never loses another's result; ``timeout`` bounds the
+        whole batch (unfinished items get ``PollTimeout`` / ``ScanCancelled``). ``progress``
+        is called with a ``BatchProgress`` at every change. Bad options raise before
+        anything is sent; a bad item becomes that item's ``InvalidUpload`` outcome.
+        """
+        options = BatchOptions(
+            min_score=min_score,
+            callback_url=callback_url,
+            exclude_identical_paper=exclude_identical_paper,
+            sandbox=sandbox,
+            timeout=timeout,
+            progress=progress,
+            submit_concurrency=submit_concurrency,
+        )
+        return await BatchRunner(self, list(batch), options).run()
+
+    def iter_outcomes(
+        self,
+        batch: Iterable[BatchItem],
+        *,
+        min_score: float | None = None,
+        callback_url: str | None = None,
+        exclude_identical_paper: bool | None = None,
+        sandbox: bool = False,
+        timeout: float | None = None,
+        progress: Callable[[BatchProgress], None] | None = None,
+        submit_concurrency: int = 20,
+    ) -> AsyncIterator[ScanOutcome]:
+        """Like ``submit_and_wait``, but yields each outcome as soon as it is known.
+
+        >>> async for outcome in client.iter_outcomes(paths):
+        ...     print(outcome.source, outcome.ok)
+
+        Leaving the loop early cancels the items still in progress; scans already started
+        go on running on the server.
+        """
+        options = BatchOptions(
+            min_score=min_score,
+            callback_url=callback_url,
+            exclude_identical_paper=exclude_identical_paper,
+            sandbox=sandbox,
+            timeout=timeout,
+            progress=progress,
+            submit_concurrency=submit_concurrency,
+        )
+        return BatchRunner(self, list(batch), options).iterate()
+
+
+def _as_limiter(limit: RateLimit | Limiter, name: str) -> Limiter:
+    return limit.build(name=name) if isinstance(limit, RateLimit) else limit

@@ -1,0 +1,407 @@
+"""The poll scheduler: one per client, spending the result-read budget where it pays most.
+
+Every scan someone waits for is *watched*. One background task picks which watched scan to
+read next, one read at a time through the client's result limiter (so the scheduler can never
+exceed the budget, however many scans wait), and hands each result to every waiter of that
+scan.
+
+Which scan? Each scan has a *due* time, and among the scans that are due the scheduler reads
+the one most likely to have finished since it was last read:
+
+- Cold (fewer than ``min_samples`` durations seen): the first read of a scan comes
+  ``poll_interval`` after it started, later reads back off by ``backoff`` up to
+  ``max_poll_interval``; among due scans the longest overdue goes first (round robin).
+- Learned: durations of finished scans (the midpoint between the last "still running" and the
+  first "done" read) are fitted with a log-normal. A scan is due when the chance that it has
+  finished since its last read reaches ``target_probability`` (and at the latest
+  ``max_poll_interval`` after that read); among due scans the most likely finished goes first.
+  So new scans are first read near the typical duration, then more often while they are likely
+  done, then less often as they run long.
+- A callback (``hint``) makes a scan due at once and first in line.
+
+Scans started with a callback URL are read only at ``max_poll_interval`` until the callback
+comes: the callback does the waiting, polling is the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import statistics
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+
+from ._errors import (
+    ImagetwinError,
+    PollTimeout,
+    RateLimited,
+    ScanCancelled,
+    ServiceUnavailable,
+    TransportError,
+)
+from ._models import ScanPending, ScanResult
+
+__all__ = ["DurationModel", "PollScheduler", "SchedulerStats"]
+
+logger = logging.getLogger("imagetwin_async.polling")
+
+PollFn = Callable[[str], Awaitable[ScanResult | ScanPending]]
+
+# Errors that say "try again later" rather than "this scan is lost": keep watching.
+_TRANSIENT: Final = (TransportError, RateLimited, ServiceUnavailable)
+# How many due scans to weigh per read: bounds the work per read with 10,000 scans waiting.
+_CANDIDATES: Final = 256
+
+
+class DurationModel:
+    """Learns how long scans take: a log-normal fitted to recent durations.
+
+    >>> model = DurationModel()
+    >>> for seconds in (50, 60, 70, 55, 65): model.observe(seconds)
+    >>> round(model.cdf(60.0), 1)
+    0.5
+    """
+
+    def __init__(self, *, window: int = 200, min_samples: int = 5) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._min_samples = min_samples
+        self._fit: tuple[float, float] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._fit is not None
+
+    def observe(self, seconds: float) -> None:
+        self._samples.append(math.log(max(seconds, 1e-6)))
+        if len(self._samples) >= self._min_samples:
+            mu = statistics.fmean(self._samples)
+            # A floor on sigma keeps a run of identical durations from making the model certain.
+            sigma = max(statistics.pstdev(self._samples, mu), 0.05)
+            self._fit = (mu, sigma)
+
+    def cdf(self, seconds: float) -> float:
+        """P(duration <= seconds) under the fitted model (0.0 before it has a fit)."""
+        if self._fit is None or seconds <= 0:
+            return 0.0
+        mu, sigma = self._fit
+        return 0.5 * math.erfc(-(math.log(seconds) - mu) / (sigma * math.sqrt(2.0)))
+
+    def quantile_after(self, seconds: float, probability: float) -> float:
+        """The age by which a scan still running at ``seconds`` has finished with
+        ``probability`` (conditional quantile), by bisection on the CDF."""
+        assert self._fit is not None
+        start = self.cdf(seconds)
+        goal = start + probability * (1.0 - start)
+        if goal >= 1.0 - 1e-12:
+            return math.inf
+        low, high = max(seconds, 0.0), max(seconds, 1.0)
+        while self.cdf(high) < goal:
+            high *= 2.0
+            if high > 1e12:
+                return math.inf
+        for _ in range(50):
+            mid = (low + high) / 2.0
+            low, high = (mid, high) if self.cdf(mid) < goal else (low, mid)
+        return high
+
+
+@attrs.define
+class SchedulerStats:
+    """Counters for benchmarks and dashboards."""
+
+    reads: int = 0
+    finished: int = 0
+    failed: int = 0
+    hints: int = 0
+
+
+@attrs.define(eq=False)
+class _Watch:
+    scan_id: str
+    started: float  # loop time the scan started (or was first seen)
+    known_start: bool  # did we see it start? only then is its duration worth learning
+    expect_callback: bool = False
+    waiters: set[asyncio.Future[ScanResult]] = attrs.field(factory=set)
+    last_read: float | None = None
+    reads: int = 0
+    due: float = 0.0
+    gap: float = 0.0  # the cold schedule's current gap
+    hinted: bool = False
+    reading: bool = False
+
+
+class PollScheduler:
+    """Polls every watched scan through one task, within the result budget.
+
+    >>> scheduler = PollScheduler(client.get_result, poll_interval=5, max_poll_interval=60)
+    >>> result = await scheduler.wait(scan_id, timeout=600)
+
+    ``poll`` reads one result (the client's rate-limited ``get_result``). ``concurrency``
+    bounds the reads in flight at once; the limiter inside ``poll`` bounds their rate.
+    """
+
+    def __init__(
+        self,
+        poll: PollFn,
+        *,
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+        backoff: float = 1.5,
+        target_probability: float = 0.3,
+        concurrency: int = 4,
+        model: DurationModel | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._poll = poll
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._backoff = backoff
+        self._target = target_probability
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self.model = model or DurationModel()
+        self._clock = clock
+        self._watches: dict[str, _Watch] = {}
+        self._started: dict[str, float] = {}  # scans we saw start, before anyone waits
+        self._expect_callback: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reads: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stats = SchedulerStats()
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    @property
+    def waiting(self) -> int:
+        """How many scans are being polled."""
+        return len(self._watches)
+
+    def note_started(self, scan_id: str, *, expect_callback: bool = False) -> None:
+        """Record that ``scan_id`` started now, so its age (and duration) is known."""
+        if len(self._started) > 100_000:  # started but never waited for: forget the oldest
+            self._started.pop(next(iter(self._started)))
+        self._started[scan_id] = self._now_or_zero()
+        if expect_callback:
+            self._expect_callback.add(scan_id)
+
+    async def wait(self, scan_id: str, *, timeout: float | None = None) -> ScanResult:
+        """The scan's result once it has finished; ``PollTimeout`` after ``timeout`` s."""
+        if self._closed:
+            raise ScanCancelled("the client is closed")
+        future: asyncio.Future[ScanResult] = asyncio.get_running_loop().create_future()
+        watch = self._watch(scan_id)
+        watch.waiters.add(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise PollTimeout(
+                f"scan {scan_id} did not finish within {timeout} s (it may still finish)",
+                scan_id=scan_id,
+            ) from None
+        finally:
+            watch.waiters.discard(future)
+            future.cancel()
+            if not watch.waiters and self._watches.get(scan_id) is watch:
+                # Nobody waits any more: stop polling it.
+                del self._watches[scan_id]
+
+    def hint(self, scan_id: str) -> bool:
+        """Read ``scan_id`` as soon as a read is free (a callback said it ended).
+
+        A hint for a scan nobody waits for is ignored; it never marks anything done.
+        """
+        watch = self._watches.get(scan_id)
+        if watch is None:
+            return False
+        self.stats.hints += 1
+        watch.hinted = True
+        self._push(watch, self.now())
+        return True
+
+    async def close(self) -> None:
+        """Stop polling; every waiter gets ``ScanCancelled``."""
+        self._closed = True
+        tasks = [t for t in (self._task, *self._reads) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for watch in self._watches.values():
+            for future in watch.waiters:
+                if not future.done():
+                    future.set_exception(ScanCancelled("the client was closed"))
+        self._watches.clear()
+
+    # ---- scheduling -----------------------------------------------------------------------
+
+    def _now_or_zero(self) -> float:
+        try:
+            return self.now()
+        except RuntimeError:  # no running loop (called from sync code): age unknown
+            return 0.0
+
+    def _watch(self, scan_id: str) -> _Watch:
+        watch = self._watches.get(scan_id)
+        if watch is not None:
+            return watch
+        now = self.now()
+        started = self._started.pop(scan_id, None)
+        watch = _Watch(
+            scan_id,
+            started=started if started is not None else now,
+            known_start=started is not None,
+            expect_callback=scan_id in self._expect_callback,
+        )
+        self._expect_callback.discard(scan_id)
+        self._watches[scan_id] = watch
+        self._schedule(watch, now)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="imagetwin-poll")
+        return watch
+
+    def _schedule(self, watch: _Watch, now: float) -> None:
+        """Set the scan's next due time from what we know."""
+        if watch.hinted:
+            due = now
+        elif watch.expect_callback:
+            due = (watch.last_read or watch.started) + self.max_poll_interval
+        elif watch.last_read is None:
+            due = watch.started + self._first_delay()
+            watch.gap = self.poll_interval
+        elif self.model.ready and watch.known_start:
+            age = watch.last_read - watch.started
+            next_age = self.model.quantile_after(age, self._target)
+            gap = min(max(next_age - age, self.poll_interval / 4), self.max_poll_interval)
+            due = watch.last_read + gap
+        else:
+            watch.gap = min(watch.gap * self._backoff, self.max_poll_interval)
+            due = watch.last_read + watch.gap
+        self._push(watch, due)
+
+    def _first_delay(self) -> float:
+        if not self.model.ready:
+            return self.poll_interval
+        first = self.model.quantile_after(0.0, self._target)
+        return min(max(first, self.poll_interval), self.max_poll_interval)
+
+    def _push(self, watch: _Watch, due: float) -> None:
+        watch.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), watch.scan_id))
+        self._wake.set()
+
+    def _pick(self, now: float) -> _Watch | float | None:
+        """The scan to read now, or the time the next one falls due (None: nothing watched)."""
+        due: list[_Watch] = []
+        while self._heap and len(due) < _CANDIDATES:
+            when, _, scan_id = self._heap[0]
+            watch = self._watches.get(scan_id)
+            if watch is None or watch.due != when or watch.reading:
+                heapq.heappop(self._heap)  # stale entry: rescheduled, finished or being read
+                continue
+            if when > now:
+                break
+            heapq.heappop(self._heap)
+            due.append(watch)
+        if not due:
+            return self._heap[0][0] if self._heap else None
+        best = max(due, key=lambda w: self._priority(w, now))
+        for watch in due:
+            if watch is not best:
+                heapq.heappush(self._heap, (watch.due, next(self._seq), watch.scan_id))
+        return best
+
+    def _priority(self, watch: _Watch, now: float) -> tuple[int, float]:
+        if watch.hinted:
+            return (2, now - watch.due)
+        if self.model.ready and watch.known_start:
+            last_age = (watch.last_read or watch.started) - watch.started
+            done_before = self.model.cdf(last_age)
+            chance = (self.model.cdf(now - watch.started) - done_before) / max(
+                1.0 - done_before, 1e-12
+            )
+            return (1, chance)
+        return (0, now - watch.due)  # round robin: the longest overdue first
+
+    async def _run(self) -> None:
+        while True:
+            await self._concurrency.acquire()
+            try:
+                watch = await self._next_due()
+            except BaseException:
+                self._concurrency.release()
+                raise
+            watch.reading = True
+            task = asyncio.get_running_loop().create_task(self._read(watch))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _next_due(self) -> _Watch:
+        while True:
+            now = self.now()
+            picked = self._pick(now)
+            if isinstance(picked, _Watch):
+                return picked
+            self._wake.clear()
+            timeout = None if picked is None else max(picked - now, 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _read(self, watch: _Watch) -> None:
+        try:
+            watch.hinted = False
+            before = self.now()
+            try:
+                answer = await self._poll(watch.scan_id)
+            except _TRANSIENT as exc:
+                logger.debug("poll of %s failed (%s); will retry", watch.scan_id, exc)
+                watch.last_read = self.now()
+                self._push(watch, watch.last_read + self.max_poll_interval)
+                return
+            except ImagetwinError as exc:
+                self.stats.failed += 1
+                self._finish(watch, exc)
+                return
+            finally:
+                self.stats.reads += 1
+                watch.reads += 1
+            now = self.now()
+            if isinstance(answer, ScanResult):
+                self.stats.finished += 1
+                if watch.known_start and watch.last_read is not None:
+                    # It finished between the last "running" read and this one.
+                    self.model.observe((watch.last_read + before) / 2.0 - watch.started)
+                elif watch.known_start:
+                    self.model.observe(before - watch.started)
+                self._finish(watch, answer)
+            else:
+                watch.last_read = now
+                if self._watches.get(watch.scan_id) is watch:
+                    self._schedule(watch, now)
+        finally:
+            watch.reading = False
+            self._concurrency.release()
+            self._wake.set()
+
+    def _finish(self, watch: _Watch, outcome: ScanResult | ImagetwinError) -> None:
+        if self._watches.get(watch.scan_id) is watch:
+            del self._watches[watch.scan_id]
+        for future in watch.waiters:
+            if future.done():
+                continue
+            if isinstance(outcome, ScanResult):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)

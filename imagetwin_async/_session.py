@@ -1,0 +1,330 @@
+"""The aiohttp layer: send what the core built, retry what is safe, translate failures.
+
+This is the one place where aiohttp and asyncio exceptions become ours (``raise ... from``),
+where the API key is attached (only to requests for the API's own origin), and where the rate
+limiters are consulted: a slot is held for each attempt from send to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ._errors import ConfigurationError, InvalidArgument, TransportError
+from ._limits import Limiter
+from ._protocol import (
+    EndpointGroup,
+    Request,
+    RetryDecision,
+    ambiguous_error,
+    parse_retry_after,
+    retry_decision,
+)
+
+__all__ = ["ApiKey", "RawResponse", "RetryPolicy", "Transport"]
+
+logger = logging.getLogger("imagetwin_async")
+
+_REDACTED = "[redacted]"
+_CHUNK = 256 * 1024
+
+
+class ApiKey:
+    """The API key, kept out of every repr, str and log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not value or not value.strip() or any(c in value for c in "\r\n"):
+            raise ConfigurationError("the API key is empty or malformed")
+        self._value = value.strip()
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, data: bytes) -> bytes:
+        """``data`` with every occurrence of the key blanked (servers may echo headers)."""
+        return data.replace(self._value.encode(), _REDACTED.encode())
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and how patiently to retry what is safe to retry.
+
+    Back-off is exponential with full jitter: attempt ``n`` waits a uniform random time in
+    ``[0, min(cap, base * 2**n)]`` (or the server's Retry-After when it sends one).
+    """
+
+    max_retries: int = attrs.field(default=5)
+    backoff_base: float = attrs.field(default=0.5)
+    backoff_cap: float = attrs.field(default=30.0)
+
+    @max_retries.validator
+    def _check_retries(self, _: object, value: int) -> None:
+        if not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"max_retries must be a whole number >= 0, got {value!r}")
+
+    @backoff_base.validator
+    @backoff_cap.validator
+    def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not value > 0:
+            raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
+
+
+@attrs.frozen
+class RawResponse:
+    """What came back: status, headers and the whole body (API answers are small JSON)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class BodySource(Protocol):
+    """An upload that can build a fresh multipart body for each attempt (see ``_uploads``)."""
+
+    def form_data(
+        self, *, field_name: str, extra_fields: tuple[tuple[str, str], ...] = ()
+    ) -> aiohttp.FormData: ...
+
+    def close(self) -> None: ...
+
+
+class Transport:
+    """Sends ``Request``s to one API base URL with one key, through per-group limiters.
+
+    Owns the aiohttp session unless the caller passed one in (then it is left open).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: ApiKey,
+        limiters: Mapping[EndpointGroup, Limiter],
+        retry: RetryPolicy,
+        timeout: aiohttp.ClientTimeout,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        url = URL(base_url)
+        if not url.is_absolute() or url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(f"base_url must be an absolute http(s) URL: {base_url!r}")
+        self.base_url = url if url.path.endswith("/") else url.with_path(url.path + "/")
+        self._key = api_key
+        self._limiters = limiters
+        self._retry = retry
+        self._timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._owns_session:
+                raise ConfigurationError("the aiohttp session passed to the client is closed")
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, request: Request) -> URL:
+        return self.base_url.join(URL(request.path))
+
+    async def send(
+        self, request: Request, *, upload: BodySource | None = None, block: bool = True
+    ) -> RawResponse:
+        """Send ``request``, retrying only what provably had no effect.
+
+        The final answer is returned whatever its status (the core reads it into a value or
+        an error). Raises ``TransportError`` when no answer could be had, ``AmbiguousSubmission``
+        when a scan POST may have started a scan without our hearing back, and ``RateLimitBusy``
+        at once when ``block`` is false and no slot is free.
+        """
+        limiter = self._limiters.get(request.group)
+        for attempt in itertools.count():
+            try:
+                response = await self._attempt(request, upload, limiter, block=block)
+            except _NOTHING_SENT as exc:
+                failure: Exception = exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if request.starts_scan:
+                    raise ambiguous_error(request, _describe(exc)) from exc
+                failure = exc
+            else:
+                delay = self._retry_delay(request, response, limiter, attempt, block=block)
+                if delay is None:
+                    return response
+                self._log_retry(request, attempt, f"HTTP {response.status}", delay)
+                await asyncio.sleep(delay)
+                continue
+            if attempt >= self._retry.max_retries:
+                raise TransportError(
+                    f"{request.endpoint}: {_describe(failure)} "
+                    f"(gave up after {attempt + 1} attempts)",
+                    endpoint=request.endpoint,
+                ) from failure
+            delay = self._retry.delay(attempt, self._rng)
+            self._log_retry(request, attempt, _describe(failure), delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # itertools.count() never ends
+
+    def _retry_delay(
+        self,
+        request: Request,
+        response: RawResponse,
+        limiter: Limiter | None,
+        attempt: int,
+        *,
+        block: bool,
+    ) -> float | None:
+        """Seconds to wait before sending again, or None: hand this answer to the caller."""
+        if response.status < 400:
+            if limiter is not None:
+                limiter.on_success()
+            return None
+        decision = retry_decision(response.status, response.headers, request=request)
+        if decision is RetryDecision.AMBIGUOUS:
+            raise ambiguous_error(request, f"the gateway answered {response.status}")
+        if decision is RetryDecision.RAISE:
+            if limiter is not None:
+                limiter.on_success()  # an error answer, but not a rate-limit one
+            return None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if decision is RetryDecision.RETRY_RATE_LIMITED and limiter is not None:
+            # The limiter pauses the whole endpoint, so the next acquire waits out the pause
+            # for every caller, this one included.
+            limiter.on_rate_limited(retry_after)
+            if not block or attempt >= self._retry.max_retries:
+                return None
+            return 0.0
+        if attempt >= self._retry.max_retries:
+            return None
+        return retry_after if retry_after is not None else self._retry.delay(attempt, self._rng)
+
+    async def _attempt(
+        self, request: Request, upload: BodySource | None, limiter: Limiter | None, *, block: bool
+    ) -> RawResponse:
+        if request.file_field is not None and upload is None:
+            raise InvalidArgument(f"{request.endpoint} needs files to upload")
+        asked = time.monotonic()
+        slot = await limiter.acquire(block=block) if limiter is not None else None
+        sent = time.monotonic()
+        try:
+            data: aiohttp.FormData | None = None
+            if upload is not None and request.file_field is not None:
+                # A FormData is spent once sent: build it afresh from the sources every attempt.
+                data = upload.form_data(
+                    field_name=request.file_field, extra_fields=request.form_fields
+                )
+            async with self.session.request(
+                request.method,
+                self.url_for(request),
+                params=request.params or None,
+                data=data,
+                headers={
+                    "Authorization": f"Bearer {self._key.reveal()}",
+                    "Accept": "application/json",
+                },
+                # A redirect could carry the key to another host; the API does not redirect.
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(response.headers))
+                if response.status >= 400:
+                    body = self._key.redact(body)
+        finally:
+            if slot is not None:
+                slot.release()
+            if upload is not None:
+                upload.close()
+        logger.debug(
+            "%s /%s -> %d (waited %.3fs for a slot, answered in %.3fs)",
+            request.method,
+            request.path,
+            response.status,
+            sent - asked,
+            time.monotonic() - sent,
+        )
+        return RawResponse(response.status, headers, body)
+
+    async def download(self, url: str, path: Path) -> Path:
+        """Stream ``url`` to ``path`` (atomically: a temp file renamed into place).
+
+        No API key is sent: report links are public and may live on another host.
+        """
+        target = URL(url)
+        if not target.is_absolute() or target.scheme not in ("http", "https"):
+            raise InvalidArgument(f"not a downloadable URL: {url!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async with self.session.get(target) as response:
+                    if response.status != 200:
+                        raise TransportError(
+                            f"GET {target.with_query(None)}: HTTP {response.status}",
+                            endpoint="GET report",
+                        )
+                    async for chunk in response.content.iter_chunked(_CHUNK):
+                        await asyncio.to_thread(out.write, chunk)
+            await asyncio.to_thread(os.replace, tmp_name, path)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(
+                f"download failed: {_describe(exc)}", endpoint="GET report"
+            ) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)  # the rename consumed it on success
+        return path
+
+    def _log_retry(self, request: Request, attempt: int, why: str, delay: float) -> None:
+        logger.debug(
+            "%s /%s: %s; retry %d/%d in %.3fs",
+            request.method,
+            request.path,
+            why,
+            attempt + 1,
+            self._retry.max_retries,
+            delay,
+        )
+
+
+# Failures that prove the request never reached the server: safe to retry even a scan POST.
+_NOTHING_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (
+            f"could not connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+        )
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the server"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
