@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._models import ScanOutcome, ScanResult
 from ._protocol import Request, build_scan_request
-from ._uploads import Files, PreparedUpload, prepare_upload
+from ._uploads import Uploadable, prepare_upload
 
 if TYPE_CHECKING:
     from ._client import ImagetwinClient
@@ -33,7 +33,7 @@ __all__ = ["BatchItem", "BatchOptions", "BatchProgress", "BatchRunner"]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
-BatchItem = Files
+BatchItem = Uploadable
 _DEFAULT_SUBMIT_CONCURRENCY: Final = 20
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import warnings
@@ -19,7 +20,7 @@ from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._polling import PollScheduler
 from ._session import ApiKey, RetryPolicy, Transport
-from ._uploads import Files, PreparedUpload, prepare_upload
+from ._uploads import Upload, Uploadable, prepare_upload
 
 __all__ = ["DEFAULT_BASE_URL", "ImagetwinClient"]
 
@@ -125,7 +126,7 @@ class ImagetwinClient:
 
     async def scan(
         self,
-        files: Files,
+        files: Uploadable,
         *,
         min_score: float | None = None,
         callback_url: str | None = None,
@@ -150,9 +151,12 @@ class ImagetwinClient:
         return await self._start_scan(request, prepare_upload(files), block=block)
 
     async def _start_scan(
-        self, request: protocol.Request, upload: PreparedUpload, *, block: bool = True
+        self, request: protocol.Request, upload: Upload, *, block: bool = True
     ) -> ScanStarted:
-        response = await self._transport.send(request, upload=upload, block=block)
+        try:
+            response = await self._transport.send(request, upload=upload, block=block)
+        finally:
+            upload.close()
         started = protocol.read_scan_started(
             response.status, response.headers, response.body, request=request
         )
@@ -168,7 +172,9 @@ class ImagetwinClient:
         """Deprecated endpoint ``/scanImages``: up to 25 images. Use ``scan`` instead."""
         return await self._legacy_scan("scanImages", paths)
 
-    async def _legacy_scan(self, endpoint: protocol.LegacyEndpoint, files: Files) -> ScanStarted:
+    async def _legacy_scan(
+        self, endpoint: protocol.LegacyEndpoint, files: Uploadable
+    ) -> ScanStarted:
         warnings.warn(
             f"the /{endpoint} endpoint is deprecated by Imagetwin; use ImagetwinClient.scan",
             DeprecationWarning,
@@ -246,7 +252,7 @@ class ImagetwinClient:
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
         target = Path(path)
-        if target.is_dir():
+        if await asyncio.to_thread(target.is_dir):
             name = result.scan_id if isinstance(result, ScanResult) else Path(url).stem
             target = target / f"{name}.pdf"
         return await self._transport.download(url, target)

@@ -103,13 +103,14 @@ class RawResponse:
 
 
 class BodySource(Protocol):
-    """An upload that can build a fresh multipart body for each attempt (see ``_uploads``)."""
+    """An upload that can build a fresh multipart body for each attempt (see ``_uploads``).
+
+    The caller closes it once the request is done, retries included.
+    """
 
     def form_data(
-        self, *, field_name: str, extra_fields: tuple[tuple[str, str], ...] = ()
+        self, field_name: str = ..., extra_fields: tuple[tuple[str, str], ...] = ()
     ) -> aiohttp.FormData: ...
-
-    def close(self) -> None: ...
 
 
 class Transport:
@@ -262,8 +263,6 @@ class Transport:
         finally:
             if slot is not None:
                 slot.release()
-            if upload is not None:
-                upload.close()
         logger.debug(
             "%s /%s -> %d (waited %.3fs for a slot, answered in %.3fs)",
             request.method,

@@ -23,7 +23,7 @@ class _Response(ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-class mocked(_aioresponses):  # noqa: N801 - reads like the library it stands in for
+class mocked(_aioresponses):
     """``aioresponses`` whose responses work under aiohttp 3.14."""
 
     def add(self, *args: Any, **kwargs: Any) -> None:
