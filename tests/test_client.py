@@ -30,8 +30,8 @@ from imagetwin_async import (
     ScanResult,
     ServiceUnavailable,
     TransportError,
+    _spec,
 )
-from imagetwin_async import _spec
 
 from ._mock import mocked
 from .conftest import API, KEY
