@@ -1,0 +1,145 @@
+"""Count a document's pages from an open binary file, without reading the whole file.
+
+The API refuses documents with 50 pages or more, and every refused scan still costs a round
+trip (and, if the server counted differently, a billed scan), so the client counts first.
+
+    >>> with open("paper.pdf", "rb") as f:
+    ...     count_pages(".pdf", f, name="paper.pdf")
+    12
+
+Both readers take a file object positioned anywhere and leave its position undefined: the
+caller rewinds. Anything unreadable is an ``InvalidUpload`` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from typing import IO
+
+import pypdf
+
+from ._errors import InvalidUpload
+
+__all__ = ["Window", "count_docx_pages", "count_pages", "count_pdf_pages"]
+
+# Acrobat looks for the header in the first 1024 bytes and for %%EOF in the last 1024; we allow
+# more slack at the end because some mailers and uploaders append padding after %%EOF.
+_HEADER_WINDOW = 1024
+_EOF_WINDOW = 64 * 1024
+_MAX_APP_XML = 1024 * 1024  # docProps/app.xml is a few KiB; a bigger one is not worth parsing
+# A regex, not an XML parser: app.xml is untrusted input, the stdlib's parsers are not hardened
+# against entity expansion, and we want one integer. Word writes <Pages>; some producers prefix
+# the extended-properties namespace (<ep:Pages>).
+_DOCX_PAGES = re.compile(
+    rb"<(?:[A-Za-z_][\w.-]*:)?Pages>\s*(\d{1,9})\s*</(?:[A-Za-z_][\w.-]*:)?Pages>"
+)
+
+
+def count_pages(extension: str, file: IO[bytes], *, name: str) -> int | None:
+    """The page count of a ``.pdf`` or ``.docx`` (lower-case extension), or None if unknown."""
+    if extension == ".pdf":
+        return count_pdf_pages(file, name=name)
+    if extension == ".docx":
+        return count_docx_pages(file, name=name)
+    raise ValueError(f"no page counter for {extension!r}")
+
+
+def count_pdf_pages(file: IO[bytes], *, name: str) -> int:
+    """The number of pages of the PDF in ``file``, read with pypdf.
+
+    pypdf reads the cross-reference table and the page tree, not the page contents, so memory
+    stays far below the file's size. Two kinds of damage make pypdf read the whole file (it
+    rebuilds the cross-reference table from a full scan) or crawl through it backwards for
+    seconds; the first, a missing header or ``%%EOF`` marker, we refuse up front. The second,
+    a broken table in an otherwise complete file, we let pypdf repair: the file is read whole
+    once, which the 30 MiB size check already bounds.
+
+    An encrypted PDF is counted from its page tree's ``/Count``, which is not encrypted.
+    """
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    if b"%PDF-" not in file.read(_HEADER_WINDOW):
+        raise InvalidUpload(f"{name} is not a PDF: no %PDF- header at its start", source=name)
+    file.seek(max(0, size - _EOF_WINDOW))
+    if b"%%EOF" not in file.read(_EOF_WINDOW):
+        raise InvalidUpload(
+            f"{name} is a damaged or truncated PDF: no %%EOF marker near its end", source=name
+        )
+    file.seek(0)
+    try:
+        # strict=False: accept the small deviations real-world producers make, as the
+        # service's own reader does; the server, not us, is the judge of those.
+        pages = len(pypdf.PdfReader(file, strict=False).pages)
+    except Exception as exc:  # pypdf raises many types on damaged input, not only PdfReadError
+        raise InvalidUpload(f"{name} is not a readable PDF ({exc})", source=name) from exc
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise InvalidUpload(f"{name} is not a readable PDF (bad page count)", source=name)
+    return pages
+
+
+def count_docx_pages(file: IO[bytes], *, name: str) -> int | None:
+    """The page count Word cached in ``docProps/app.xml`` (``<Pages>``), or None if absent.
+
+    This is the figure Word stored the last time it saved the file, not a fresh layout: other
+    producers (LibreOffice, python-docx, converters) may omit it or leave it stale, and we do
+    not paginate a document ourselves. When it is absent the page check is skipped and the
+    server decides. A ``.docx`` that is not a ZIP archive is refused.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            try:
+                info = archive.getinfo("docProps/app.xml")
+            except KeyError:
+                return None
+            with archive.open(info) as member:
+                app_xml = member.read(_MAX_APP_XML)
+    except zipfile.BadZipFile as exc:
+        raise InvalidUpload(f"{name} is not a .docx file: not a ZIP archive", source=name) from exc
+    except Exception as exc:  # zlib.error, NotImplementedError (compression), EOFError, ...
+        raise InvalidUpload(f"{name} is not a readable .docx file ({exc})", source=name) from exc
+    match = _DOCX_PAGES.search(app_xml)
+    return int(match.group(1)) if match else None
+
+
+class Window(io.RawIOBase):
+    """A read-only view of ``size`` bytes of ``file`` starting at ``start``, as if a file.
+
+    Lets pypdf and zipfile, which seek relative to the start and the end of their input, read a
+    caller's stream whose content begins mid-stream (``start > 0``).
+    """
+
+    def __init__(self, file: IO[bytes], start: int, size: int) -> None:
+        super().__init__()
+        self._file = file
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(want)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

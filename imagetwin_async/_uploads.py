@@ -1,0 +1,855 @@
+"""What a scan uploads: sources, the checks made before sending, and streaming multipart bodies.
+
+``prepare_upload`` turns what a user passes to ``scan`` into a validated ``Upload``, or raises
+``InvalidUpload`` naming the file and the limit, before any byte is sent (a refused upload is a
+wasted request at best, a billed scan at worst). ``Upload.form_data`` then builds a fresh
+``aiohttp.FormData`` per attempt, because a form is spent once sent; file parts are streamed in
+64 KiB chunks, so a 30 MiB PDF or 25 x 20 MiB images never sit whole in memory.
+
+    >>> with prepare_upload(["fig1.png", "fig2.tif"], min_score=0.5) as upload:
+    ...     upload.kind, [part.filename for part in upload.parts]
+    ('images', ['fig1.png', 'fig2.tif'])
+
+Sizes follow ``_spec``: the reference's "MB" is read as MiB (2**20 bytes), and limits are strict
+("under 30 MB" refuses exactly 30 MiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import re
+import stat
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+import aiohttp
+import attrs
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+
+from . import _spec
+from ._errors import InvalidArgument, InvalidUpload
+from ._pagecount import Window, count_pages
+from ._protocol import LegacyEndpoint, validate_min_score
+
+__all__ = [
+    "CONTENT_TYPES",
+    "FileContent",
+    "NamedFile",
+    "RenderedBody",
+    "Upload",
+    "UploadKind",
+    "UploadPart",
+    "UploadSource",
+    "Uploadable",
+    "prepare_upload",
+    "render_body",
+    "write_body",
+]
+
+UploadKind: TypeAlias = Literal["document", "images"]
+
+CONTENT_TYPES: Mapping[str, str] = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".jfif": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+}
+"""The Content-Type sent for each accepted extension (``.docx`` has its official OOXML type)."""
+
+_CHUNK = 64 * 1024  # aiohttp's own chunk size for file payloads
+_SPOOL_IN_MEMORY = 1024 * 1024  # a spooled stream moves to a temporary file beyond this
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@attrs.frozen(repr=False)
+class FileContent:
+    """Content to upload that is not a path on disk: bytes or a binary stream, with a file name.
+
+    Named ``FileContent`` so it never shadows FastAPI's ``UploadFile`` in a user's imports.
+
+        >>> await client.scan(FileContent("paper.pdf", pdf_bytes))
+        >>> with open("fig.png", "rb") as f:
+        ...     await client.scan([FileContent("fig.png", f)])
+
+    The file name's extension decides how it is checked; only its last path component is sent.
+    A seekable stream is read from its current position to its end, and rewound to that
+    position for every attempt; the caller keeps ownership and closes it. A non-seekable stream
+    (a pipe, a socket) is copied once into a temporary file when the upload is prepared, since
+    a retry must send the same bytes again.
+    """
+
+    filename: str
+    content: bytes | IO[bytes]
+
+    def __repr__(self) -> str:
+        what = (
+            f"{len(self.content)} bytes"
+            if isinstance(self.content, bytes | bytearray | memoryview)
+            else type(self.content).__name__
+        )
+        return f"FileContent(filename={self.filename!r}, content=<{what}>)"
+
+
+@runtime_checkable
+class NamedFile(Protocol):
+    """Anything with ``.filename`` and a binary ``.file``: FastAPI's and Starlette's ``UploadFile``.
+
+        >>> @app.post("/check")
+        ... async def check(paper: fastapi.UploadFile) -> dict[str, str]:
+        ...     started = await client.scan(paper)
+        ...     return {"scan_id": started.scan_id}
+
+    ``.file`` is treated like a ``FileContent`` stream: read from its current position, never
+    closed by us.
+    """
+
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def file(self) -> IO[bytes]: ...
+
+
+UploadSource: TypeAlias = str | os.PathLike[str] | FileContent | NamedFile
+"""One file: a path (a ``str`` is always a path), a ``FileContent``, or a ``NamedFile``."""
+Uploadable: TypeAlias = UploadSource | Sequence[UploadSource]
+"""What ``scan`` takes: one document or image, or a sequence of up to 25 images."""
+
+
+@attrs.frozen
+class UploadPart:
+    """One validated file of an upload, as the server will receive it.
+
+        >>> part = prepare_upload("paper.pdf").parts[0]
+        >>> part.filename, part.size, part.content_type, part.pages
+        ('paper.pdf', 1048576, 'application/pdf', 12)
+
+    ``pages`` is the counted page number of a PDF, Word's cached figure for a ``.docx`` (None
+    when the file has none), and None for images. ``path`` is None for in-memory or streamed
+    content. ``source`` is how errors name the file: the path as given, or the file name.
+    """
+
+    filename: str
+    size: int
+    content_type: str
+    pages: int | None
+    path: Path | None
+    source: str
+    _content: _Content = attrs.field(repr=False, eq=False, alias="content")
+
+    @property
+    def extension(self) -> str:
+        """The lower-case extension, with its dot (``.pdf``)."""
+        return PurePosixPath(self.filename).suffix.lower()
+
+    def _open(self) -> _Opened:
+        return self._content.open(self)
+
+
+class Upload:
+    """A validated upload: one document or up to 25 images, ready to be sent any number of times.
+
+        >>> with prepare_upload("paper.pdf", min_score=0.5) as upload:
+        ...     form = upload.form_data(extra_fields={"minScore": "0.5"})
+        ...     await session.post(url, data=form)  # a new form_data() for every attempt
+
+    Build it with ``prepare_upload``. Files on disk are opened afresh by each ``form_data()``
+    call and closed by aiohttp once the request is sent; ``close()`` (or leaving the ``with``
+    block) closes whatever is still open, including the temporary copy of a non-seekable
+    stream. After ``close()`` no more forms can be built.
+    """
+
+    def __init__(
+        self,
+        kind: UploadKind,
+        parts: tuple[UploadPart, ...],
+        *,
+        min_score: float | None = None,
+        legacy: LegacyEndpoint | None = None,
+        resources: Iterable[IO[bytes]] = (),
+    ) -> None:
+        self.kind: UploadKind = kind
+        self.parts = parts
+        self.min_score = min_score
+        self.legacy: LegacyEndpoint | None = legacy
+        self._resources = list(resources)  # spooled copies of non-seekable streams: ours
+        self._handles: set[IO[bytes]] = set()  # files opened for attempts and not yet closed
+        self._sha256: str | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(part.filename for part in self.parts)
+        return f"<Upload {self.kind}: {names} ({self.size} bytes)>"
+
+    @property
+    def size(self) -> int:
+        """Total bytes of file content (the multipart framing adds a few hundred more)."""
+        return sum(part.size for part in self.parts)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the parts' content in order, for a journal to recognise a re-run.
+
+        Each part contributes its size as 8 big-endian bytes, then its bytes, so two images
+        ``ab`` + ``c`` never hash like ``a`` + ``bc``; file names are not hashed (a renamed copy
+        is the same scan). Streamed in 1 MiB chunks and cached. Blocking file I/O: from a
+        running event loop, call it as ``await asyncio.to_thread(upload.sha256)``.
+        """
+        if self._sha256 is None:
+            self._check_open()
+            digest = hashlib.sha256()
+            for part in self.parts:
+                digest.update(part.size.to_bytes(8, "big"))
+                opened = part._open()
+                try:
+                    opened.file.seek(opened.start)
+                    remaining = part.size
+                    while remaining:
+                        chunk = opened.file.read(min(_SPOOL_IN_MEMORY, remaining))
+                        if not chunk:
+                            raise _changed(part, "shrank")
+                        digest.update(chunk)
+                        remaining -= len(chunk)
+                finally:
+                    opened.release()
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def form_data(
+        self,
+        field_name: str = "file",
+        extra_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> aiohttp.FormData:
+        """A fresh multipart form for one attempt: ``extra_fields``, then one part per file.
+
+        Text fields come first so a server that parses the stream sees the options before the
+        files. Files on disk are opened now (a file deleted or changed since validation raises
+        ``InvalidUpload`` here, before sending) and read in chunks while aiohttp sends them.
+        """
+        self._check_open()
+        form = aiohttp.FormData(quote_fields=False)
+        # quote_fields=False sends file names as raw UTF-8, as curl and browsers do; aiohttp's
+        # default percent-encodes them ("my paper.pdf" would arrive as "my%20paper.pdf").
+        # Names with control characters were refused in validation, so no header injection.
+        fields = extra_fields.items() if isinstance(extra_fields, Mapping) else extra_fields or ()
+        for name, value in fields:
+            form.add_field(name, value)
+        payloads: list[_PartPayload] = []
+        try:
+            for part in self.parts:
+                payloads.append(_PartPayload(part, part._open(), self._handles))
+        except BaseException:
+            for payload in payloads:
+                payload.release()
+            raise
+        for payload in payloads:
+            form.add_field(field_name, payload, filename=payload.part.filename)
+        return form
+
+    def close(self) -> None:
+        """Close every file this upload opened and discard spooled copies. Idempotent."""
+        self._closed = True
+        for handle in [*self._handles, *self._resources]:
+            handle.close()
+        self._handles.clear()
+        self._resources.clear()
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this Upload is closed: prepare a new one to send it again")
+
+
+def prepare_upload(
+    files: Uploadable,
+    *,
+    min_score: float | None = None,
+    legacy: LegacyEndpoint | None = None,
+) -> Upload:
+    """Check ``files`` against the API's limits and return an ``Upload``; nothing is sent.
+
+        >>> upload = prepare_upload("paper.pdf", min_score=0.5)
+        >>> upload.kind, upload.parts[0].pages
+        ('document', 12)
+
+    ``files`` is one document (.pdf, .docx) or image, or a sequence of up to 25 images (a
+    sequence holding a single document is that document). ``legacy`` applies the deprecated
+    endpoints' narrower rules: ``"scanPdf"`` takes one PDF, ``"scanImages"`` no ``.webp``.
+
+    Raises ``InvalidUpload`` (a ``ValueError``) for anything the API would refuse: a missing,
+    unreadable or empty file, a directory, an unaccepted extension, a document of 30 MiB or
+    more or with 50 pages or more, an image of 20 MiB or more, more than 25 images, a document
+    mixed with anything else, an empty sequence, or ``min_score`` outside 0.0-0.9.
+
+    Does blocking file I/O (stat, a page count that reads a PDF's cross-reference table, and a
+    copy of any non-seekable stream): from a busy event loop, run it in a thread.
+    """
+    if legacy not in (None, "scanPdf", "scanImages"):
+        raise InvalidArgument(f"legacy must be 'scanPdf', 'scanImages' or None, got {legacy!r}")
+    score = validate_min_score(min_score)
+    candidates = [_candidate(item) for item in _items(files)]
+    kind = _check_composition(candidates, legacy)
+    resources: list[IO[bytes]] = []
+    try:
+        parts = tuple(_resolve(candidate, resources) for candidate in candidates)
+    except BaseException:
+        for resource in resources:
+            resource.close()
+        raise
+    return Upload(kind, parts, min_score=score, legacy=legacy, resources=resources)
+
+
+# --- turning the caller's arguments into named candidates (no I/O) ---------------------------
+
+
+@attrs.frozen
+class _Candidate:
+    source: str  # how errors name it
+    filename: str  # what the server is told
+    extension: str
+    is_document: bool
+    origin: object
+
+
+def _items(files: object) -> list[object]:
+    if _is_single(files):
+        return [files]
+    # bytes are a Sequence too (of ints): refuse them before treating files as a sequence.
+    if isinstance(files, Sequence) and not isinstance(files, bytes | bytearray | memoryview):
+        items = list(files)
+        if not items:
+            raise InvalidUpload("nothing to upload: the sequence of files is empty")
+        for item in items:
+            if not _is_single(item):
+                raise _unsupported(item, in_sequence=True)
+        return items
+    raise _unsupported(files, in_sequence=False)
+
+
+def _is_single(item: object) -> bool:
+    # str before Sequence: a str is a path, never a sequence of one-character file names.
+    return isinstance(item, str | os.PathLike | FileContent) or _is_named_file(item)
+
+
+def _is_named_file(item: object) -> bool:
+    return not isinstance(item, str | bytes) and isinstance(item, NamedFile)
+
+
+def _unsupported(item: object, *, in_sequence: bool) -> InvalidUpload:
+    kind = type(item).__name__
+    if isinstance(item, bytes | bytearray | memoryview):
+        hint = "raw bytes have no file name: pass FileContent('name.pdf', data)"
+    elif hasattr(item, "read"):
+        hint = f"a bare {kind} has no file name to go by: pass FileContent('name.pdf', stream)"
+    elif in_sequence and isinstance(item, Sequence):
+        hint = "sequences do not nest: one scan is one document or a flat list of images"
+    else:
+        hint = f"got {kind}"
+    return InvalidUpload(
+        "expected a path, a FileContent, an object with .filename and .file (such as FastAPI's"
+        f" UploadFile), or a sequence of them; {hint}"
+    )
+
+
+def _candidate(item: object) -> _Candidate:
+    if isinstance(item, str | os.PathLike):
+        source = os.fsdecode(item)
+        if not source:
+            raise InvalidUpload("an empty path is not a file")
+        filename = Path(source).name
+    elif isinstance(item, FileContent):
+        source = filename = _clean_name(item.filename)
+    else:
+        assert isinstance(item, NamedFile)
+        source = filename = _clean_name(item.filename)
+    if _CONTROL.search(filename):
+        raise InvalidUpload(f"{source!r}: control characters in a file name", source=source)
+    extension = PurePosixPath(filename).suffix.lower()
+    is_document = extension in _spec.DOCUMENT_EXTENSIONS
+    if not is_document and extension not in _spec.IMAGE_EXTENSIONS:
+        if isinstance(item, str | os.PathLike) and os.path.isdir(source):
+            raise InvalidUpload(f"{source} is a directory, not a file", source=source)
+        what = f"{extension} files" if extension else "a file without an extension"
+        raise InvalidUpload(
+            f"{source}: {what} cannot be scanned; documents:"
+            f" {_listing(_spec.DOCUMENT_EXTENSIONS)}; images: {_listing(_spec.IMAGE_EXTENSIONS)}",
+            source=source,
+        )
+    return _Candidate(source, filename, extension, is_document, item)
+
+
+def _clean_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidUpload(f"an upload needs a file name, got {name!r}")
+    # Browsers once sent full client paths (C:\Users\...\paper.pdf); send the last component.
+    base = re.split(r"[\\/]", name)[-1].strip()
+    if not base:
+        raise InvalidUpload(f"an upload needs a file name, got {name!r}", source=name)
+    return base
+
+
+def _check_composition(candidates: list[_Candidate], legacy: LegacyEndpoint | None) -> UploadKind:
+    documents = [c for c in candidates if c.is_document]
+    images = [c for c in candidates if not c.is_document]
+    if documents and images:
+        raise InvalidUpload(
+            f"one scan is either one document or images: {documents[0].source} cannot go with"
+            f" {images[0].source}; scan them separately",
+            source=documents[0].source,
+        )
+    if len(documents) > 1:
+        raise InvalidUpload(
+            f"one scan takes one document, got {len(documents)}:"
+            f" {', '.join(d.source for d in documents[:3])}{'...' if len(documents) > 3 else ''}",
+            source=documents[1].source,
+        )
+    if len(images) > _spec.MAX_IMAGES:
+        raise InvalidUpload(
+            f"one scan takes up to {_spec.MAX_IMAGES} images, got {len(images)}: split them"
+        )
+    if legacy == "scanPdf":
+        for c in candidates:
+            if c.extension != ".pdf":
+                raise InvalidUpload(
+                    f"{c.source}: the deprecated scanPdf endpoint takes one .pdf file only",
+                    source=c.source,
+                )
+    elif legacy == "scanImages":
+        for c in candidates:
+            if c.extension not in _spec.LEGACY_IMAGE_EXTENSIONS:
+                raise InvalidUpload(
+                    f"{c.source}: the deprecated scanImages endpoint takes images of"
+                    f" {_listing(_spec.LEGACY_IMAGE_EXTENSIONS)} only",
+                    source=c.source,
+                )
+    return "document" if documents else "images"
+
+
+def _listing(extensions: Iterable[str]) -> str:
+    return ", ".join(sorted(extensions))
+
+
+# --- checking each file (I/O) ----------------------------------------------------------------
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open a file for reading; one seam, so tests can simulate an unreadable file as root."""
+    return path.open("rb")
+
+
+def _resolve(candidate: _Candidate, resources: list[IO[bytes]]) -> UploadPart:
+    origin = candidate.origin
+    if isinstance(origin, str | os.PathLike):
+        return _resolve_path(candidate, Path(candidate.source))
+    if isinstance(origin, FileContent):
+        content = origin.content
+    else:
+        assert isinstance(origin, NamedFile)
+        content = origin.file
+    if isinstance(content, bytes | bytearray | memoryview):
+        data = bytes(content)  # a bytearray could change between attempts: freeze a copy
+        _check_size(candidate, len(data))
+        pages = _pages(candidate, io.BytesIO(data)) if candidate.is_document else None
+        return _part(candidate, len(data), pages, None, _BytesContent(data))
+    if not callable(getattr(content, "read", None)):
+        raise InvalidUpload(
+            f"{candidate.source}: content must be bytes or a binary stream,"
+            f" got {type(content).__name__}",
+            source=candidate.source,
+        )
+    return _resolve_stream(candidate, content, resources)
+
+
+def _resolve_path(candidate: _Candidate, path: Path) -> UploadPart:
+    source = candidate.source
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InvalidUpload(f"{source}: no such file", source=source) from None
+    except OSError as exc:
+        raise InvalidUpload(f"{source}: cannot be read ({exc.strerror})", source=source) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidUpload(f"{source} is a directory, not a file", source=source)
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO or device can be read once only, and a retry must send the same bytes.
+        raise InvalidUpload(f"{source} is not a regular file", source=source)
+    _check_size(candidate, info.st_size)
+    try:
+        handle = _open_binary(path)
+    except PermissionError:
+        raise InvalidUpload(
+            f"{source} is not readable (permission denied)", source=source
+        ) from None
+    except OSError as exc:
+        raise InvalidUpload(f"{source}: cannot be read ({exc.strerror})", source=source) from exc
+    with handle:
+        pages = _pages(candidate, handle) if candidate.is_document else None
+    return _part(candidate, info.st_size, pages, path, _PathContent(path))
+
+
+def _resolve_stream(
+    candidate: _Candidate, stream: IO[bytes], resources: list[IO[bytes]]
+) -> UploadPart:
+    source = candidate.source
+    if isinstance(stream, io.TextIOBase):
+        raise InvalidUpload(f"{source}: a text stream; open the file in binary mode", source=source)
+    if getattr(stream, "closed", False):
+        raise InvalidUpload(f"{source}: the stream is closed", source=source)
+    try:
+        seekable = stream.seekable()
+        start = stream.tell() if seekable else 0
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if not seekable:
+        stream, start = _spool(candidate, stream), 0
+        resources.append(stream)
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell() - start
+    stream.seek(start)
+    _check_size(candidate, size)
+    if candidate.is_document:
+        try:
+            pages = _pages(candidate, io.BufferedReader(Window(stream, start, size)))
+        finally:
+            stream.seek(start)
+    else:
+        pages = None
+    return _part(candidate, size, pages, None, _StreamContent(stream, start))
+
+
+def _spool(candidate: _Candidate, stream: IO[bytes]) -> IO[bytes]:
+    """Copy a non-seekable stream into a temporary file, stopping as soon as it is too big."""
+    # Not a with-block: the spool outlives this function, and Upload.close() closes it.
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+    try:
+        _copy_within_limit(candidate, stream, spool)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _copy_within_limit(candidate: _Candidate, stream: IO[bytes], spool: IO[bytes]) -> None:
+    limit = _limit(candidate)
+    copied = 0
+    while copied < limit:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes | bytearray):
+            raise InvalidUpload(
+                f"{candidate.source}: the stream gave {type(chunk).__name__}, not bytes",
+                source=candidate.source,
+            )
+        spool.write(chunk)
+        copied += len(chunk)
+    what = "a document" if candidate.is_document else "each image"
+    raise InvalidUpload(
+        f"{candidate.source}: the stream holds at least {_human(copied)}; {what} must"
+        f" be under {_human(limit)} ({limit} bytes)",
+        source=candidate.source,
+    )
+
+
+def _limit(candidate: _Candidate) -> int:
+    return _spec.MAX_DOCUMENT_BYTES if candidate.is_document else _spec.MAX_IMAGE_BYTES
+
+
+def _check_size(candidate: _Candidate, size: int) -> None:
+    source = candidate.source
+    if size == 0:
+        raise InvalidUpload(
+            f"{source} is empty (a stream is read from its current position)", source=source
+        )
+    limit = _limit(candidate)
+    if size >= limit:
+        what = "a document" if candidate.is_document else "each image"
+        raise InvalidUpload(
+            f"{source} is {_human(size)}; {what} must be under {_human(limit)}"
+            f" ({limit} bytes, the reference's MB read as MiB)",
+            source=source,
+        )
+
+
+def _human(size: int) -> str:
+    return f"{size / _spec.MIB:.2f} MiB" if size >= _spec.MIB // 10 else f"{size} bytes"
+
+
+def _pages(candidate: _Candidate, file: IO[bytes]) -> int | None:
+    pages = count_pages(candidate.extension, file, name=candidate.source)
+    if pages is not None and pages >= _spec.MAX_DOCUMENT_PAGES:
+        raise InvalidUpload(
+            f"{candidate.source} has {pages} pages; a document must have fewer than"
+            f" {_spec.MAX_DOCUMENT_PAGES}",
+            source=candidate.source,
+        )
+    if pages == 0:
+        raise InvalidUpload(f"{candidate.source} has no pages", source=candidate.source)
+    return pages
+
+
+def _part(
+    candidate: _Candidate, size: int, pages: int | None, path: Path | None, content: _Content
+) -> UploadPart:
+    return UploadPart(
+        filename=candidate.filename,
+        size=size,
+        content_type=CONTENT_TYPES[candidate.extension],
+        pages=pages,
+        path=path,
+        source=candidate.source,
+        content=content,
+    )
+
+
+def _changed(part: UploadPart, how: str) -> InvalidUpload:
+    return InvalidUpload(
+        f"{part.source} {how} since it was checked: prepare the upload again", source=part.source
+    )
+
+
+# --- content: where each attempt reads a part's bytes from ----------------------------------
+
+
+@attrs.define
+class _Opened:
+    """A file to read one part from, at ``start``; ``owned`` if we opened it and must close it."""
+
+    file: IO[bytes]
+    start: int
+    owned: bool
+
+    def release(self) -> None:
+        """Close what we opened; rewind a caller's stream to where we found it."""
+        if self.owned:
+            self.file.close()
+        elif not getattr(self.file, "closed", False):
+            self.file.seek(self.start)
+
+
+class _Content(ABC):
+    @abstractmethod
+    def open(self, part: UploadPart) -> _Opened: ...
+
+
+@attrs.frozen
+class _PathContent(_Content):
+    path: Path
+
+    def open(self, part: UploadPart) -> _Opened:
+        try:
+            handle = _open_binary(self.path)
+        except OSError as exc:
+            raise InvalidUpload(
+                f"{part.source} can no longer be read ({exc.strerror})", source=part.source
+            ) from exc
+        try:
+            size = os.fstat(handle.fileno()).st_size
+        except BaseException:
+            handle.close()
+            raise
+        if size != part.size:
+            handle.close()
+            raise _changed(part, f"changed size ({part.size} -> {size} bytes)")
+        return _Opened(handle, 0, owned=True)
+
+
+@attrs.frozen
+class _BytesContent(_Content):
+    data: bytes = attrs.field(repr=False)
+
+    def open(self, part: UploadPart) -> _Opened:
+        # BytesIO over a bytes object shares its buffer: no copy.
+        return _Opened(io.BytesIO(self.data), 0, owned=True)
+
+
+@attrs.frozen
+class _StreamContent(_Content):
+    stream: IO[bytes]
+    start: int
+
+    def open(self, part: UploadPart) -> _Opened:
+        if getattr(self.stream, "closed", False):
+            raise InvalidUpload(f"{part.source}: the stream was closed", source=part.source)
+        return _Opened(self.stream, self.start, owned=False)
+
+
+class _PartPayload(Payload):
+    """One file part: reads exactly ``part.size`` bytes from ``start`` on every write.
+
+    Unlike aiohttp's file payloads it never closes a caller's stream (aiohttp closes the body
+    after each request, which would break the retry of a FastAPI UploadFile), closes the files
+    we opened synchronously (no executor job left behind to trip a ResourceWarning), and
+    reports the size validated up front, so the request carries a Content-Length.
+    """
+
+    def __init__(self, part: UploadPart, opened: _Opened, handles: set[IO[bytes]]) -> None:
+        super().__init__(opened.file, content_type=part.content_type, filename=part.filename)
+        self.part = part
+        self._opened = opened
+        self._handles = handles
+        self._size = part.size
+        # aiohttp calls close() after sending only when autoclose is False.
+        self._autoclose = not opened.owned
+        if opened.owned:
+            handles.add(opened.file)
+
+    def release(self) -> None:
+        self._consumed = True
+        self._handles.discard(self._opened.file)
+        self._opened.release()
+
+    def _close(self) -> None:
+        if not self._consumed:
+            self.release()
+
+    async def close(self) -> None:
+        self._close()
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        if self._consumed:
+            raise RuntimeError(f"the part for {self.part.source} was already closed")
+        file, start = self._opened.file, self._opened.start
+        remaining = (
+            self.part.size if content_length is None else min(content_length, self.part.size)
+        )
+        # Disk reads go to a thread so a slow disk never stalls the loop; BytesIO needs none.
+        run = _call_inline if isinstance(file, io.BytesIO) else _call_in_thread
+        await run(file.seek, start)
+        try:
+            while remaining > 0:
+                chunk: bytes = await run(file.read, min(_CHUNK, remaining))
+                if not chunk:
+                    raise _changed(self.part, "shrank")
+                await writer.write(chunk)
+                remaining -= len(chunk)
+        finally:
+            if not self._opened.owned:  # leave the caller's stream where we found it
+                await run(file.seek, start)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._read_all().decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        data: bytes = await _call_in_thread(self._read_all)
+        return data
+
+    def _read_all(self) -> bytes:
+        file = self._opened.file
+        file.seek(self._opened.start)
+        data = file.read(self.part.size)
+        file.seek(self._opened.start)
+        return bytes(data)
+
+
+async def _call_inline(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+async def _call_in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+# --- rendering a body without a network, for tests and debugging ------------------------------
+
+
+@attrs.frozen
+class RenderedBody:
+    """A multipart body as bytes, with the header that goes with it.
+
+    >>> first = await render_body(upload.form_data())
+    >>> second = await render_body(upload.form_data())
+    >>> first.canonical() == second.canonical()
+    True
+    """
+
+    content_type: str
+    body: bytes = attrs.field(repr=lambda body: f"<{len(body)} bytes>")
+
+    @property
+    def boundary(self) -> str:
+        return self.content_type.partition("boundary=")[2].strip('"')
+
+    def canonical(self) -> bytes:
+        """The body with its random boundary replaced by ``BOUNDARY``: equal across attempts."""
+        return self.body.replace(self.boundary.encode(), b"BOUNDARY")
+
+
+async def write_body(form: aiohttp.FormData, write: Callable[[bytes], object]) -> str:
+    """Stream the body of ``form`` into ``write`` chunk by chunk, as aiohttp would send it.
+
+    Returns the Content-Type header (with the boundary). Closes the form's files afterwards,
+    as aiohttp does after a request. ``form`` is spent, like a sent form.
+    """
+    payload = form()
+    try:
+        await payload.write(_SinkWriter(write))
+    finally:
+        await payload.close()
+    return payload.content_type
+
+
+async def render_body(form: aiohttp.FormData) -> RenderedBody:
+    """The whole body of ``form`` in memory: for tests with small files."""
+    buffer = io.BytesIO()
+    content_type = await write_body(form, buffer.write)
+    return RenderedBody(content_type, buffer.getvalue())
+
+
+class _SinkWriter(AbstractStreamWriter):
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._write(bytes(chunk))
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        if chunk:
+            self._write(chunk)
+
+    async def drain(self) -> None:
+        return None
+
+    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
+        raise NotImplementedError("a rendered body is never compressed")
+
+    def enable_chunking(self) -> None:
+        raise NotImplementedError("a rendered body is never chunked")
+
+    async def write_headers(self, status_line: str, headers: Any) -> None:
+        raise NotImplementedError("a rendered body has no HTTP headers")
