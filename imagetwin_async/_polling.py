@@ -294,8 +294,9 @@ class PollScheduler:
     def _first_delay(self) -> float:
         if not self.model.ready:
             return self.poll_interval
-        first = self.model.quantile_after(0.0, self._target)
-        return min(max(first, self.poll_interval), self.max_poll_interval)
+        # max_poll_interval bounds the gap between two reads; before the first read the model
+        # knows better: reading a scan that surely still runs only spends the budget.
+        return max(self.model.quantile_after(0.0, self._target), self.poll_interval)
 
     def _push(self, watch: _Watch, due: float) -> None:
         watch.due = due

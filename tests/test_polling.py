@@ -1,0 +1,261 @@
+"""The poll scheduler, on a fake result endpoint and simulated time (looptime)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imagetwin_async import (
+    DurationModel,
+    PollScheduler,
+    PollTimeout,
+    RateLimit,
+    ScanCancelled,
+    ScanFailed,
+    ScanNotFound,
+    ScanPending,
+    ScanResult,
+    ServiceUnavailable,
+)
+
+pytestmark = pytest.mark.looptime
+
+
+def result(scan_id: str) -> ScanResult:
+    return ScanResult(scan_id, 0, 0, 0, "https://r/x.pdf", "https://r/x", 0.33, 0, 0.0)
+
+
+class FakeEndpoint:
+    """A result endpoint: each scan finishes at a known loop time. Reads go through a real
+    limiter, and every read's time is kept for assertions."""
+
+    def __init__(self, limit: RateLimit | None = None) -> None:
+        self.finish_at: dict[str, float] = {}
+        self.fail: set[str] = set()
+        self.reads: list[tuple[float, str]] = []
+        self.limiter = limit.build(name="GET /result") if limit else None
+        self.errors: deque[Exception] = deque()
+
+    def start(self, scan_id: str, duration: float) -> None:
+        self.finish_at[scan_id] = asyncio.get_running_loop().time() + duration
+
+    async def poll(self, scan_id: str) -> ScanResult | ScanPending:
+        slot = await self.limiter.acquire() if self.limiter else None
+        try:
+            now = asyncio.get_running_loop().time()
+            self.reads.append((now, scan_id))
+            if self.errors:
+                raise self.errors.popleft()
+            if scan_id in self.fail:
+                raise ScanFailed("failed", status=500, endpoint="GET /result/{scanId}")
+            if scan_id not in self.finish_at:
+                raise ScanNotFound("nope", status=404, endpoint="GET /result/{scanId}")
+            return result(scan_id) if now >= self.finish_at[scan_id] else ScanPending(scan_id)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def reads_of(self, scan_id: str) -> list[float]:
+        return [t for t, s in self.reads if s == scan_id]
+
+
+async def test_waits_until_done_and_obeys_poll_interval() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=5.0, max_poll_interval=30.0)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    endpoint.start("a", 100.0)
+    scheduler.note_started("a")
+    got = await scheduler.wait("a", timeout=1000)
+    assert got.scan_id == "a"
+    times = [t - t0 for t in endpoint.reads_of("a")]
+    assert times[0] >= 5.0  # no read before poll_interval
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) <= 30.0 + 1e-6  # never longer than max_poll_interval
+    assert gaps == sorted(gaps)  # backs off while the scan runs long
+    assert times[-1] - 100.0 <= 30.0  # the result is picked up within one max gap
+    await scheduler.close()
+
+
+async def test_never_exceeds_the_read_budget_however_many_scans_wait() -> None:
+    endpoint = FakeEndpoint(RateLimit(60, per=60.0))
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=5.0)
+    rng = random.Random(1)
+    ids = [f"s{i}" for i in range(1000)]
+    for scan_id in ids:
+        endpoint.start(scan_id, rng.uniform(10, 600))
+        scheduler.note_started(scan_id)
+    results = await asyncio.gather(*(scheduler.wait(s) for s in ids))
+    assert [r.scan_id for r in results] == ids
+    times = sorted(t for t, _ in endpoint.reads)
+    # No 60 consecutive-window holds more than 60 reads (counted at receipt).
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - 60.0:
+            j += 1
+        assert i - j + 1 <= 60
+    await scheduler.close()
+
+
+async def test_many_waiters_of_one_scan_share_its_reads() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=4.0)
+    endpoint.start("a", 20.0)
+    results = await asyncio.gather(*(scheduler.wait("a") for _ in range(50)))
+    assert {r.scan_id for r in results} == {"a"}
+    assert len(endpoint.reads) < 15
+    await scheduler.close()
+
+
+async def test_a_hint_reads_the_scan_at_once() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=60.0, max_poll_interval=600.0)
+    loop = asyncio.get_running_loop()
+    endpoint.start("a", 3.0)
+    waiter = asyncio.create_task(scheduler.wait("a"))
+    await asyncio.sleep(5.0)
+    assert endpoint.reads == []  # the first read is 60 s away
+    assert scheduler.hint("a")
+    await waiter
+    assert endpoint.reads_of("a")[0] == pytest.approx(loop.time(), abs=0.5)
+    assert not scheduler.hint("unknown")  # nobody waits for it: costs nothing
+    await scheduler.close()
+
+
+async def test_a_hint_never_marks_a_scan_done() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=10.0)
+    endpoint.start("a", 50.0)
+    waiter = asyncio.create_task(scheduler.wait("a"))
+    await asyncio.sleep(2.5)
+    scheduler.hint("a")  # a forged callback
+    await asyncio.sleep(1.0)
+    assert not waiter.done()
+    assert (await waiter).scan_id == "a"
+    await scheduler.close()
+
+
+async def test_timeout_raises_poll_timeout_and_stops_polling() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 10_000.0)
+    with pytest.raises(PollTimeout) as info:
+        await scheduler.wait("a", timeout=10.0)
+    assert info.value.scan_id == "a"
+    assert isinstance(info.value, TimeoutError)
+    reads = len(endpoint.reads)
+    await asyncio.sleep(100.0)
+    assert len(endpoint.reads) == reads
+    assert scheduler.waiting == 0
+    await scheduler.close()
+
+
+async def test_cancelling_one_waiter_leaves_the_others_and_leaks_nothing() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 30.0)
+    endpoint.start("b", 30.0)
+    a = asyncio.create_task(scheduler.wait("a"))
+    b = asyncio.create_task(scheduler.wait("b"))
+    await asyncio.sleep(5.0)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert scheduler.waiting == 1
+    assert (await b).scan_id == "b"
+    after = len(endpoint.reads_of("a"))
+    await asyncio.sleep(50.0)
+    assert len(endpoint.reads_of("a")) == after
+    assert scheduler.waiting == 0
+    await scheduler.close()
+
+
+async def test_failed_and_unknown_scans_raise() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("bad", 1.0)
+    endpoint.fail.add("bad")
+    with pytest.raises(ScanFailed):
+        await scheduler.wait("bad")
+    with pytest.raises(ScanNotFound):
+        await scheduler.wait("ghost")
+    await scheduler.close()
+
+
+async def test_transient_errors_keep_the_scan_watched() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 3.0)
+    endpoint.errors.extend(
+        [ServiceUnavailable("down", status=503, endpoint="GET /result/{scanId}")] * 3
+    )
+    assert (await scheduler.wait("a")).scan_id == "a"
+    await scheduler.close()
+
+
+async def test_close_cancels_waiters() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 1000.0)
+    waiter = asyncio.create_task(scheduler.wait("a"))
+    await asyncio.sleep(3.0)
+    await scheduler.close()
+    with pytest.raises(ScanCancelled):
+        await waiter
+
+
+async def test_learns_durations_and_reads_new_scans_near_the_typical_one() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=2.0, max_poll_interval=60.0)
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    # Ten scans of about 120 s teach the model.
+    for i in range(10):
+        endpoint.start(f"t{i}", rng.uniform(110, 130))
+        scheduler.note_started(f"t{i}")
+    await asyncio.gather(*(scheduler.wait(f"t{i}") for i in range(10)))
+    assert scheduler.model.ready
+    t0 = loop.time()
+    endpoint.start("new", 120.0)
+    scheduler.note_started("new")
+    await scheduler.wait("new")
+    reads = [t - t0 for t in endpoint.reads_of("new")]
+    assert reads[0] > 60.0  # no wasted reads while it surely still runs
+    assert len(reads) <= 6
+    assert reads[-1] - 120.0 < 20.0
+    await scheduler.close()
+
+
+def test_duration_model_fits_a_log_normal() -> None:
+    model = DurationModel(min_samples=5)
+    assert not model.ready
+    assert model.cdf(10.0) == 0.0
+    for seconds in (50, 60, 70, 55, 65, 60, 58, 62):
+        model.observe(seconds)
+    assert model.ready
+    assert model.cdf(60.0) == pytest.approx(0.5, abs=0.05)
+    assert model.cdf(30.0) < 0.01 < 0.99 < model.cdf(120.0)
+    q = model.quantile_after(60.0, 0.5)
+    # Half of the scans still running at 60 s have finished by q.
+    start = model.cdf(60.0)
+    assert model.cdf(q) == pytest.approx(start + 0.5 * (1 - start), abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    durations=st.lists(st.floats(min_value=0.5, max_value=1e5), min_size=5, max_size=30),
+    age=st.floats(min_value=0.0, max_value=1e5),
+    probability=st.floats(min_value=0.01, max_value=0.99),
+)
+def test_conditional_quantile_is_after_the_age(
+    durations: list[float], age: float, probability: float
+) -> None:
+    model = DurationModel(min_samples=5)
+    for d in durations:
+        model.observe(d)
+    assert model.quantile_after(age, probability) >= age
