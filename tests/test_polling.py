@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import deque
 
@@ -75,7 +76,7 @@ async def test_waits_until_done_and_obeys_poll_interval() -> None:
     assert got.scan_id == "a"
     times = [t - t0 for t in endpoint.reads_of("a")]
     assert times[0] >= 5.0  # no read before poll_interval
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) <= 30.0 + 1e-6  # never longer than max_poll_interval
     assert gaps == sorted(gaps)  # backs off while the scan runs long
     assert times[-1] - 100.0 <= 30.0  # the result is picked up within one max gap
