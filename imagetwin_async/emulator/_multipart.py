@@ -1,0 +1,261 @@
+"""Read a scan upload from the multipart stream and enforce the reference's limits.
+
+Files are hashed chunk by chunk as they arrive, so images never sit in memory; a document is
+spooled (memory first, then a temporary file) because counting a PDF's pages needs the whole
+file. Each limit is checked as soon as the stream shows it is broken, and the 400 names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import IO
+
+from aiohttp import BodyPartReader, web
+from yarl import URL
+
+from .. import _spec
+from ._records import UploadedFile
+
+__all__ = [
+    "SCAN",
+    "SCAN_IMAGES",
+    "SCAN_PDF",
+    "Upload",
+    "UploadRejected",
+    "UploadRules",
+    "read_upload",
+]
+
+_CHUNK = 256 * 1024
+_SPOOL_IN_MEMORY = 4 * _spec.MIB  # larger documents spill to a temporary file
+_MAX_FIELD = 8 * 1024  # form fields are short; a huge one is an attack, not a minScore
+_PAGE_COUNT_IN_THREAD = 1 * _spec.MIB  # parse big PDFs off the event loop
+
+
+class UploadRejected(Exception):
+    """The upload breaks a documented limit: answer 400 with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRules:
+    """What one endpoint accepts."""
+
+    file_field: str
+    documents: frozenset[str]
+    images: frozenset[str]
+    options: bool  # minScore, callbackUrl, excludeIdenticalPaper
+
+
+SCAN = UploadRules("file", _spec.DOCUMENT_EXTENSIONS, _spec.IMAGE_EXTENSIONS, options=True)
+SCAN_PDF = UploadRules("pdfFile", frozenset({".pdf"}), frozenset(), options=False)
+SCAN_IMAGES = UploadRules("imageFile", frozenset(), _spec.LEGACY_IMAGE_EXTENSIONS, options=False)
+
+
+@dataclass(slots=True)
+class Upload:
+    files: list[UploadedFile] = field(default_factory=list)
+    min_score: float = _spec.DEFAULT_MIN_SCORE
+    callback_url: str | None = None
+    exclude_identical_paper: bool = False
+    unreadable: bool = False  # a document we could not parse (see Emulator.corrupt_documents)
+
+
+def _mib(size: int) -> str:
+    return f"{size // _spec.MIB} MB"
+
+
+def _basename(filename: str) -> str:
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _extension(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+async def read_upload(request: web.Request, rules: UploadRules) -> Upload:
+    """Stream the multipart body of a scan request; raise ``UploadRejected`` on any breach."""
+    if not request.content_type.startswith("multipart/"):
+        raise UploadRejected("The request body must be multipart/form-data.")
+    try:
+        reader = await request.multipart()
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise UploadRejected(f"Malformed multipart body: {exc}") from None
+    upload = Upload()
+    while True:
+        try:
+            part = await reader.next()
+        except (ValueError, AssertionError) as exc:
+            raise UploadRejected(f"Malformed multipart body: {exc}") from None
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader):
+            raise UploadRejected("Nested multipart bodies are not supported.")
+        if part.name == rules.file_field:
+            await _read_file_part(part, rules, upload)
+        elif rules.options and part.name in _OPTIONS:
+            _OPTIONS[part.name](upload, await _read_field(part))
+        # Other fields are ignored, as a tolerant server would; the reader skips them.
+    if not upload.files:
+        raise UploadRejected(f"No file provided: add at least one '{rules.file_field}' part.")
+    return upload
+
+
+async def _read_file_part(part: BodyPartReader, rules: UploadRules, upload: Upload) -> None:
+    if part.filename is None:
+        raise UploadRejected(f"'{rules.file_field}' must be a file upload with a file name.")
+    name = _basename(part.filename)
+    ext = _extension(name)
+    documents = sum(f.is_document for f in upload.files)
+    images = len(upload.files) - documents
+    if ext in rules.documents:
+        if documents or images:
+            raise UploadRejected(_mix_message(rules))
+        upload.files.append(await _read_document(part, name, ext, upload))
+    elif ext in rules.images:
+        if documents:
+            raise UploadRejected(_mix_message(rules))
+        if images >= _spec.MAX_IMAGES:
+            raise UploadRejected(f"Too many images: at most {_spec.MAX_IMAGES} images per scan.")
+        upload.files.append(await _read_image(part, name))
+    else:
+        allowed = ", ".join(sorted(rules.documents | rules.images))
+        raise UploadRejected(
+            f"File type '{ext or name}' of '{name}' is not allowed; allowed: {allowed}."
+        )
+
+
+def _mix_message(rules: UploadRules) -> str:
+    if not rules.images:
+        return "Only one PDF file can be scanned per request."
+    return (
+        "Either one document (.pdf, .docx) or up to "
+        f"{_spec.MAX_IMAGES} images can be scanned per request, not both or several documents."
+    )
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_MAX_FIELD):
+        data += chunk
+        if len(data) > _MAX_FIELD:
+            raise UploadRejected(f"Form field '{part.name}' is longer than {_MAX_FIELD} bytes.")
+    try:
+        return data.decode(part.get_charset("utf-8"))
+    except (UnicodeDecodeError, LookupError):
+        raise UploadRejected(f"Form field '{part.name}' is not valid text.") from None
+
+
+async def _read_image(part: BodyPartReader, name: str) -> UploadedFile:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := await part.read_chunk(_CHUNK):
+        size += len(chunk)
+        if size >= _spec.MAX_IMAGE_BYTES:
+            raise UploadRejected(
+                f"Image '{name}' is too large: each image must be under "
+                f"{_mib(_spec.MAX_IMAGE_BYTES)} ({_spec.MAX_IMAGE_BYTES} bytes)."
+            )
+        digest.update(chunk)
+    return UploadedFile(name, size, digest.hexdigest())
+
+
+async def _read_document(part: BodyPartReader, name: str, ext: str, upload: Upload) -> UploadedFile:
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+        while chunk := await part.read_chunk(_CHUNK):
+            size += len(chunk)
+            if size >= _spec.MAX_DOCUMENT_BYTES:
+                raise UploadRejected(
+                    f"Document '{name}' is too large: it must be under "
+                    f"{_mib(_spec.MAX_DOCUMENT_BYTES)} ({_spec.MAX_DOCUMENT_BYTES} bytes)."
+                )
+            digest.update(chunk)
+            spool.write(chunk)
+        spool.seek(0)
+        if size > _PAGE_COUNT_IN_THREAD:
+            pages = await asyncio.to_thread(_count_pages, spool, ext)
+        else:
+            pages = _count_pages(spool, ext)
+    if pages is None:
+        upload.unreadable = True
+    elif pages >= _spec.MAX_DOCUMENT_PAGES:
+        raise UploadRejected(
+            f"Document '{name}' has {pages} pages: a document must have fewer than "
+            f"{_spec.MAX_DOCUMENT_PAGES} pages."
+        )
+    return UploadedFile(name, size, digest.hexdigest(), pages if pages and pages > 0 else None)
+
+
+_DOCX_PAGES = re.compile(rb"<(?:\w+:)?Pages>\s*(\d+)\s*</(?:\w+:)?Pages>")
+
+
+def _count_pages(stream: IO[bytes], ext: str) -> int | None:
+    """Pages of a PDF; for a .docx, the count Word saved in docProps/app.xml (0 if absent).
+
+    None means the document could not be read at all.
+    """
+    if ext == ".pdf":
+        from pypdf import PdfReader  # noqa: PLC0415 - pypdf is slow to import; only documents need it
+
+        try:
+            return len(PdfReader(stream).pages)
+        except Exception:
+            return None
+    try:
+        with zipfile.ZipFile(stream) as docx:
+            if "word/document.xml" not in docx.namelist():
+                return None
+            try:
+                app = docx.read("docProps/app.xml")
+            except KeyError:
+                return 0
+    except (zipfile.BadZipFile, OSError):
+        return None
+    match = _DOCX_PAGES.search(app)
+    return int(match.group(1)) if match else 0
+
+
+def _set_min_score(upload: Upload, value: str) -> None:
+    try:
+        score = float(value)
+    except ValueError:
+        score = math.nan
+    low, high = _spec.MIN_SCORE_RANGE
+    if not low <= score <= high:  # also rejects nan
+        raise UploadRejected(f"minScore must be a number from {low} to {high}, got {value!r}.")
+    upload.min_score = score
+
+
+def _set_callback_url(upload: Upload, value: str) -> None:
+    try:
+        url = URL(value.strip())
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in {"http", "https"} or not url.host:
+        raise UploadRejected(f"callbackUrl must be an http or https URL, got {value!r}.")
+    upload.callback_url = str(url)
+
+
+def _set_exclude_identical_paper(upload: Upload, value: str) -> None:
+    if value not in {"true", "false"}:
+        raise UploadRejected(f"excludeIdenticalPaper must be true or false, got {value!r}.")
+    upload.exclude_identical_paper = value == "true"
+
+
+_OPTIONS = {
+    "minScore": _set_min_score,
+    "callbackUrl": _set_callback_url,
+    "excludeIdenticalPaper": _set_exclude_identical_paper,
+}
