@@ -86,7 +86,9 @@ def _extension(name: str) -> str:
 async def read_upload(request: web.Request, rules: UploadRules) -> Upload:
     """Stream the multipart body of a scan request; raise ``UploadRejected`` on any breach."""
     if not request.content_type.startswith("multipart/"):
-        raise UploadRejected("The request body must be multipart/form-data.")
+        raise UploadRejected(
+            f"No file provided: the body must be multipart/form-data with '{rules.file_field}' parts."
+        )
     try:
         reader = await request.multipart()
     except (ValueError, KeyError, AssertionError) as exc:

@@ -44,6 +44,9 @@ def parse_algorithm(value: Algorithm | str | None) -> Algorithm | None:
         raise ValueError(f"unknown rate-limit algorithm {value!r}; use {choices} or off") from None
 
 
+_EPSILON = 1e-9
+
+
 class Window(Protocol):
     def acquire(self, now: float) -> float | None: ...
 
@@ -107,8 +110,8 @@ class TokenBucket:
         if self._last is not None:
             self._tokens = min(self.capacity, self._tokens + (now - self._last) * rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _EPSILON:  # refills add up floats: 3 s may give 0.99999...
+            self._tokens = max(0.0, self._tokens - 1.0)
             return None
         return (1.0 - self._tokens) / rate
 
