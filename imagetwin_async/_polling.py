@@ -170,6 +170,9 @@ class PollScheduler:
         self._watches: dict[str, _Watch] = {}
         self._started: dict[str, float] = {}  # scans we saw start, before anyone waits
         self._expect_callback: set[str] = set()
+        # Callbacks for scans that started but nobody waits for yet (the waiter is a moment
+        # late, as in a web handler that answers before it waits): read them at once later.
+        self._early_hints: set[str] = set()
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -191,7 +194,10 @@ class PollScheduler:
     def note_started(self, scan_id: str, *, expect_callback: bool = False) -> None:
         """Record that ``scan_id`` started now, so its age (and duration) is known."""
         if len(self._started) > 100_000:  # started but never waited for: forget the oldest
-            self._started.pop(next(iter(self._started)))
+            oldest = next(iter(self._started))
+            del self._started[oldest]
+            self._early_hints.discard(oldest)
+            self._expect_callback.discard(oldest)
         self._started[scan_id] = self._now_or_zero()
         if expect_callback:
             self._expect_callback.add(scan_id)
@@ -220,11 +226,16 @@ class PollScheduler:
     def hint(self, scan_id: str) -> bool:
         """Read ``scan_id`` as soon as a read is free (a callback said it ended).
 
-        A hint for a scan nobody waits for is ignored; it never marks anything done.
+        A hint for a scan nobody waits for is ignored, unless the scan was seen to start:
+        then its first read, once someone waits, comes at once. It never marks anything done.
         """
         watch = self._watches.get(scan_id)
         if watch is None:
-            return False
+            if scan_id not in self._started:
+                return False
+            self.stats.hints += 1
+            self._early_hints.add(scan_id)
+            return True
         self.stats.hints += 1
         watch.hinted = True
         self._push(watch, self.now())
@@ -266,6 +277,9 @@ class PollScheduler:
             expect_callback=scan_id in self._expect_callback,
         )
         self._expect_callback.discard(scan_id)
+        if scan_id in self._early_hints:
+            self._early_hints.discard(scan_id)
+            watch.hinted = True
         self._watches[scan_id] = watch
         self._schedule(watch, now)
         if self._task is None or self._task.done():

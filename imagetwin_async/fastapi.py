@@ -1,0 +1,184 @@
+"""FastAPI integration: one client per app, a dependency to reach it, and the callback route.
+
+    from fastapi import FastAPI
+    from imagetwin_async import ImagetwinClient
+    from imagetwin_async.fastapi import (
+        CallbackUrlDep, ImagetwinClientDep, callback_router, imagetwin_lifespan,
+    )
+
+    app = FastAPI(lifespan=imagetwin_lifespan(public_url="https://my.service/imagetwin/callbacks"))
+    app.include_router(callback_router())
+
+    @app.post("/check")
+    async def check(
+        paper: UploadFile, client: ImagetwinClientDep, callback_url: CallbackUrlDep
+    ) -> dict[str, str]:
+        started = await client.scan(paper, callback_url=callback_url)
+        return {"scan_id": started.scan_id}  # then client.wait_for_result(scan_id) somewhere
+
+Needs the ``fastapi`` extra (``pip install imagetwin-async[fastapi]``); the rest of the SDK
+never imports this module, so it works without FastAPI installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+
+from ._callbacks import CallbackReceiver, CallbackStats, read_limited
+from ._client import ImagetwinClient
+
+__all__ = [
+    "DEFAULT_CALLBACK_PATH",
+    "CallbackReceiver",
+    "CallbackReceiverDep",
+    "CallbackStats",
+    "CallbackUrlDep",
+    "ImagetwinClientDep",
+    "callback_router",
+    "get_callback_receiver",
+    "get_callback_url",
+    "get_imagetwin_client",
+    "imagetwin_lifespan",
+    "use_client",
+]
+
+logger = logging.getLogger("imagetwin_async.fastapi")
+
+DEFAULT_CALLBACK_PATH: Final = "/imagetwin/callbacks"
+_CLIENT: Final = "imagetwin_client"
+_RECEIVER: Final = "imagetwin_callbacks"
+
+
+@contextlib.asynccontextmanager
+async def use_client(
+    app: FastAPI,
+    client: ImagetwinClient,
+    *,
+    public_url: str | None = None,
+    token: str | None = None,
+) -> AsyncIterator[CallbackReceiver | None]:
+    """Inside your own lifespan: make ``client`` the app's, and close it on the way out.
+
+    >>> @contextlib.asynccontextmanager
+    ... async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    ...     async with use_client(app, ImagetwinClient(), public_url=url) as receiver:
+    ...         yield
+
+    With ``public_url`` (where Imagetwin reaches your callback route from outside) it also
+    makes a ``CallbackReceiver`` for the dependencies and ``callback_router()`` to use, and
+    yields it; without, it yields None and scans are polled.
+    """
+    receiver = None
+    if public_url is not None:
+        receiver = CallbackReceiver(client, public_url, token=token)
+        _warn_without_route(app, receiver)
+    setattr(app.state, _CLIENT, client)
+    setattr(app.state, _RECEIVER, receiver)
+    try:
+        async with client:
+            yield receiver
+    finally:
+        setattr(app.state, _CLIENT, None)
+        setattr(app.state, _RECEIVER, None)
+
+
+def imagetwin_lifespan(
+    make_client: Callable[[], ImagetwinClient] = ImagetwinClient,
+    *,
+    public_url: str | None = None,
+    token: str | None = None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A ``lifespan=`` for apps that need nothing else at start-up: ``use_client`` around
+    a client made by ``make_client`` once the app starts (so env vars are read then).
+
+    >>> app = FastAPI(lifespan=imagetwin_lifespan(public_url=os.environ.get("PUBLIC_URL")))
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with use_client(app, make_client(), public_url=public_url, token=token):
+            yield
+
+    return lifespan
+
+
+def get_imagetwin_client(request: Request) -> ImagetwinClient:
+    """Dependency: the app's client (set up by ``use_client`` / ``imagetwin_lifespan``)."""
+    client = getattr(request.app.state, _CLIENT, None)
+    if isinstance(client, ImagetwinClient):
+        return client
+    raise RuntimeError("no ImagetwinClient: create the app with lifespan=imagetwin_lifespan()")
+
+
+def get_callback_receiver(request: Request) -> CallbackReceiver:
+    """Dependency: the app's callback receiver (``use_client`` was given a ``public_url``)."""
+    receiver = getattr(request.app.state, _RECEIVER, None)
+    if isinstance(receiver, CallbackReceiver):
+        return receiver
+    raise RuntimeError("no CallbackReceiver: pass public_url= to imagetwin_lifespan/use_client")
+
+
+def get_callback_url(request: Request) -> str | None:
+    """Dependency: the ``callback_url=`` for ``scan``; None when the app takes no callbacks."""
+    receiver = getattr(request.app.state, _RECEIVER, None)
+    return receiver.callback_url if isinstance(receiver, CallbackReceiver) else None
+
+
+ImagetwinClientDep = Annotated[ImagetwinClient, Depends(get_imagetwin_client)]
+CallbackReceiverDep = Annotated[CallbackReceiver, Depends(get_callback_receiver)]
+CallbackUrlDep = Annotated[str | None, Depends(get_callback_url)]
+
+
+def callback_router(
+    receiver: CallbackReceiver | None = None, *, path: str | None = None
+) -> APIRouter:
+    """An ``APIRouter`` with the callback route, ``POST {path}/{token}``.
+
+    >>> app.include_router(callback_router())          # the receiver made by the lifespan
+    >>> app.include_router(callback_router(receiver))  # or one you made yourself
+
+    ``path`` defaults to the path of the receiver's ``public_url`` (without a receiver, to
+    ``DEFAULT_CALLBACK_PATH``); set it when a proxy rewrites the path. The route is left out
+    of the OpenAPI schema: it is for Imagetwin, not for your API's users.
+    """
+    if path is None:
+        path = receiver.path if receiver is not None else DEFAULT_CALLBACK_PATH
+    router = APIRouter()
+
+    async def imagetwin_callback(token: str, request: Request) -> Response:
+        target = receiver if receiver is not None else get_callback_receiver(request)
+        content_length = request.headers.get("content-length")
+        status = target.check(
+            token, int(content_length) if content_length and content_length.isdigit() else None
+        )
+        if status is None:
+            status = target.receive(await read_limited(request.stream(), target.max_body))
+        return Response(status_code=status)
+
+    router.add_api_route(
+        f"{path.rstrip('/')}/{{token}}",
+        imagetwin_callback,
+        methods=["POST"],
+        include_in_schema=False,
+        response_class=Response,
+    )
+    return router
+
+
+def _warn_without_route(app: FastAPI, receiver: CallbackReceiver) -> None:
+    # A route/public_url mismatch would turn every callback into a 404 and every scan into a
+    # slow poll, silently: say so at start-up.
+    wanted = f"{receiver.path}/{{token}}"
+    if not any(getattr(route, "path", None) == wanted for route in app.router.routes):
+        logger.warning(
+            "callbacks go to %s/..., but the app has no route %s: include "
+            "callback_router() (or pass path= if a proxy rewrites the path)",
+            receiver.public_url,
+            wanted,
+        )
