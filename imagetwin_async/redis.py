@@ -1,0 +1,564 @@
+"""Rate limits shared through Redis: one API key's budget, many processes and hosts.
+
+The budget belongs to the API key, not to a process: four workers each keeping 20 scans a
+minute send 80. ``RedisLimiter`` keeps the ``WindowLimiter`` rule (a slot is taken before the
+request is sent, stays taken while it is in flight, and frees ``per + margin`` after the
+answer) in Redis, where every process that uses the same key sees the same slots:
+
+    limits = redis_limits("redis://127.0.0.1:6379/0", api_key)
+    async with limits, ImagetwinClient(api_key, scan_limit=limits.scan,
+                                       result_limit=limits.result) as client:
+        ...
+
+Each operation is one Lua script (``_redis_scripts``), atomic in Redis and timed by Redis's
+own clock. An in-flight slot carries a lease that the holding process renews while it lives;
+a lease that runs out counts as an answer at its end, so a dead worker's slot comes back one
+window later and never sooner than the server could still count its request. When Redis
+cannot be reached, ``acquire`` raises ``RedisLimiterError``: nothing is sent unlimited.
+
+Needs the ``redis`` extra (``pip install imagetwin-async[redis]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Coroutine, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Final, Self, final
+
+import attrs
+import redis.asyncio
+import redis.exceptions
+from redis.commands.core import AsyncScript
+
+from . import _redis_scripts as scripts
+from ._backoff import Backoff
+from ._errors import ConfigurationError, RateLimitBusy, TransportError
+from ._limits import LimitState, RateLimit, Slot
+
+__all__ = [
+    "RedisLimiter",
+    "RedisLimiterError",
+    "RedisLimits",
+    "limiter_key",
+    "redis_limits",
+]
+
+log = logging.getLogger("imagetwin_async.redis")
+
+DEFAULT_LEASE: Final = 30.0
+# A dead Redis must fail an acquire in seconds, not hang it: redis-py waits forever by default.
+_DEFAULT_SOCKET_TIMEOUT: Final = 5.0
+# Long enough that an acquire call stuck on the wire reaches Redis (or dies) before it lapses.
+_VOID_MARKER_SECONDS: Final = 120.0
+# Wake a hair after the time Redis named, so a timer that fires early does not poll twice.
+_WAKE_SLACK: Final = 0.001
+# Errors that mean "Redis did not do what we asked": connection, time-out, script errors.
+_REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError)
+
+
+class RedisLimiterError(TransportError):
+    """Redis, which holds the shared rate limit, could not be reached: nothing was sent.
+
+    The limiter fails closed: without Redis no process can know what the others spent, so
+    ``acquire`` raises this (with the Redis error as ``__cause__``) instead of sending
+    unlimited. ``endpoint`` names the limiter; ``scan_may_have_started`` is always false.
+    """
+
+
+def limiter_key(api_key: str, group: str, *, prefix: str = "imagetwin") -> str:
+    """The Redis key base of one API key's endpoint group: ``imagetwin:{3f2a...:scan}``.
+
+    Only a SHA-256 prefix of the key is used, never the key itself. The braces are a Redis
+    Cluster hash tag, keeping one limiter's keys on one node (its scripts need that).
+    """
+    if not api_key:
+        raise ConfigurationError("limiter_key needs the API key whose budget is shared")
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return f"{prefix}:{{{digest}:{group}}}"
+
+
+@attrs.frozen
+class _Reply:
+    """One script's answer, read from its array (see ``_redis_scripts``)."""
+
+    status: int
+    next_slot_in: float | None  # None: every slot waits for an answer
+    poll_in: float
+    available: int
+    in_flight: int
+    paused_for: float
+    capacity: int
+    occupied: int
+    extra: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: Any) -> _Reply:
+        values = list(raw)
+        next_slot = float(values[1])
+        return cls(
+            status=int(values[0]),
+            next_slot_in=None if next_slot < 0 else next_slot,
+            poll_in=float(values[2]),
+            available=int(values[3]),
+            in_flight=int(values[4]),
+            paused_for=float(values[5]),
+            capacity=int(values[6]),
+            occupied=int(values[7]),
+            extra=tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values[8:]),
+        )
+
+
+@final
+class RedisLimiter:
+    """A ``Limiter`` whose slots live in Redis, shared by every process using the same key.
+
+        limiter = RedisLimiter.from_url("redis://127.0.0.1:6379/0", RateLimit(20, per=60.0),
+                                        key=limiter_key(api_key, "scan"), name="POST /scan")
+        client = ImagetwinClient(api_key, scan_limit=limiter)   # then: await limiter.aclose()
+
+    Same rule as ``WindowLimiter``: at most ``limit.requests`` slots are taken at once, key-wide;
+    a slot is taken before sending, stays taken while the request is in flight, and frees
+    ``per + margin`` after the answer (timed by Redis's clock). Every process sharing a key
+    must use the same ``RateLimit``.
+
+    ``lease``: seconds an in-flight slot stays valid without renewal. This process renews its
+    slots every ``lease / 3`` s; when it dies, its slots count as answered at lease end and
+    free one ``per + margin`` later. It must outlast any stall of a live process (a frozen VM,
+    a blocked event loop), not a request: a slow upload keeps renewing.
+
+    Waiters in one process are served in order; across processes, whichever asks Redis first
+    once a slot frees gets it (each waiter sleeps exactly until the time Redis named).
+    ``snapshot()`` is synchronous, so it reports the state the last script call saw, with its
+    times aged by the local clock; ``await refresh()`` asks Redis. ``in_flight`` counts the
+    whole key, every process's requests.
+
+    A 429 pauses every process sharing the key (Retry-After, else this process's back-off
+    with full jitter) and halves the key-wide capacity until quiet windows pass.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        limit: RateLimit,
+        *,
+        key: str,
+        name: str = "",
+        lease: float = DEFAULT_LEASE,
+        rng: random.Random | None = None,
+        close_client: bool = False,
+    ) -> None:
+        if limit.strategy != "window":
+            raise ConfigurationError(
+                f"RedisLimiter keeps the 'window' strategy, not {limit.strategy!r}"
+            )
+        if not (isinstance(lease, int | float) and math.isfinite(lease) and lease > 0):
+            raise ConfigurationError(f"lease must be a positive number of seconds, got {lease!r}")
+        if not key:
+            raise ConfigurationError("RedisLimiter needs a key (see limiter_key)")
+        self.limit = limit
+        self.key = key
+        self.name = name or f"{limit.requests}/{limit.per:g}s"
+        self.lease = float(lease)
+        self._client = client
+        self._close_client = close_client
+        self._keys = [f"{key}:inflight", f"{key}:cooling", f"{key}:state"]
+        self._hold = limit.per + limit.margin
+        self._common = [limit.requests, repr(self._hold), repr(limit.per), repr(self.lease)]
+        self._acquire_script = client.register_script(scripts.ACQUIRE)
+        self._release_script = client.register_script(scripts.RELEASE)
+        self._renew_script = client.register_script(scripts.RENEW)
+        self._void_script = client.register_script(scripts.VOID)
+        self._rate_limited_script = client.register_script(scripts.RATE_LIMITED)
+        self._backoff = Backoff(limit.backoff_base, limit.backoff_cap, rng)
+        # Tokens name the holder, so an operator reading the sorted set sees who holds what.
+        self._token_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self._held: set[str] = set()
+        self._queue: asyncio.Lock | None = None  # FIFO among this process's waiters
+        self._waiting = 0
+        # Our own 429s pause this process at once, before Redis hears of them. Local times are
+        # time.monotonic(), the clock asyncio's loop sleeps on.
+        self._paused_until = -math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        # What the last script call saw, and when (time.monotonic()).
+        self._state = LimitState(
+            requests=limit.requests,
+            per=limit.per,
+            available=limit.requests,
+            in_flight=0,
+            next_slot_in=0.0,
+            paused_for=0.0,
+        )
+        self._state_at = time.monotonic()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        limit: RateLimit,
+        *,
+        key: str,
+        name: str = "",
+        lease: float = DEFAULT_LEASE,
+        rng: random.Random | None = None,
+        **redis_options: Any,
+    ) -> RedisLimiter:
+        """A limiter with its own Redis connection pool, closed by ``aclose()``.
+
+        ``redis_options`` go to ``redis.asyncio.Redis.from_url``; socket time-outs default to
+        5 s so an unreachable Redis fails an acquire instead of hanging it.
+        """
+        return cls(
+            _connect(url, redis_options),
+            limit,
+            key=key,
+            name=name,
+            lease=lease,
+            rng=rng,
+            close_client=True,
+        )
+
+    # -- talking to Redis ------------------------------------------------------------------
+
+    def _args(self, *extra: object) -> list[Any]:
+        return [*self._common, *extra]
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], *extra: object) -> _Reply:
+        """Run one script, keep its view of the state, translate Redis failures."""
+        try:
+            raw = await script(keys=list(keys), args=self._args(*extra))
+        except _REDIS_ERRORS as exc:
+            raise RedisLimiterError(
+                f"{self.name}: the shared rate limit in Redis is unreachable "
+                f"({type(exc).__name__}: {exc}); nothing was sent",
+                endpoint=self.name,
+            ) from exc
+        reply = _Reply.parse(raw)
+        self._state = LimitState(
+            requests=self.limit.requests,
+            per=self.limit.per,
+            available=reply.available,
+            in_flight=reply.in_flight,
+            next_slot_in=reply.next_slot_in,
+            paused_for=reply.paused_for,
+        )
+        self._state_at = time.monotonic()
+        return reply
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Slot.release(), on_rate_limited() and on_success() are synchronous by the protocol:
+        # their Redis calls run as tasks, held here so they are not garbage-collected mid-way.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, what: str, call: Awaitable[_Reply]) -> _Reply | None:
+        try:
+            return await call
+        except RedisLimiterError as exc:
+            # Safe to drop: a slot we could not release frees on its lease.
+            log.warning("%s: could not %s: %s", self.name, what, exc.__cause__ or exc)
+            return None
+
+    # -- slots -----------------------------------------------------------------------------
+
+    def _void_keys(self, token: str) -> list[str]:
+        return [*self._keys, f"{self.key}:void:{token}"]
+
+    async def _try(self, token: str) -> _Reply:
+        try:
+            return await self._run(self._acquire_script, self._void_keys(token), token, "0")
+        except asyncio.CancelledError:
+            # The call may have reached Redis and taken a slot nobody will use or release.
+            self._spawn(self._void(token))
+            raise
+
+    async def _void(self, token: str) -> None:
+        marker_ms = math.ceil(max(_VOID_MARKER_SECONDS, 2 * self.lease) * 1000)
+        await self._quietly(
+            "give back a cancelled acquire's slot",
+            self._run(self._void_script, self._void_keys(token), token, marker_ms),
+        )
+
+    def _granted(self, token: str) -> Slot:
+        self._held.add(token)
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+        return Slot(lambda: self._release(token))
+
+    def _release(self, token: str) -> None:
+        self._held.discard(token)
+        try:
+            self._spawn(self._record_answer(token))
+        except RuntimeError:  # no running loop (interpreter shutdown): the lease frees it
+            log.warning("%s: slot released outside an event loop; it frees on its lease", self.name)
+
+    async def _record_answer(self, token: str) -> None:
+        reply = await self._quietly(
+            "record an answer", self._run(self._release_script, self._keys, token)
+        )
+        if reply is not None and reply.status == 0:
+            log.warning(
+                "%s: a slot's lease ran out %.3g s before its answer came; the key's budget may "
+                "have been exceeded (raise lease, or look for a blocked event loop)",
+                self.name,
+                self._hold,
+            )
+
+    async def _renew_leases(self) -> None:
+        # Runs while this process holds slots; its silence is how others learn it died.
+        while self._held:
+            await asyncio.sleep(self.lease / 3)
+            tokens = sorted(self._held)
+            if not tokens:
+                break
+            reply = await self._quietly(
+                "renew leases", self._run(self._renew_script, self._keys, *tokens)
+            )
+            lost = [t for t in (reply.extra if reply else ()) if t in self._held]
+            if lost:
+                log.warning(
+                    "%s: %d slot lease(s) ran out before renewal and were freed; the key's "
+                    "budget may be exceeded (raise lease, or look for a blocked event loop)",
+                    self.name,
+                    len(lost),
+                )
+
+    def _busy(self, message: str, retry_after: float | None) -> RateLimitBusy:
+        return RateLimitBusy(
+            f"{self.name}: {message}; nothing was sent",
+            status=429,
+            endpoint=self.name,
+            retry_after=retry_after,
+        )
+
+    # -- the Limiter interface -------------------------------------------------------------
+
+    async def acquire(self, *, block: bool = True) -> Slot:
+        """Take a slot (key-wide), waiting for one unless ``block=False``.
+
+        Raises ``RateLimitBusy`` (``block=False``, none free) or ``RedisLimiterError``.
+        """
+        if self._queue is None:
+            self._queue = asyncio.Lock()  # made here: it belongs to the running loop
+        token = self._token_prefix + secrets.token_hex(8)
+        if not block:
+            if self._waiting:
+                raise self._busy(
+                    f"{self._waiting} acquire(s) ahead in the queue", self.snapshot().next_slot_in
+                )
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                raise self._busy(f"paused after a 429 for {pause:.3f} s", pause)
+            reply = await self._try(token)
+            if reply.status == 1:
+                return self._granted(token)
+            raise self._busy(self._why(reply), reply.next_slot_in)
+        self._waiting += 1
+        started = time.monotonic()
+        try:
+            async with self._queue:
+                while True:
+                    pause = self._paused_until - time.monotonic()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                        continue
+                    reply = await self._try(token)
+                    if reply.status == 1:
+                        break
+                    log.debug(
+                        "%s: acquire waits %.3f s: %s", self.name, reply.poll_in, self._why(reply)
+                    )
+                    await asyncio.sleep(reply.poll_in + _WAKE_SLACK)
+        finally:
+            self._waiting -= 1
+        log.debug("%s: acquire waited %.3f s", self.name, time.monotonic() - started)
+        return self._granted(token)
+
+    def _why(self, reply: _Reply) -> str:
+        if reply.paused_for > 0:
+            return f"paused after a 429 for {reply.paused_for:.3f} s"
+        if reply.in_flight >= reply.capacity:
+            return f"all {reply.capacity} usable slots are in flight (key-wide)"
+        reduced = (
+            f" (cut to {reply.capacity}/{self.limit.requests} after a 429)"
+            if reply.capacity < self.limit.requests
+            else ""
+        )
+        return f"all slots used within the last {self.limit.per:g} s (key-wide){reduced}"
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        """Pause this process now and, through Redis, every process sharing the key."""
+        pause = self._backoff.next_delay(retry_after)
+        now = time.monotonic()
+        self._paused_until = max(self._paused_until, now + pause)
+        log.debug(
+            "%s: 429 (%s); pausing every acquire on the key for %.3f s",
+            self.name,
+            f"Retry-After {retry_after:g} s"
+            if retry_after is not None
+            else f"back-off, streak {self._backoff.streak}",
+            pause,
+        )
+        self._spawn(self._share_pause(pause))
+        return max(0.0, self._paused_until - now)
+
+    async def _share_pause(self, pause: float) -> None:
+        await self._quietly(
+            "share a 429 pause",
+            self._run(self._rate_limited_script, self._keys, repr(pause)),
+        )
+
+    def on_success(self) -> None:
+        """A non-429 answer ends this process's back-off streak."""
+        self._backoff.reset()
+
+    def snapshot(self) -> LimitState:
+        """The state the last script call saw, its times aged by the local clock.
+
+        Synchronous (the ``Limiter`` protocol), so it cannot ask Redis: use ``refresh()``
+        for a fresh reading. ``available`` is 0 while this process has waiters or is paused.
+        """
+        age = time.monotonic() - self._state_at
+        state = self._state
+        local_pause = self._paused_until - time.monotonic()
+        paused_for = max(local_pause, state.paused_for - age, 0.0)
+        next_slot = None if state.next_slot_in is None else max(0.0, state.next_slot_in - age)
+        if next_slot is not None:
+            next_slot = max(next_slot, paused_for)
+        return attrs.evolve(
+            state,
+            available=0 if self._waiting or paused_for > 0 else state.available,
+            next_slot_in=next_slot,
+            paused_for=paused_for,
+        )
+
+    async def refresh(self) -> LimitState:
+        """Read the key-wide state from Redis (taking nothing) and return ``snapshot()``."""
+        await self._run(self._acquire_script, self._void_keys("peek"), "peek", "1")
+        return self.snapshot()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait for pending background writes (releases, shared pauses) to reach Redis."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Flush pending writes, stop renewing leases, and close the Redis connection if this
+        limiter opened it (``from_url``). Slots still held free on their lease."""
+        await self.flush()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if self._close_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisLimiter {self.name!r} key={self.key!r} held={len(self._held)}>"
+
+
+@final
+class RedisLimits:
+    """The scan and result limiters of one API key, sharing one Redis connection pool.
+
+        limits = redis_limits("redis://127.0.0.1:6379/0", api_key)
+        async with limits:                            # closes the pool on exit
+            client = ImagetwinClient(api_key, scan_limit=limits.scan, result_limit=limits.result)
+
+    Unpacks as ``scan, result = limits``; ``aclose()`` closes both and the pool (if owned).
+    """
+
+    def __init__(
+        self, scan: RedisLimiter, result: RedisLimiter, client: redis.asyncio.Redis, *, owned: bool
+    ) -> None:
+        self.scan = scan
+        self.result = result
+        self._client = client
+        self._owned = owned
+
+    def __iter__(self) -> Iterator[RedisLimiter]:
+        return iter((self.scan, self.result))
+
+    async def aclose(self) -> None:
+        """Flush both limiters and close the connection pool if ``redis_limits`` opened it."""
+        await self.scan.aclose()
+        await self.result.aclose()
+        if self._owned:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisLimits scan={self.scan.key!r} result={self.result.key!r}>"
+
+
+def redis_limits(
+    redis_url: str | redis.asyncio.Redis,
+    api_key: str | None = None,
+    *,
+    scan_limit: RateLimit = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
+    result_limit: RateLimit = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
+    prefix: str = "imagetwin",
+    lease: float = DEFAULT_LEASE,
+    **redis_options: Any,
+) -> RedisLimits:
+    """Shared scan and result limiters for ``api_key`` (default: ``IMAGETWIN_API_KEY``).
+
+        scan, result = redis_limits("redis://redis:6379/0", api_key)
+        client = ImagetwinClient(api_key, scan_limit=scan, result_limit=result)
+
+    ``redis_url`` is a URL (the pool is opened here and closed by ``RedisLimits.aclose``) or
+    a ``redis.asyncio.Redis`` you own and close. The keys are ``limiter_key(api_key, "scan")``
+    and ``limiter_key(api_key, "result")`` under ``prefix``.
+    """
+    key = api_key if api_key is not None else os.environ.get("IMAGETWIN_API_KEY")
+    if not key:
+        raise ConfigurationError(
+            "redis_limits needs the API key whose budget is shared: pass api_key or set "
+            "IMAGETWIN_API_KEY"
+        )
+    owned = isinstance(redis_url, str)
+    client = _connect(redis_url, redis_options) if isinstance(redis_url, str) else redis_url
+    scan_key = limiter_key(key, "scan", prefix=prefix)
+    result_key = limiter_key(key, "result", prefix=prefix)
+    scan = RedisLimiter(client, scan_limit, key=scan_key, name="POST /scan", lease=lease)
+    result = RedisLimiter(client, result_limit, key=result_key, name="GET /result", lease=lease)
+    return RedisLimits(scan, result, client, owned=owned)
+
+
+def _connect(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
+    options.setdefault("socket_timeout", _DEFAULT_SOCKET_TIMEOUT)
+    options.setdefault("socket_connect_timeout", _DEFAULT_SOCKET_TIMEOUT)
+    return redis.asyncio.Redis.from_url(url, **options)
