@@ -33,6 +33,7 @@ from ._errors import (
     ServiceUnavailable,
     TransportError,
 )
+from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
 from ._limits import Limiter, LimitState, RateLimit, Slot
 from ._models import (
     CallbackNotice,
@@ -66,6 +67,10 @@ __all__ = [
     "ImagetwinError",
     "InvalidArgument",
     "InvalidUpload",
+    "Journal",
+    "JournalEntry",
+    "JournalError",
+    "JournalLocked",
     "LimitState",
     "Limiter",
     "PollScheduler",
@@ -74,6 +79,7 @@ __all__ = [
     "RateLimitBusy",
     "RateLimited",
     "ResponseFormatError",
+    "SQLiteJournal",
     "ScanCancelled",
     "ScanFailed",
     "ScanNotFound",

@@ -1,40 +1,55 @@
 """``submit_and_wait`` and ``iter_outcomes``: whole batches at the full rate budget.
 
-Each item is checked first (off the event loop: counting PDF pages reads the file), then
-submitted through the client's scan limiter, then waited for through the shared poll
-scheduler. Submissions are bounded (``submit_concurrency``) so a batch of ten thousand items
-holds at most that many uploads open, while the limiter, not this module, sets the pace.
+Items are checked in input order by one preparer (off the event loop: counting PDF pages and
+hashing read the files), then submitted through the client's scan limiter, then waited for
+through the shared poll scheduler. ``submit_concurrency`` bounds the uploads open at once;
+the limiter, not this module, sets the pace.
+
+With a journal every step is recorded before the next is taken (see ``_journal``), and a
+re-run resumes: results come from the journal, started scans are waited for, and only what
+was never sent is sent. Items whose POST may have started a scan without an answer are
+settled through scan-overview where it can tell without doubt, and reported otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 
 from ._errors import (
+    AmbiguousSubmission,
     AuthenticationError,
     ImagetwinError,
     PollTimeout,
     ScanCancelled,
+    ScanFailed,
+    ScanNotFound,
 )
-from ._models import ScanOutcome, ScanResult
+from ._journal import Journal, JournalEntry, open_journal, utc_now
+from ._models import ScanOutcome, ScanOverview
 from ._protocol import Request, build_scan_request
-from ._uploads import Uploadable, prepare_upload
+from ._uploads import Upload, Uploadable, prepare_upload
 
 if TYPE_CHECKING:
     from ._client import ImagetwinClient
 
-__all__ = ["BatchItem", "BatchOptions", "BatchProgress", "BatchRunner"]
+__all__ = ["AmbiguousPolicy", "BatchItem", "BatchOptions", "BatchProgress", "BatchRunner"]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
 BatchItem = Uploadable
+AmbiguousPolicy = Literal["settle", "report", "resubmit"]
 _DEFAULT_SUBMIT_CONCURRENCY: Final = 20
+# Clock difference we allow between our wall clock and the server's scan dates.
+_CLOCK_SKEW: Final = 30.0
 
 
 @attrs.frozen
@@ -67,6 +82,8 @@ class BatchOptions:
     timeout: float | None = None
     progress: Callable[[BatchProgress], None] | None = None
     submit_concurrency: int = _DEFAULT_SUBMIT_CONCURRENCY
+    journal: str | os.PathLike[str] | Journal | None = None
+    ambiguous: AmbiguousPolicy = "settle"
 
     def request(self) -> Request:
         return build_scan_request(
@@ -77,6 +94,13 @@ class BatchOptions:
         )
 
 
+@attrs.frozen
+class _Prepared:
+    upload: Upload
+    key: str  # the journal's name for this item: content, options and occurrence
+    label: str
+
+
 class BatchRunner:
     """Runs one batch on a client. Made by ``ImagetwinClient.submit_and_wait`` /
     ``iter_outcomes``; several may run at once on one client, sharing its limiters and
@@ -85,62 +109,132 @@ class BatchRunner:
     def __init__(
         self, client: ImagetwinClient, items: Sequence[BatchItem], options: BatchOptions
     ) -> None:
+        if options.ambiguous not in ("settle", "report", "resubmit"):
+            raise ValueError("ambiguous must be 'settle', 'report' or 'resubmit'")
         self._client = client
         self._items = list(items)
         self._options = options
         self._request = options.request()  # bad options raise here, before anything is sent
         self._progress = BatchProgress(total=len(self._items))
         self._stop_submitting: ImagetwinError | None = None
+        self._journal: Journal | None = None
+        self._entries: dict[str, JournalEntry] = {}
+        self._notes: dict[str, str] = {}
+        self._gate = asyncio.Semaphore(max(1, options.submit_concurrency))
+        self._deadline: float | None = None
 
     async def run(self) -> list[ScanOutcome]:
         outcomes: list[ScanOutcome | None] = [None] * len(self._items)
         async for index, outcome in self._run():
             outcomes[index] = outcome
-        assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]
+        return [o for o in outcomes if o is not None]
 
     async def iterate(self) -> AsyncIterator[ScanOutcome]:
-        async for _, outcome in self._run():
-            yield outcome
+        # aclosing: when the caller leaves its loop early, closing this generator closes the
+        # run at once (cancelling what is left), not whenever the inner one is collected.
+        async with contextlib.aclosing(self._run()) as run:
+            async for _, outcome in run:
+                yield outcome
+
+    # ---- the run ---------------------------------------------------------------------------
 
     async def _run(self) -> AsyncIterator[tuple[int, ScanOutcome]]:
         loop = asyncio.get_running_loop()
-        deadline = None if self._options.timeout is None else loop.time() + self._options.timeout
-        done: asyncio.Queue[tuple[int, ScanOutcome]] = asyncio.Queue()
-        gate = asyncio.Semaphore(max(1, self._options.submit_concurrency))
-        self._report()
-        tasks = [
-            loop.create_task(self._one(index, item, gate, deadline, done))
-            for index, item in enumerate(self._items)
-        ]
+        if self._options.timeout is not None:
+            self._deadline = loop.time() + self._options.timeout
+        owned = False
+        if self._options.journal is not None:
+            self._journal, owned = await open_journal(self._options.journal)
+        tasks: list[asyncio.Task[None]] = []
+        preparer: asyncio.Task[None] | None = None
+        finished = False
         try:
+            if self._journal is not None:
+                self._entries = await self._journal.entries()
+                if self._options.ambiguous == "settle":
+                    await self._settle()
+            done: asyncio.Queue[tuple[int, ScanOutcome]] = asyncio.Queue()
+            prepared = [loop.create_future() for _ in self._items]
+            preparer = loop.create_task(self._prepare_all(prepared))
+            self._report()
+            tasks = [
+                loop.create_task(self._one(index, item, prepared[index], done))
+                for index, item in enumerate(self._items)
+            ]
             for _ in tasks:
                 yield await done.get()
+            finished = True
         finally:
-            for task in tasks:
+            for task in (*tasks, *([preparer] if preparer else [])):
                 task.cancel()
-            for task in tasks:
+            for task in (*tasks, *([preparer] if preparer else [])):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._journal is not None:
+                if not finished:
+                    self._log_resume_hint()
+                if owned:
+                    await self._journal.close()
+
+    async def _prepare_all(self, prepared: list[asyncio.Future[_Prepared]]) -> None:
+        # One item at a time, in input order, so the n-th copy of the same content always gets
+        # the same journal key however the run is interrupted.
+        seen: dict[str, int] = {}
+        for index, item in enumerate(self._items):
+            try:
+                upload = await asyncio.to_thread(prepare_upload, item)
+                key = ""
+                if self._journal is not None:
+                    fingerprint = await asyncio.to_thread(self._fingerprint, upload)
+                    seen[fingerprint] = seen.get(fingerprint, 0) + 1
+                    key = f"{fingerprint}#{seen[fingerprint]}"
+            except ImagetwinError as exc:
+                prepared[index].set_exception(exc)
+                continue
+            label = ", ".join(part.filename for part in upload.parts)
+            prepared[index].set_result(_Prepared(upload, key, label))
+
+    def _fingerprint(self, upload: Upload) -> str:
+        # What makes two submissions the same scan: the content and the options that change
+        # the result. Not the callback URL: it carries a per-process token.
+        options = dict(self._request.form_fields)
+        parts = [
+            upload.sha256(),
+            self._request.path,
+            options.get("minScore", ""),
+            options.get("excludeIdenticalPaper", ""),
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     async def _one(
         self,
         index: int,
         item: BatchItem,
-        gate: asyncio.Semaphore,
-        deadline: float | None,
+        prepared: asyncio.Future[_Prepared],
         done: asyncio.Queue[tuple[int, ScanOutcome]],
     ) -> None:
         scan_id: str | None = None
+        key = ""
         try:
-            async with asyncio.timeout_at(deadline):
-                upload = await asyncio.to_thread(prepare_upload, item)
-                async with gate:
-                    if self._stop_submitting is not None:
-                        raise self._stop_submitting
-                    started = await self._client._start_scan(self._request, upload)
-                scan_id = started.scan_id
-                self._count(submitted=1, running=1)
+            async with asyncio.timeout_at(self._deadline):
+                prep = await prepared
+                key = prep.key
+                entry = self._entries.get(key) if self._journal is not None else None
+                known = _known_outcome(item, entry, self._options.ambiguous)
+                if known is not None:
+                    prep.upload.close()
+                    self._finish(index, known, done, ran=False)
+                    return
+                if entry is not None and entry.state == "started" and entry.scan_id:
+                    prep.upload.close()
+                    scan_id = entry.scan_id
+                    self._notes[key] = entry.note or "resumed from the journal"
+                    self._count(submitted=1, running=1)
+                else:
+                    try:
+                        scan_id = await self._send(prep)
+                    finally:
+                        prep.upload.close()
                 result = await self._client.scheduler.wait(scan_id)
         except TimeoutError:
             error: ImagetwinError = (
@@ -148,32 +242,126 @@ class BatchRunner:
                 if scan_id is not None
                 else ScanCancelled("the batch timed out before this item was submitted")
             )
-            self._finish(index, item, scan_id, error, done)
+            outcome = ScanOutcome(item, scan_id, error=error)
         except AuthenticationError as exc:
             # Every later item would be refused the same way: stop submitting, fail them fast.
             self._stop_submitting = exc
-            self._finish(index, item, scan_id, exc, done)
+            outcome = ScanOutcome(item, scan_id, error=exc)
+        except (ScanFailed, ScanNotFound) as exc:
+            if self._journal is not None and key and scan_id is not None:
+                await self._journal.failed(key, str(exc))
+            outcome = ScanOutcome(item, scan_id, error=exc)
         except ImagetwinError as exc:
-            self._finish(index, item, scan_id, exc, done)
+            outcome = ScanOutcome(item, scan_id, error=exc)
         else:
-            self._finish(index, item, scan_id, result, done)
+            if self._journal is not None and key:
+                await self._journal.finished(key, result)
+            outcome = ScanOutcome(item, scan_id, result=result, note=self._notes.get(key))
+        self._finish(index, outcome, done, ran=scan_id is not None)
+
+    async def _send(self, prep: _Prepared) -> str:
+        """POST the item, recording each step in the journal; its new scan id."""
+        async with self._gate:
+            if self._stop_submitting is not None:
+                raise self._stop_submitting
+            journal = self._journal
+            intent = False
+
+            async def record_intent() -> None:
+                nonlocal intent
+                if journal is not None:
+                    await journal.sending(prep.key, prep.label, utc_now())
+                    intent = True
+
+            try:
+                started = await self._client._start_scan(
+                    self._request, prep.upload, before_send=record_intent
+                )
+            except AmbiguousSubmission:
+                raise  # the journal keeps "sending": the next run settles it
+            except ImagetwinError:
+                if journal is not None and intent:
+                    await journal.forget(prep.key)  # answered with an error: no scan started
+                raise
+        if journal is not None:
+            await journal.started(prep.key, started.scan_id)
+        self._count(submitted=1, running=1)
+        return started.scan_id
+
+    # ---- settling ambiguous items through scan-overview -------------------------------
+
+    async def _settle(self) -> None:
+        """Decide what became of items left in "sending" by an earlier run.
+
+        Settled without doubt only: an item adopts a scan when exactly one API scan that no
+        journal entry claims lies in its window (sent_at - skew .. sent_at + request timeout
+        + skew) and in no other unsettled item's window; an item whose window holds no such
+        scan never reached the server and is sent again. Anything else stays ambiguous.
+        """
+        assert self._journal is not None
+        pending = [e for e in self._entries.values() if e.state == "sending" and e.sent_at]
+        if not pending:
+            return
+        span = self._client.request_timeout + _CLOCK_SKEW
+        windows = {e.key: (e.sent_at - _CLOCK_SKEW, e.sent_at + span) for e in pending}  # type: ignore[operator]
+        first = min(lo for lo, _ in windows.values())
+        last = max(hi for _, hi in windows.values())
+        try:
+            overview = await self._client.scan_overview(
+                dt.datetime.fromtimestamp(first, dt.UTC), dt.datetime.fromtimestamp(last, dt.UTC)
+            )
+        except ImagetwinError as exc:
+            logger.warning("could not settle %d ambiguous item(s): %s", len(pending), exc)
+            return
+        assert isinstance(overview, ScanOverview)
+        claimed = {e.scan_id for e in self._entries.values() if e.scan_id}
+        unclaimed = [s for s in overview.scans if s.api_scan and s.scan_id not in claimed]
+
+        def inside(key: str, when: float) -> bool:
+            lo, hi = windows[key]
+            return lo <= when <= hi
+
+        now = utc_now()
+        for entry in pending:
+            mine = [s for s in unclaimed if inside(entry.key, s.scan_date.timestamp())]
+            if not mine and now >= entry.sent_at + _CLOCK_SKEW:  # type: ignore[operator]
+                logger.warning(
+                    "%s: scan-overview shows no scan from its lost POST; sending it again",
+                    entry.label,
+                )
+                await self._journal.forget(entry.key)
+                del self._entries[entry.key]
+            elif len(mine) == 1 and not any(
+                inside(other.key, mine[0].scan_date.timestamp())
+                for other in pending
+                if other is not entry
+            ):
+                scan = mine[0]
+                note = f"adopted scan {scan.scan_id} from scan-overview (its answer was lost)"
+                logger.warning("%s: %s", entry.label, note)
+                await self._journal.started(entry.key, scan.scan_id, note)
+                self._entries[entry.key] = attrs.evolve(
+                    entry, state="started", scan_id=scan.scan_id, note=note
+                )
+                unclaimed.remove(scan)
+
+    # ---- bookkeeping ------------------------------------------------------------------
 
     def _finish(
         self,
         index: int,
-        item: BatchItem,
-        scan_id: str | None,
-        outcome: ScanResult | ImagetwinError,
+        outcome: ScanOutcome,
         done: asyncio.Queue[tuple[int, ScanOutcome]],
+        *,
+        ran: bool,
     ) -> None:
-        running = -1 if scan_id is not None else 0
-        if isinstance(outcome, ScanResult):
+        running = -1 if ran else 0  # it was counted as running once it had a scan id
+        if outcome.ok:
             self._count(finished=1, running=running)
-            done.put_nowait((index, ScanOutcome(item, scan_id, result=outcome)))
         else:
-            logger.debug("batch item %d failed: %s", index, outcome)
+            logger.debug("batch item %d failed: %s", index, outcome.error)
             self._count(failed=1, running=running)
-            done.put_nowait((index, ScanOutcome(item, scan_id, error=outcome)))
+        done.put_nowait((index, outcome))
 
     def _count(
         self, *, submitted: int = 0, running: int = 0, finished: int = 0, failed: int = 0
@@ -182,7 +370,7 @@ class BatchRunner:
         self._progress = attrs.evolve(
             p,
             submitted=p.submitted + submitted,
-            running=p.running + running,
+            running=max(0, p.running + running),
             finished=p.finished + finished,
             failed=p.failed + failed,
         )
@@ -191,3 +379,47 @@ class BatchRunner:
     def _report(self) -> None:
         if self._options.progress is not None:
             self._options.progress(self._progress)
+
+    def _log_resume_hint(self) -> None:
+        path = getattr(self._journal, "path", None)
+        logger.warning(
+            "batch interrupted: %d of %d items done; run it again with the same journal%s to "
+            "resume (results are kept, started scans are not paid for again)",
+            self._progress.done,
+            self._progress.total,
+            f" ({path})" if path else "",
+        )
+
+
+def _known_outcome(
+    item: BatchItem, entry: JournalEntry | None, ambiguous: AmbiguousPolicy
+) -> ScanOutcome | None:
+    """The outcome the journal already holds for this item, if any (no request needed)."""
+    if entry is None:
+        return None
+    if entry.state == "done":
+        return ScanOutcome(item, entry.scan_id, result=entry.result, note="from the journal")
+    if entry.state == "failed":
+        error = ScanFailed(
+            entry.error or "the scan failed (recorded in the journal)",
+            status=500,
+            endpoint="GET /result/{scanId}",
+        )
+        return ScanOutcome(item, entry.scan_id, error=error, note="from the journal")
+    if entry.state == "sending" and ambiguous != "resubmit":
+        return ScanOutcome(item, None, error=_ambiguous_error(entry))
+    return None
+
+
+def _ambiguous_error(entry: JournalEntry) -> AmbiguousSubmission:
+    when = (
+        dt.datetime.fromtimestamp(entry.sent_at, dt.UTC).isoformat(timespec="seconds")
+        if entry.sent_at
+        else "an earlier run"
+    )
+    return AmbiguousSubmission(
+        f"{entry.label}: sent at {when} with no answer, and scan-overview could not tell "
+        "whether it started a scan. Check scan_overview, or re-run with ambiguous='resubmit' "
+        "to send it again (it may be billed twice).",
+        endpoint="POST /scan",
+    )

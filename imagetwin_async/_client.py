@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, overload
@@ -14,8 +14,9 @@ from typing import Literal, Self, overload
 import aiohttp
 
 from . import _protocol as protocol
-from ._batch import BatchItem, BatchOptions, BatchProgress, BatchRunner
+from ._batch import AmbiguousPolicy, BatchItem, BatchOptions, BatchProgress, BatchRunner
 from ._errors import ConfigurationError, InvalidArgument
+from ._journal import Journal
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._polling import PollScheduler
@@ -72,6 +73,7 @@ class ImagetwinClient:
         if max_poll_interval < poll_interval:
             raise ConfigurationError("max_poll_interval must be >= poll_interval")
         self.base_url = base_url
+        self.request_timeout = timeout if timeout is not None else 300.0
         self._scan_limiter = _as_limiter(scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, "GET /result")
         self._transport = Transport(
@@ -151,10 +153,17 @@ class ImagetwinClient:
         return await self._start_scan(request, prepare_upload(files), block=block)
 
     async def _start_scan(
-        self, request: protocol.Request, upload: Upload, *, block: bool = True
+        self,
+        request: protocol.Request,
+        upload: Upload,
+        *,
+        block: bool = True,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> ScanStarted:
         try:
-            response = await self._transport.send(request, upload=upload, block=block)
+            response = await self._transport.send(
+                request, upload=upload, block=block, before_send=before_send
+            )
         finally:
             upload.close()
         started = protocol.read_scan_started(
@@ -270,6 +279,8 @@ class ImagetwinClient:
         timeout: float | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
         submit_concurrency: int = 20,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        ambiguous: AmbiguousPolicy = "settle",
     ) -> list[ScanOutcome]:
         """Scan every item and wait for every result: one ``ScanOutcome`` per item, in order.
 
@@ -278,6 +289,13 @@ class ImagetwinClient:
         whole batch (unfinished items get ``PollTimeout`` / ``ScanCancelled``). ``progress``
         is called with a ``BatchProgress`` at every change. Bad options raise before
         anything is sent; a bad item becomes that item's ``InvalidUpload`` outcome.
+
+        ``journal`` (a path, or a ``Journal``) makes the batch resumable: re-run it after a
+        crash and nothing is paid for twice. ``ambiguous`` says what to do with items whose
+        POST an earlier run sent without hearing back: ``"settle"`` (default) asks
+        scan-overview and adopts or resends only where it tells without doubt, reporting
+        the rest as ``AmbiguousSubmission``; ``"report"`` reports them all; ``"resubmit"``
+        sends them again (they may be billed twice).
         """
         options = BatchOptions(
             min_score=min_score,
@@ -287,6 +305,8 @@ class ImagetwinClient:
             timeout=timeout,
             progress=progress,
             submit_concurrency=submit_concurrency,
+            journal=journal,
+            ambiguous=ambiguous,
         )
         return await BatchRunner(self, list(batch), options).run()
 
@@ -301,6 +321,8 @@ class ImagetwinClient:
         timeout: float | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
         submit_concurrency: int = 20,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        ambiguous: AmbiguousPolicy = "settle",
     ) -> AsyncIterator[ScanOutcome]:
         """Like ``submit_and_wait``, but yields each outcome as soon as it is known.
 
@@ -318,6 +340,8 @@ class ImagetwinClient:
             timeout=timeout,
             progress=progress,
             submit_concurrency=submit_concurrency,
+            journal=journal,
+            ambiguous=ambiguous,
         )
         return BatchRunner(self, list(batch), options).iterate()
 

@@ -126,7 +126,8 @@ class ScanOutcome:
     """What became of one batch item: a result, or the error that stopped it.
 
     ``scan_id`` is None when the server never accepted the item (an invalid upload, a refused
-    request); ``source`` is the item exactly as it was passed in.
+    request); ``source`` is the item exactly as it was passed in. ``note`` says where a
+    resumed item's outcome came from ("from the journal", "adopted from scan-overview").
 
     >>> for outcome in await client.submit_and_wait(["a.pdf", "b.pdf"]):
     ...     print(outcome.source, outcome.result if outcome.ok else outcome.error)
@@ -136,6 +137,7 @@ class ScanOutcome:
     scan_id: str | None = None
     result: ScanResult | None = None
     error: ImagetwinError | None = None
+    note: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -159,19 +159,27 @@ class Transport:
         return self.base_url.join(URL(request.path))
 
     async def send(
-        self, request: Request, *, upload: BodySource | None = None, block: bool = True
+        self,
+        request: Request,
+        *,
+        upload: BodySource | None = None,
+        block: bool = True,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> RawResponse:
         """Send ``request``, retrying only what provably had no effect.
 
         The final answer is returned whatever its status (the core reads it into a value or
         an error). Raises ``TransportError`` when no answer could be had, ``AmbiguousSubmission``
         when a scan POST may have started a scan without our hearing back, and ``RateLimitBusy``
-        at once when ``block`` is false and no slot is free.
+        at once when ``block`` is false and no slot is free. ``before_send`` runs once a slot
+        is held, right before each attempt goes out (the journal records its intent there).
         """
         limiter = self._limiters.get(request.group)
         for attempt in itertools.count():
             try:
-                response = await self._attempt(request, upload, limiter, block=block)
+                response = await self._attempt(
+                    request, upload, limiter, block=block, before_send=before_send
+                )
             except _NOTHING_SENT as exc:
                 failure: Exception = exc
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -230,7 +238,13 @@ class Transport:
         return retry_after if retry_after is not None else self._retry.delay(attempt, self._rng)
 
     async def _attempt(
-        self, request: Request, upload: BodySource | None, limiter: Limiter | None, *, block: bool
+        self,
+        request: Request,
+        upload: BodySource | None,
+        limiter: Limiter | None,
+        *,
+        block: bool,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> RawResponse:
         if request.file_field is not None and upload is None:
             raise InvalidArgument(f"{request.endpoint} needs files to upload")
@@ -238,6 +252,8 @@ class Transport:
         slot = await limiter.acquire(block=block) if limiter is not None else None
         sent = time.monotonic()
         try:
+            if before_send is not None:
+                await before_send()
             data: aiohttp.FormData | None = None
             if upload is not None and request.file_field is not None:
                 # A FormData is spent once sent: build it afresh from the sources every attempt.
