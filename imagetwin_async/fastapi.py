@@ -29,11 +29,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from starlette.routing import NoMatchFound
 
 from ._callbacks import CallbackReceiver, CallbackStats, read_limited
 from ._client import ImagetwinClient
 
 __all__ = [
+    "CALLBACK_ROUTE_NAME",
     "DEFAULT_CALLBACK_PATH",
     "CallbackReceiver",
     "CallbackReceiverDep",
@@ -51,8 +53,10 @@ __all__ = [
 logger = logging.getLogger("imagetwin_async.fastapi")
 
 DEFAULT_CALLBACK_PATH: Final = "/imagetwin/callbacks"
+CALLBACK_ROUTE_NAME: Final = "imagetwin_callback"
 _CLIENT: Final = "imagetwin_client"
 _RECEIVER: Final = "imagetwin_callbacks"
+_SAMPLE_TOKEN: Final = "TOKEN"  # noqa: S105 - a placeholder to build a path with, no secret
 
 
 @contextlib.asynccontextmanager
@@ -165,6 +169,7 @@ def callback_router(
         f"{path.rstrip('/')}/{{token}}",
         imagetwin_callback,
         methods=["POST"],
+        name=CALLBACK_ROUTE_NAME,
         include_in_schema=False,
         response_class=Response,
     )
@@ -173,12 +178,19 @@ def callback_router(
 
 def _warn_without_route(app: FastAPI, receiver: CallbackReceiver) -> None:
     # A route/public_url mismatch would turn every callback into a 404 and every scan into a
-    # slow poll, silently: say so at start-up.
-    wanted = f"{receiver.path}/{{token}}"
-    if not any(getattr(route, "path", None) == wanted for route in app.router.routes):
+    # slow poll, silently: say so at start-up. Looked up by name, as url_for does, which sees
+    # through included routers and their prefixes.
+    wanted = f"{receiver.path}/{_SAMPLE_TOKEN}"
+    try:
+        found = str(app.url_path_for(CALLBACK_ROUTE_NAME, token=_SAMPLE_TOKEN))
+    except NoMatchFound:
+        found = None
+    # A proxy may strip a prefix (public /svc/imagetwin/..., route /imagetwin/...): a suffix is
+    # enough.
+    if found is None or not wanted.endswith(found):
         logger.warning(
-            "callbacks go to %s/..., but the app has no route %s: include "
-            "callback_router() (or pass path= if a proxy rewrites the path)",
+            "callbacks go to %s/..., but the app's callback route is %s: include "
+            "callback_router() with a path matching public_url's",
             receiver.public_url,
-            wanted,
+            found or "missing",
         )

@@ -1,0 +1,1 @@
+"""A FastAPI service checking uploaded manuscripts with Imagetwin; results come by callback."""
