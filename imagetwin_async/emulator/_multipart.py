@@ -16,7 +16,8 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from .. import _spec
@@ -36,6 +37,8 @@ _CHUNK = 256 * 1024
 _SPOOL_IN_MEMORY = 4 * _spec.MIB  # larger documents spill to a temporary file
 _MAX_FIELD = 8 * 1024  # form fields are short; a huge one is an attack, not a minScore
 _PAGE_COUNT_IN_THREAD = 1 * _spec.MIB  # parse big PDFs off the event loop
+# What aiohttp's multipart reader raises on a body that is not well-formed.
+_MALFORMED = (ValueError, KeyError, AssertionError, HttpProcessingError)
 
 
 class UploadRejected(Exception):
@@ -87,27 +90,14 @@ async def read_upload(request: web.Request, rules: UploadRules) -> Upload:
     """Stream the multipart body of a scan request; raise ``UploadRejected`` on any breach."""
     if not request.content_type.startswith("multipart/"):
         raise UploadRejected(
-            f"No file provided: the body must be multipart/form-data with '{rules.file_field}' parts."
+            "No file provided: the body must be multipart/form-data with "
+            f"'{rules.file_field}' parts."
         )
-    try:
-        reader = await request.multipart()
-    except (ValueError, KeyError, AssertionError) as exc:
-        raise UploadRejected(f"Malformed multipart body: {exc}") from None
     upload = Upload()
-    while True:
-        try:
-            part = await reader.next()
-        except (ValueError, AssertionError) as exc:
-            raise UploadRejected(f"Malformed multipart body: {exc}") from None
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise UploadRejected("Nested multipart bodies are not supported.")
-        if part.name == rules.file_field:
-            await _read_file_part(part, rules, upload)
-        elif rules.options and part.name in _OPTIONS:
-            _OPTIONS[part.name](upload, await _read_field(part))
-        # Other fields are ignored, as a tolerant server would; the reader skips them.
+    try:
+        await _read_parts(await request.multipart(), rules, upload)
+    except _MALFORMED as exc:
+        raise UploadRejected(f"Malformed multipart body: {exc}") from None
     if not upload.files:
         raise UploadRejected(f"No file provided: add at least one '{rules.file_field}' part.")
     return upload
@@ -135,6 +125,17 @@ async def _read_file_part(part: BodyPartReader, rules: UploadRules, upload: Uplo
         raise UploadRejected(
             f"File type '{ext or name}' of '{name}' is not allowed; allowed: {allowed}."
         )
+
+
+async def _read_parts(reader: MultipartReader, rules: UploadRules, upload: Upload) -> None:
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise UploadRejected("Nested multipart bodies are not supported.")
+        if part.name == rules.file_field:
+            await _read_file_part(part, rules, upload)
+        elif rules.options and part.name in _OPTIONS:
+            _OPTIONS[part.name](upload, await _read_field(part))
+        # Other fields are ignored, as a tolerant server would; the reader skips them.
 
 
 def _mix_message(rules: UploadRules) -> str:

@@ -3,7 +3,8 @@
 Registered through the ``pytest11`` entry point, so installing the package is enough::
 
     async def test_scan(imagetwin_emulator):
-        client = ImagetwinClient(api_key=imagetwin_emulator.api_key, base_url=imagetwin_emulator.url)
+        emu = imagetwin_emulator
+        client = ImagetwinClient(api_key=emu.api_key, base_url=emu.url)
 
     @pytest.mark.imagetwin_emulator(speed=60, rate_limit_algorithm="fixed")
     async def test_fast(imagetwin_emulator): ...
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - exercised only without the dev extras
-    pytest_asyncio = None
+    HAVE_PYTEST_ASYNCIO = False
+else:
+    HAVE_PYTEST_ASYNCIO = True
 
 __all__ = [
     "imagetwin_emulator",
@@ -58,7 +61,7 @@ def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     return options
 
 
-if pytest_asyncio is not None:
+if HAVE_PYTEST_ASYNCIO:
 
     @pytest_asyncio.fixture
     async def imagetwin_emulator_factory() -> AsyncIterator[EmulatorFactory]:
@@ -91,11 +94,15 @@ else:  # pragma: no cover
 
     @pytest.fixture
     def imagetwin_emulator_factory() -> Any:
-        pytest.fail("the imagetwin_emulator fixtures need pytest-asyncio (pip install pytest-asyncio)")
+        pytest.fail(
+            "the imagetwin_emulator fixtures need pytest-asyncio (pip install pytest-asyncio)"
+        )
 
     @pytest.fixture
     def imagetwin_emulator() -> Any:
-        pytest.fail("the imagetwin_emulator fixtures need pytest-asyncio (pip install pytest-asyncio)")
+        pytest.fail(
+            "the imagetwin_emulator fixtures need pytest-asyncio (pip install pytest-asyncio)"
+        )
 
 
 @pytest.fixture

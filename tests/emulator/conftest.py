@@ -73,7 +73,7 @@ def form(files: Files, *, field: str = "file", **fields: str) -> aiohttp.FormDat
 
 
 @pytest.fixture
-async def emu(imagetwin_emulator_factory: Callable[..., Awaitable[Emulator]]) -> Emulator:
+async def emu(imagetwin_emulator_factory: Callable[..., Awaitable[Emulator]]) -> Emulator:  # noqa: F811
     """An emulator whose scans finish at once, with the default (sliding) rate limits."""
     return await imagetwin_emulator_factory(processing_time=0.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from pypdf import PdfReader
 
 from imagetwin_async import _spec
@@ -60,12 +62,16 @@ async def test_result_lifecycle(
     assert "/v1/" not in body["pdfReport"]
 
 
-async def test_results_follow_the_content(emu: Emulator, post_scan: Scanner, get_json: GetJson) -> None:
+async def test_results_follow_the_content(
+    emu: Emulator, post_scan: Scanner, get_json: GetJson
+) -> None:
     bodies = []
     for _ in range(2):
         _, started = await post_scan([("a.pdf", pdf_bytes(2))], minScore="0.2")
         _, result = await get_json(f"{emu.url}/result/{started['scanId']}")
-        bodies.append({k: v for k, v in result.items() if k not in {"scanId", "pdfReport", "resultUrl"}})
+        bodies.append(
+            {k: v for k, v in result.items() if k not in {"scanId", "pdfReport", "resultUrl"}}
+        )
     assert bodies[0] == bodies[1]
     assert bodies[0]["minScore"] == 0.2
 
@@ -96,8 +102,6 @@ async def test_scripted_outcomes(emu: Emulator, post_scan: Scanner, get_json: Ge
 
 
 async def test_script_by_sha256(emu: Emulator, post_scan: Scanner, get_json: GetJson) -> None:
-    import hashlib
-
     content = png_bytes(7)
     emu.script(Outcome.finished(ai_image_count=2), sha256=hashlib.sha256(content).hexdigest())
     _, body = await post_scan([("x.png", content)])
@@ -130,11 +134,18 @@ async def test_other_accounts_scans_are_not_found(
     emu = await imagetwin_emulator_factory(api_keys=["key-a", "key-b"], processing_time=0)
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": "Bearer key-a"}
-        async with http.post(f"{emu.url}/scan", data=form([("a.png", png_bytes())]), headers=headers) as r:
+        async with http.post(
+            f"{emu.url}/scan", data=form([("a.png", png_bytes())]), headers=headers
+        ) as r:
             scan_id = (await r.json())["scanId"]
-        async with http.get(f"{emu.url}/result/{scan_id}", headers={"Authorization": "Bearer key-b"}) as r:
+        async with http.get(
+            f"{emu.url}/result/{scan_id}", headers={"Authorization": "Bearer key-b"}
+        ) as r:
             assert r.status == 404
-        async with http.get(f"{emu.url}/result/{_spec.SANDBOX_FINISHED_ID}", headers={"Authorization": "Bearer key-b"}) as r:
+        async with http.get(
+            f"{emu.url}/result/{_spec.SANDBOX_FINISHED_ID}",
+            headers={"Authorization": "Bearer key-b"},
+        ) as r:
             assert r.status == 200
 
 
@@ -158,7 +169,9 @@ async def test_results_expire_after_90_days(
 # -- report host ---------------------------------------------------------------------------
 
 
-async def test_pdf_report_and_result_page(emu: Emulator, post_scan: Scanner, get_json: GetJson) -> None:
+async def test_pdf_report_and_result_page(
+    emu: Emulator, post_scan: Scanner, get_json: GetJson
+) -> None:
     _, body = await post_scan([("a.pdf", pdf_bytes())])
     _, result = await get_json(f"{emu.url}/result/{body['scanId']}")
     async with aiohttp.ClientSession() as plain:  # no key: the report host needs none
@@ -186,9 +199,11 @@ async def test_report_requests_record_a_leaked_key(
     _, result = await get_json(f"{emu.url}/result/{_spec.SANDBOX_FINISHED_ID}")
     async with http.get(result["pdfReport"]) as r:  # this session sends the key
         assert r.status == 200
-    async with aiohttp.ClientSession() as plain:
-        async with plain.get(result["resultUrl"], params={"token": emu.api_key}) as r:
-            assert r.status == 200
+    async with (
+        aiohttp.ClientSession() as plain,
+        plain.get(result["resultUrl"], params={"token": emu.api_key}) as r,
+    ):
+        assert r.status == 200
     leaked = [r for r in emu.requests if r.endpoint in {Endpoint.PDF_REPORT, Endpoint.RESULT_PAGE}]
     assert [(r.authorization, r.carries_api_key) for r in leaked] == [(True, True), (False, True)]
 
@@ -198,7 +213,12 @@ async def test_report_of_running_or_unknown_scan_is_404(emu: Emulator, post_scan
     _, body = await post_scan([("a.png", png_bytes())])
     report = emu.scans[body["scanId"]].report_id
     async with aiohttp.ClientSession() as plain:
-        for path in (f"/pdfreport/{report}.pdf", f"/result/{report}", "/pdfreport/nope.pdf", "/pdfreport/x"):
+        for path in (
+            f"/pdfreport/{report}.pdf",
+            f"/result/{report}",
+            "/pdfreport/nope.pdf",
+            "/pdfreport/x",
+        ):
             async with plain.get(emu.origin + path) as r:
                 assert r.status == 404, path
 
@@ -224,7 +244,9 @@ async def test_overview_json(emu: Emulator, post_scan: Scanner, get_json: GetJso
     assert row["user"] == emu.api_keys[emu.api_key]
     assert datetime.fromisoformat(row["scanDate"]).date() == today
     assert len(row["scanDate"]) == len("2025-04-10T13:54:05")
-    status, older = await get_json(f"{emu.url}/scan-overview?startDate=2025-04-10&endDate=2025-04-10")
+    status, older = await get_json(
+        f"{emu.url}/scan-overview?startDate=2025-04-10&endDate=2025-04-10"
+    )
     assert [r["scanId"] for r in older["scans"]] == ["web-1"]
     assert older["scans"][0]["scanDate"] == "2025-04-10T13:54:05"
     assert older["scans"][0]["apiScan"] is False
@@ -233,7 +255,8 @@ async def test_overview_json(emu: Emulator, post_scan: Scanner, get_json: GetJso
 async def test_overview_csv(emu: Emulator, post_scan: Scanner, http: aiohttp.ClientSession) -> None:
     await post_scan([("a.png", png_bytes())])
     today = date.today()
-    url = f"{emu.url}/scan-overview?startDate=2000-01-01&endDate={today + timedelta(days=1)}&exportFormat=csv"
+    end = today + timedelta(days=1)
+    url = f"{emu.url}/scan-overview?startDate=2000-01-01&endDate={end}&exportFormat=csv"
     async with http.get(url) as r:
         assert r.status == 200
         assert r.content_type == "text/csv"
@@ -267,7 +290,12 @@ async def test_overview_400(emu: Emulator, get_json: GetJson, query: str) -> Non
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-key"}, {"Authorization": "Basic test-key"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "test-key"},
+        {"Authorization": "Basic test-key"},
+    ],
 )
 @pytest.mark.parametrize(
     ("method", "path"),
@@ -312,8 +340,6 @@ async def test_unknown_routes_answer_json(emu: Emulator, http: aiohttp.ClientSes
 
 
 async def test_openapi_is_served(emu: Emulator) -> None:
-    import yaml
-
     async with aiohttp.ClientSession() as plain:
         for url in (f"{emu.url}/openapi.yaml", f"{emu.origin}/openapi.yaml"):
             async with plain.get(url) as r:

@@ -34,7 +34,9 @@ async def test_scan_a_pdf(emu: Emulator, post_scan: Scanner) -> None:
 
 
 async def test_scan_images_with_options(emu: Emulator, post_scan: Scanner) -> None:
-    images = [(f"fig{i}{ext}", png_bytes(i)) for i, ext in enumerate(sorted(_spec.IMAGE_EXTENSIONS))]
+    images = [
+        (f"fig{i}{ext}", png_bytes(i)) for i, ext in enumerate(sorted(_spec.IMAGE_EXTENSIONS))
+    ]
     status, body = await post_scan(
         images,
         minScore="0.5",
@@ -142,7 +144,11 @@ async def test_document_just_under_30_mib_is_allowed(emu: Emulator, post_scan: S
     ],
 )
 async def test_limits_answer_400(
-    emu: Emulator, post_scan: Scanner, files: list[tuple[str, bytes]], fields: dict[str, str], words: str
+    emu: Emulator,
+    post_scan: Scanner,
+    files: list[tuple[str, bytes]],
+    fields: dict[str, str],
+    words: str,
 ) -> None:
     status, body = await post_scan(files, **fields)
     assert status == 400
@@ -190,9 +196,12 @@ async def test_oversized_upload_is_cut_short(emu: Emulator, http: aiohttp.Client
 async def test_unreadable_pdf_is_accepted_and_fails(emu: Emulator, post_scan: Scanner) -> None:
     status, body = await post_scan([("fake.pdf", b"%PDF-1.4 not really")])
     assert status == 200
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.api_key}"}) as s:
-        async with s.get(f"{emu.url}/result/{body['scanId']}") as response:
-            assert response.status == 500
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as s,
+        s.get(f"{emu.url}/result/{body['scanId']}") as response,
+    ):
+        assert response.status == 500
 
 
 async def test_unreadable_documents_can_be_rejected(emu: Emulator, post_scan: Scanner) -> None:
@@ -230,7 +239,9 @@ async def test_scan_pdf(emu: Emulator, post_scan: Scanner) -> None:
         ([], "pdfFile"),
     ],
 )
-async def test_scan_pdf_limits(post_scan: Scanner, files: list[tuple[str, bytes]], words: str) -> None:
+async def test_scan_pdf_limits(
+    post_scan: Scanner, files: list[tuple[str, bytes]], words: str
+) -> None:
     status, body = await post_scan(files, endpoint="scanPdf", field="pdfFile", x="y")
     assert status == 400
     assert words in body["message"]
