@@ -443,7 +443,11 @@ class RedisLimiter:
         )
 
     async def refresh(self) -> LimitState:
-        """Read the key-wide state from Redis (taking nothing) and return ``snapshot()``."""
+        """Read the key-wide state from Redis (taking nothing) and return ``snapshot()``.
+
+        Pending writes of this limiter (releases, pauses) land first, so it reflects them.
+        """
+        await self.flush()
         await self._run(self._acquire_script, self._void_keys("peek"), "peek", "1")
         return self.snapshot()
 
