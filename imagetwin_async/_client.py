@@ -329,8 +329,9 @@ class ImagetwinClient:
         >>> async for outcome in client.iter_outcomes(paths):
         ...     print(outcome.source, outcome.ok)
 
-        Leaving the loop early cancels the items still in progress; scans already started
-        go on running on the server.
+        Leaving the loop early cancels the items still in progress (scans already started go
+        on running on the server). To have that happen at once rather than when the iterator
+        is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
         options = BatchOptions(
             min_score=min_score,

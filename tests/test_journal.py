@@ -1,0 +1,295 @@
+"""Durable batches: a re-run after a crash pays for nothing twice and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagetwin_async import (
+    AmbiguousSubmission,
+    ImagetwinClient,
+    JournalError,
+    JournalLocked,
+    RateLimit,
+    SQLiteJournal,
+)
+from imagetwin_async.emulator import Emulator, ThreadedEmulator
+
+from .conftest import write_pdf
+
+Factory = Callable[..., Awaitable[Emulator]]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def client_for(emu: Emulator) -> ImagetwinClient:
+    return ImagetwinClient(
+        emu.api_key,
+        base_url=emu.url,
+        scan_limit=RateLimit(20, per=1.0),
+        result_limit=RateLimit(60, per=1.0),
+        poll_interval=0.02,
+        max_poll_interval=0.2,
+        backoff_base=0.01,
+        backoff_cap=0.05,
+    )
+
+
+def documents(tmp_path: Path, n: int) -> list[Path]:
+    folder = tmp_path / "docs"
+    folder.mkdir(exist_ok=True)
+    return [write_pdf(folder / f"paper{i}.pdf", pages=1 + i) for i in range(n)]
+
+
+def billed_per_content(emu: Emulator) -> collections.Counter[tuple[str, ...]]:
+    return collections.Counter(
+        tuple(f.sha256 for f in scan.files) for scan in emu.scans.values() if scan.billed
+    )
+
+
+def requests(emu: Emulator, method: str) -> int:
+    return sum(1 for r in emu.requests if r.method == method and "/v1/" in r.path)
+
+
+@pytest.fixture
+async def emulator(imagetwin_emulator_factory: Factory) -> Emulator:
+    # Real time (speed 1) with short scans: scan-overview dates are wall-clock dates, which
+    # the journal compares with its own wall-clock records.
+    return await imagetwin_emulator_factory(
+        speed=1.0, processing_time=0.2, rate_limits={"scan": (1000, 60.0), "result": (1000, 60.0)}
+    )
+
+
+async def test_a_finished_batch_reruns_from_the_journal_without_a_request(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 4)
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=journal)
+        before = len(emulator.requests)
+        again = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in first)
+    assert [o.result for o in again] == [o.result for o in first]
+    assert {o.note for o in again} == {"from the journal"}
+    assert len(emulator.requests) == before  # not one request
+
+
+async def test_an_interrupted_batch_resumes_without_paying_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 8)
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        outcomes_so_far = client.iter_outcomes(paths, journal=journal, submit_concurrency=1)
+        async with contextlib.aclosing(outcomes_so_far) as outcomes:
+            async for _ in outcomes:
+                break  # interrupted after the first outcome
+    async with client_for(emulator) as client:
+        outcomes = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in outcomes)
+    assert set(billed_per_content(emulator).values()) == {1}
+    assert len(billed_per_content(emulator)) == 8
+
+
+async def test_a_changed_file_is_a_new_item_and_copies_are_separate_items(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 3)
+    batch = [*paths, paths[0]]  # the same content twice: two scans, as asked
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        await client.submit_and_wait(batch, journal=journal)
+        assert emulator.counters.scans_billed == 4
+        write_pdf(paths[1], pages=9)  # changed content
+        outcomes = await client.submit_and_wait(batch, journal=journal)
+    assert all(o.ok for o in outcomes)
+    assert emulator.counters.scans_billed == 5
+
+
+async def test_a_lost_answer_is_settled_by_scan_overview(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 3)
+    journal = tmp_path / "batch.journal"
+    emulator.inject_fault("drop-after", endpoint="scan")  # billed, then no answer
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=journal, submit_concurrency=1)
+        assert [type(o.error) for o in first].count(AmbiguousSubmission) == 1
+        assert emulator.counters.scans_billed == 3
+        second = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in second)
+    adopted = [o for o in second if o.note and "adopted" in o.note]
+    assert len(adopted) == 1
+    assert emulator.counters.scans_billed == 3  # the lost one was adopted, not paid again
+
+
+async def test_a_post_that_never_arrived_is_sent_again_on_rerun(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 2)
+    journal = tmp_path / "batch.journal"
+    emulator.inject_fault("drop-before", endpoint="scan")  # reset on receipt: no scan
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=journal, submit_concurrency=1)
+        assert isinstance(first[0].error, AmbiguousSubmission)
+        assert emulator.counters.scans_billed == 1
+        second = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in second)
+    assert emulator.counters.scans_billed == 2
+
+
+@pytest.mark.parametrize(("policy", "billed"), [("report", 3), ("resubmit", 4)])
+async def test_the_ambiguous_policy_is_the_callers_choice(
+    emulator: Emulator, tmp_path: Path, policy: str, billed: int
+) -> None:
+    paths = documents(tmp_path, 3)
+    journal = tmp_path / "batch.journal"
+    emulator.inject_fault("drop-after", endpoint="scan")
+    async with client_for(emulator) as client:
+        await client.submit_and_wait(paths, journal=journal, submit_concurrency=1)
+        second = await client.submit_and_wait(
+            paths,
+            journal=journal,
+            ambiguous=policy,  # type: ignore[arg-type]
+        )
+    ambiguous = [o for o in second if isinstance(o.error, AmbiguousSubmission)]
+    assert len(ambiguous) == (1 if policy == "report" else 0)
+    if ambiguous:
+        assert "resubmit" in str(ambiguous[0].error)
+    assert emulator.counters.scans_billed == billed
+
+
+async def test_two_runs_of_one_journal_cannot_overlap(emulator: Emulator, tmp_path: Path) -> None:
+    journal_path = tmp_path / "batch.journal"
+    async with await SQLiteJournal.open(journal_path):
+        async with client_for(emulator) as client:
+            with pytest.raises(JournalLocked, match="in use by another process"):
+                await client.submit_and_wait(documents(tmp_path, 1), journal=journal_path)
+    assert emulator.counters.scans_billed == 0
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a database at all" * 100, b"SQLite format 3\x00" + b"\x13" * 200]
+)
+async def test_a_corrupted_journal_is_a_clear_error(
+    emulator: Emulator, tmp_path: Path, content: bytes
+) -> None:
+    journal = tmp_path / "batch.journal"
+    journal.write_bytes(content)
+    async with client_for(emulator) as client:
+        with pytest.raises(JournalError, match="journal"):
+            await client.submit_and_wait(documents(tmp_path, 1), journal=journal)
+    assert journal.read_bytes() == content  # untouched
+    assert emulator.counters.scans_billed == 0
+
+
+async def test_a_foreign_sqlite_file_is_refused(emulator: Emulator, tmp_path: Path) -> None:
+    journal = tmp_path / "app.db"
+    db = sqlite3.connect(journal)
+    db.execute("CREATE TABLE users (id INTEGER)")
+    db.commit()
+    db.close()
+    async with client_for(emulator) as client:
+        with pytest.raises(JournalError, match="not an imagetwin journal"):
+            await client.submit_and_wait(documents(tmp_path, 1), journal=journal)
+
+
+# ---- the kill test --------------------------------------------------------------------
+
+
+def _start_worker(emu: ThreadedEmulator, journal: Path, files: list[Path]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests._journal_worker",
+            emu.url,
+            emu.api_key,
+            str(journal),
+            *map(str, files),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _unique_documents(folder: Path, round_: int, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = write_pdf(folder / f"r{round_}-paper{i}.pdf", pages=1 + i % 5)
+        with path.open("ab") as out:  # a trailing comment: same pages, distinct content
+            out.write(f"% round {round_} item {i}\n".encode())
+        paths.append(path)
+    return paths
+
+
+def test_sigkill_anywhere_never_costs_a_second_scan(tmp_path: Path) -> None:
+    """SIGKILL a journaled batch at random points (some while a scan's answer is held back,
+    i.e. between the POST reaching the server and the journal hearing of it), restart it each
+    time, and check every item was scanned at most once and every result delivered.
+
+    Rounds of fresh documents share one journal until at least 20 runs were killed.
+    """
+    rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "20261129")))
+    journal = tmp_path / "sweep.journal"
+    kills = runs = 0
+    finals: list[dict[str, Any]] = []
+    with ThreadedEmulator(
+        speed=1.0,
+        processing_time=1.0,
+        rate_limits={"scan": (1000, 60.0), "result": (1000, 60.0)},
+    ) as threaded:
+        emu = threaded.emulator
+        round_ = 0
+        while kills < 20:
+            files = _unique_documents(tmp_path / "docs", round_, 12)
+            round_ += 1
+            while True:
+                runs += 1
+                if runs % 3 == 0:
+                    # Hold the next answer back: the kill lands between POST and journal write.
+                    threaded.call(lambda e: e.inject_fault("delay", endpoint="scan", delay=5.0))
+                worker = _start_worker(threaded, journal, files)
+                assert worker.stdout is not None
+                assert worker.stdout.readline().strip() == "ready"
+                try:
+                    out, _ = worker.communicate(timeout=rng.uniform(0.05, 1.2))
+                except subprocess.TimeoutExpired:
+                    worker.send_signal(signal.SIGKILL)
+                    worker.wait()
+                    kills += 1
+                    continue
+                assert worker.returncode == 0
+                final = json.loads(out.strip().splitlines()[-1])
+                assert len(final) == len(files)
+                finals.extend(final)
+                break
+        billed = billed_per_content(emu)
+    adopted = sum(1 for o in finals if o["note"] and "adopted" in o["note"])
+    print(
+        f"kill test: {runs} runs, {kills} killed, {len(finals)} items, {sum(billed.values())} "
+        f"scans billed, {adopted} adopted from scan-overview, "
+        f"{sum(o['error'] == 'AmbiguousSubmission' for o in finals)} left ambiguous"
+    )
+    assert kills >= 20
+    assert max(billed.values()) == 1, "some content was paid for twice"
+    ambiguous = [o for o in finals if o["error"] == "AmbiguousSubmission"]
+    assert [o for o in finals if not o["ok"] and o not in ambiguous] == []
+    assert len(billed) >= len(finals) - len(ambiguous)
