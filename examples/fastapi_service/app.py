@@ -197,7 +197,8 @@ def create_app(
         try:
             started = await client.scan(manuscript, callback_url=callback_url, block=False)
         except InvalidUpload as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, exc.message) from exc
+            # A number: Starlette renamed the constant, and older versions lack the new name.
+            raise HTTPException(422, exc.message) from exc
         except RateLimitBusy as exc:
             # 20 scans a minute: tell the uploader when to retry rather than hold the request.
             retry = max(1, round(exc.retry_after or 3))
