@@ -9,7 +9,7 @@ This module only re-exports; the implementation lives in the private modules.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._batch import BatchProgress
 from ._client import DEFAULT_BASE_URL, ImagetwinClient
@@ -48,8 +48,8 @@ from ._polling import DurationModel, PollScheduler
 from ._uploads import FileContent, Upload, prepare_upload
 
 try:
-    __version__ = version("imagetwin-async")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _metadata.version("imagetwin-async")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 __all__ = [

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
@@ -129,7 +129,7 @@ class BatchRunner:
             outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def iterate(self) -> AsyncIterator[ScanOutcome]:
+    async def iterate(self) -> AsyncGenerator[ScanOutcome, None]:
         # aclosing: when the caller leaves its loop early, closing this generator closes the
         # run at once (cancelling what is left), not whenever the inner one is collected.
         async with contextlib.aclosing(self._run()) as run:
@@ -138,7 +138,7 @@ class BatchRunner:
 
     # ---- the run ---------------------------------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[tuple[int, ScanOutcome]]:
+    async def _run(self) -> AsyncGenerator[tuple[int, ScanOutcome], None]:
         loop = asyncio.get_running_loop()
         if self._options.timeout is not None:
             self._deadline = loop.time() + self._options.timeout

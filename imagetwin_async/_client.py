@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, overload
@@ -323,7 +323,7 @@ class ImagetwinClient:
         submit_concurrency: int = 20,
         journal: str | os.PathLike[str] | Journal | None = None,
         ambiguous: AmbiguousPolicy = "settle",
-    ) -> AsyncIterator[ScanOutcome]:
+    ) -> AsyncGenerator[ScanOutcome, None]:
         """Like ``submit_and_wait``, but yields each outcome as soon as it is known.
 
         >>> async for outcome in client.iter_outcomes(paths):

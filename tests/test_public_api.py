@@ -1,0 +1,62 @@
+"""The package's public surface: what ``__all__`` promises is there, and only that."""
+
+from __future__ import annotations
+
+import imagetwin_async
+import imagetwin_async.emulator
+
+
+def test_all_is_sorted_complete_and_importable() -> None:
+    names = imagetwin_async.__all__
+    assert len(set(names)) == len(names)  # ruff's RUF022 keeps it sorted
+    for name in names:
+        assert hasattr(imagetwin_async, name), name
+    public = {
+        n
+        for n in vars(imagetwin_async)
+        if n.isidentifier() and not n.startswith("_") and n != "annotations"
+    }
+    # Every public name is either exported or a submodule.
+    modules = {"emulator", "cli", "fastapi", "redis"}
+    assert public - set(names) <= modules
+
+
+def test_the_contract_names_exist() -> None:
+    for name in [
+        "ImagetwinClient",
+        "RateLimit",
+        "ScanResult",
+        "ScanOutcome",
+        "ImagetwinError",
+        "InvalidUpload",
+        "AuthenticationError",
+        "BadRequest",
+        "ScanNotFound",
+        "RateLimited",
+        "ScanFailed",
+        "ServerError",
+        "ServiceUnavailable",
+        "PollTimeout",
+    ]:
+        assert name in imagetwin_async.__all__
+
+
+def test_errors_subclass_the_fitting_builtins() -> None:
+    assert issubclass(imagetwin_async.InvalidUpload, ValueError)
+    assert issubclass(imagetwin_async.PollTimeout, TimeoutError)
+    for name in imagetwin_async.__all__:
+        obj = getattr(imagetwin_async, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, imagetwin_async.ImagetwinError), name
+
+
+def test_the_api_key_is_never_in_a_repr() -> None:
+    client = imagetwin_async.ImagetwinClient("sk-secret-value", base_url="http://127.0.0.1:1/v1")
+    assert "sk-secret-value" not in repr(client)
+    assert "sk-secret-value" not in repr(vars(client))
+    assert "sk-secret-value" not in repr(vars(client._transport))
+
+
+def test_emulator_exports_are_sorted() -> None:
+    names = imagetwin_async.emulator.__all__
+    assert all(hasattr(imagetwin_async.emulator, n) for n in names)

@@ -1,0 +1,66 @@
+"""The public API as users write it. Only type-checked (mypy --strict), never run."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+from imagetwin_async import (
+    BatchProgress,
+    FileContent,
+    ImagetwinClient,
+    ImagetwinError,
+    LimitState,
+    PollTimeout,
+    RateLimit,
+    RateLimitBusy,
+    ScanOutcome,
+    ScanOverview,
+    ScanPending,
+    ScanResult,
+    ScanStarted,
+)
+
+
+def show(progress: BatchProgress) -> None:
+    print(progress.submitted, progress.running, progress.finished, progress.failed)
+
+
+async def main() -> None:
+    async with ImagetwinClient(
+        base_url="http://127.0.0.1:8080/v1",
+        scan_limit=RateLimit(20, per=60.0),
+        result_limit=RateLimit(60, per=60.0),
+        poll_interval=5.0,
+        max_poll_interval=60.0,
+    ) as client:
+        started: ScanStarted = await client.scan("paper.pdf", min_score=0.5)
+        images: ScanStarted = await client.scan([Path("fig1.png"), "fig2.tif"])
+        memory: ScanStarted = await client.scan(FileContent("upload.pdf", b"%PDF-1.7 ..."))
+        answer: ScanResult | ScanPending = await client.get_result(started.scan_id)
+        if isinstance(answer, ScanPending):
+            try:
+                result: ScanResult = await client.wait_for_result(images.scan_id, timeout=600)
+            except PollTimeout:
+                pass
+            else:
+                print(result.highest_score, result.finding_count)
+        outcomes: list[ScanOutcome] = await client.submit_and_wait(
+            ["a.pdf", "b.docx", ["fig1.png", "fig2.tif"]], journal="sweep.journal", progress=show
+        )
+        for outcome in outcomes:
+            error: ImagetwinError | None = outcome.error
+            print(outcome.source, outcome.scan_id, outcome.ok, error)
+        async with contextlib.aclosing(client.iter_outcomes(["c.pdf"])) as stream:
+            async for item in stream:
+                print(item.result)
+        overview: ScanOverview = await client.scan_overview(dt.date(2025, 1, 1), "2025-01-31")
+        csv: str = await client.scan_overview("2025-01-01", "2025-01-31", export_format="csv")
+        await client.download_report(memory.scan_id, Path("reports"))
+        state: LimitState = client.limits["scan"]
+        print(overview.scans, csv, state.available, state.next_slot_in)
+        try:
+            await client.scan("paper.pdf", block=False)
+        except RateLimitBusy as busy:
+            print(busy.retry_after)
