@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from fastapi import FastAPI, Request
 
 from imagetwin_async import (
     CallbackNotice,
@@ -31,6 +34,13 @@ from imagetwin_async._callbacks import (
     read_limited,
 )
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome, Scan
+from imagetwin_async.fastapi import (
+    callback_router,
+    get_callback_receiver,
+    get_callback_url,
+    get_imagetwin_client,
+    use_client,
+)
 
 from .conftest import png_bytes, write_pdf
 
@@ -429,3 +439,54 @@ async def test_a_forged_callback_costs_one_read_and_never_a_result(
         assert not waiter.done()  # a 202 came back: still running, whatever the body said
         assert (receiver.stats.accepted, receiver.stats.duplicate) == (1, 2)
         waiter.cancel()
+
+
+# ---- the FastAPI helpers (the example's tests run them under uvicorn) --------------------------
+
+
+async def test_fastapi_router_with_its_own_receiver_and_path() -> None:
+    client = FakeClient(SCAN_ID)
+    receiver = CallbackReceiver(client, PUBLIC, token=TOKEN)
+    app = FastAPI()
+    app.include_router(callback_router(receiver, path="/hooks"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as http:
+        answers = [
+            (await http.post(f"/hooks/{TOKEN}", content=body())).status_code,
+            (await http.post(f"/hooks/{'x' * 43}", content=body())).status_code,
+            (await http.post(f"/hooks/{TOKEN}", content=body(pad="x" * 5000))).status_code,
+            (await http.post(f"/imagetwin/callbacks/{TOKEN}", content=body())).status_code,
+        ]
+    assert answers == [204, 404, 413, 404]
+    assert client.hints == [SCAN_ID]
+    assert "/hooks/{token}" not in app.openapi()["paths"]  # for Imagetwin, not API users
+
+
+async def test_fastapi_use_client_warns_when_callbacks_cannot_arrive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wired, prefixed, bare = FastAPI(), FastAPI(), FastAPI()
+    wired.include_router(callback_router())
+    prefixed.include_router(callback_router(), prefix="/api")
+    with caplog.at_level(logging.WARNING, logger="imagetwin_async.fastapi"):
+        for app, public_url in [
+            (wired, PUBLIC),
+            (prefixed, "https://my.service/api/imagetwin/callbacks"),
+            (wired, "https://my.service/behind/a/proxy/imagetwin/callbacks"),  # prefix stripped
+            (prefixed, PUBLIC),  # mismatch
+            (bare, PUBLIC),  # no route
+        ]:
+            async with use_client(app, ImagetwinClient("k"), public_url=public_url) as receiver:
+                assert receiver is not None
+                assert app.state.imagetwin_client.__class__ is ImagetwinClient
+    assert len(caplog.records) == 2
+    assert "missing" in caplog.records[1].getMessage()
+
+
+def test_fastapi_dependencies_say_what_is_missing() -> None:
+    request = Request({"type": "http", "app": FastAPI()})
+    with pytest.raises(RuntimeError, match="lifespan"):
+        get_imagetwin_client(request)
+    with pytest.raises(RuntimeError, match="public_url"):
+        get_callback_receiver(request)
+    assert get_callback_url(request) is None  # no callbacks: scans are polled
