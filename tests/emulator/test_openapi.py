@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from importlib import resources
+from typing import Any
 
 import pytest
 import schemathesis
@@ -53,7 +54,7 @@ def test_document_covers_the_reference() -> None:
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_emulator_conforms(case: schemathesis.Case, emulator: ThreadedEmulator) -> None:
+def test_emulator_conforms(case: Any, emulator: ThreadedEmulator) -> None:
     checks = [
         status_code_conformance,
         content_type_conformance,
