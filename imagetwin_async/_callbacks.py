@@ -15,8 +15,17 @@ read immediate. The callback is unsigned, so it is a hint and nothing more:
 - a well-formed callback gets 204 whether or not anyone waits for that scan, so the answer
   does not reveal which scan ids this service knows.
 
-``CallbackReceiver.check`` and ``.receive`` are the framework-free core; ``add_routes`` /
-``routes`` wire it into aiohttp, ``imagetwin_async.fastapi.callback_router`` into FastAPI.
+``CallbackReceiver.check``, ``.read_body`` and ``.receive`` are the framework-free core::
+
+    status = receiver.check(token, content_length)   # 404 / 413 at once, or None
+    if status is None:
+        status = receiver.receive(await receiver.read_body(body_chunks))
+
+``add_routes`` / ``routes`` wire it into aiohttp, ``imagetwin_async.fastapi.callback_router``
+into FastAPI.
+
+There is deliberately no client-wide default callback URL: it is a per-scan option, and a
+default would also slow the polling of scans whose process cannot receive callbacks.
 """
 
 from __future__ import annotations
@@ -210,8 +219,12 @@ class CallbackReceiver:
             return 413
         return None
 
+    async def read_body(self, chunks: AsyncIterable[bytes]) -> bytes:
+        """Read a streamed body after ``check``, at most ``max_body + 1`` bytes of it."""
+        return await read_limited(chunks, self.max_body)
+
     def receive(self, body: bytes) -> int:
-        """Handle a body read with ``read_limited`` after ``check``; returns the status to send.
+        """Handle a body read with ``read_body`` after ``check``; returns the status to send.
 
         204 for every well-formed callback, 413 / 400 for the others.
         """
@@ -253,7 +266,7 @@ class CallbackReceiver:
         """The aiohttp handler; the route must have a ``{token}`` path segment."""
         status = self.check(request.match_info.get("token", ""), request.content_length)
         if status is None:
-            body = await read_limited(request.content.iter_any(), self.max_body)
+            body = await self.read_body(request.content.iter_any())
             status = self.receive(body)
         return web.Response(status=status)
 

@@ -31,7 +31,7 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from starlette.routing import NoMatchFound
 
-from ._callbacks import CallbackReceiver, CallbackStats, read_limited
+from ._callbacks import CallbackReceiver, CallbackStats
 from ._client import ImagetwinClient
 
 __all__ = [
@@ -162,7 +162,7 @@ def callback_router(
             token, int(content_length) if content_length and content_length.isdigit() else None
         )
         if status is None:
-            status = target.receive(await read_limited(request.stream(), target.max_body))
+            status = target.receive(await target.read_body(request.stream()))
         return Response(status_code=status)
 
     router.add_api_route(

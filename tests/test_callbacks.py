@@ -39,6 +39,7 @@ from imagetwin_async.fastapi import (
     get_callback_receiver,
     get_callback_url,
     get_imagetwin_client,
+    imagetwin_lifespan,
     use_client,
 )
 
@@ -490,3 +491,23 @@ def test_fastapi_dependencies_say_what_is_missing() -> None:
     with pytest.raises(RuntimeError, match="public_url"):
         get_callback_receiver(request)
     assert get_callback_url(request) is None  # no callbacks: scans are polled
+
+
+async def test_fastapi_lifespan_owns_one_client_for_the_apps_life() -> None:
+    app = FastAPI()
+    app.include_router(callback_router())
+    made: list[ImagetwinClient] = []
+
+    def make() -> ImagetwinClient:
+        made.append(ImagetwinClient("k"))
+        return made[-1]
+
+    request = Request({"type": "http", "app": app})
+    async with imagetwin_lifespan(make, public_url=PUBLIC, token=TOKEN)(app):
+        assert get_imagetwin_client(request) is made[0]
+        assert get_callback_url(request) == f"{PUBLIC}/{TOKEN}"
+        assert get_callback_receiver(request).client is made[0]
+    assert len(made) == 1
+    assert made[0].scheduler._closed  # closed with the app
+    with pytest.raises(RuntimeError):
+        get_imagetwin_client(request)
