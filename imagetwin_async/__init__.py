@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._batch import BatchProgress
+from ._callbacks import CallbackReceiver
 from ._client import DEFAULT_BASE_URL, ImagetwinClient
 from ._errors import (
     AmbiguousSubmission,
@@ -60,6 +61,7 @@ __all__ = [
     "BadRequest",
     "BatchProgress",
     "CallbackNotice",
+    "CallbackReceiver",
     "ConfigurationError",
     "DurationModel",
     "FileContent",
