@@ -1,0 +1,103 @@
+"""Where the commands send their requests: the real API, a URL, or an in-process emulator.
+
+``open_client(connection)`` yields a configured ``ImagetwinClient``. With ``emulator=True`` it
+first starts an ``Emulator`` in the same event loop (sped up, with its own key), so a new user
+can try every command with no key, and stops it afterwards. ``speed`` scales every client
+timing (rate windows, polls, back-off) to match an emulator that runs faster than real time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import attrs
+
+from .. import _spec
+from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
+from .._limits import RateLimit
+
+__all__ = [
+    "BASE_URL_ENV",
+    "EMULATOR_SPEED",
+    "Connection",
+    "MissingKey",
+    "open_client",
+    "typical_scan_seconds",
+]
+
+BASE_URL_ENV = "IMAGETWIN_BASE_URL"
+# The built-in emulator runs 60x real time: a scan of about a minute and a half lasts about
+# 1.5 s, so the demo shows the progress display at work and still ends in a few seconds.
+EMULATOR_SPEED = 60.0
+_EMULATOR_MEDIAN_SCAN = 90.0  # emulated seconds
+_EMULATOR_SPREAD = 0.35  # log-normal sigma: scans finish one by one, not all at once
+# Before the client has seen scans finish, the time-to-go estimate assumes this (real API).
+_TYPICAL_SCAN = 60.0
+# The client's own defaults, divided by the speed factor.
+_POLL_INTERVAL, _MAX_POLL_INTERVAL, _BACKOFF_BASE, _BACKOFF_CAP = 5.0, 60.0, 0.5, 30.0
+
+
+class MissingKey(Exception):
+    """No API key was given and none is set in the environment (a usage error)."""
+
+
+@attrs.frozen
+class Connection:
+    """The global options that say where to connect (``--api-key``, ``--base-url``, ...)."""
+
+    api_key: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+    speed: float = 1.0
+    emulator: bool = False
+
+    @property
+    def target(self) -> str:
+        """Where requests go, for messages."""
+        return "the built-in emulator" if self.emulator else self.base_url
+
+
+def typical_scan_seconds(connection: Connection) -> float:
+    """How long a scan usually takes, in real seconds, before any has been seen to finish."""
+    if connection.emulator:
+        return _EMULATOR_MEDIAN_SCAN / EMULATOR_SPEED
+    return _TYPICAL_SCAN / connection.speed
+
+
+@contextlib.asynccontextmanager
+async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
+    """A client for ``connection``; with ``emulator`` set, one talking to a fresh emulator."""
+    if not connection.emulator:
+        key = connection.api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            raise MissingKey
+        async with _client(key, connection.base_url, connection.speed) as client:
+            yield client
+        return
+    # Imported here: only --emulator needs the server side (and aiohttp.web).
+    from ..emulator import Emulator, LogNormalTime  # noqa: PLC0415
+
+    async with (
+        Emulator(
+            speed=EMULATOR_SPEED,
+            processing_time=LogNormalTime(_EMULATOR_MEDIAN_SCAN, _EMULATOR_SPREAD),
+        ) as emulator,
+        _client(emulator.api_key, emulator.url, EMULATOR_SPEED) as client,
+    ):
+        yield client
+
+
+def _client(key: str, base_url: str, speed: float) -> ImagetwinClient:
+    scans, scan_window = _spec.SCAN_RATE
+    results, result_window = _spec.RESULT_RATE
+    return ImagetwinClient(
+        key,
+        base_url=base_url,
+        scan_limit=RateLimit(scans, per=scan_window / speed),
+        result_limit=RateLimit(results, per=result_window / speed),
+        poll_interval=_POLL_INTERVAL / speed,
+        max_poll_interval=_MAX_POLL_INTERVAL / speed,
+        backoff_base=_BACKOFF_BASE / speed,
+        backoff_cap=_BACKOFF_CAP / speed,
+    )

@@ -1,0 +1,178 @@
+"""The asynchronous work behind ``scan`` and ``wait``: batches, reports and partial results.
+
+Each runner fills a ``RunState`` as outcomes arrive, so that after Ctrl-C (the task is
+cancelled mid-batch) the command can still say what was submitted and show what came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._client import ImagetwinClient
+from .._errors import AuthenticationError, ImagetwinError, ScanFailed, ScanNotFound
+from .._models import ScanPending, ScanResult
+from ._discover import Job
+from ._output import Row
+from ._progress import BatchDisplay
+
+__all__ = ["RunState", "ScanOptions", "fetch_result", "run_scan", "run_submit", "run_wait"]
+
+_SUBMIT_CONCURRENCY = 20  # uploads open at once in --no-wait; the limiter sets the pace
+
+
+@attrs.frozen
+class ScanOptions:
+    """The ``scan`` command's options that shape requests and waiting."""
+
+    min_score: float | None = None
+    callback_url: str | None = None
+    exclude_identical_paper: bool | None = None
+    sandbox: bool = False
+    timeout: float | None = None
+    report_dir: Path | None = None
+
+    def scan_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``ImagetwinClient.scan``."""
+        return {
+            "min_score": self.min_score,
+            "callback_url": self.callback_url,
+            "exclude_identical_paper": self.exclude_identical_paper,
+            "sandbox": self.sandbox,
+        }
+
+    def batch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``iter_outcomes`` / ``submit_and_wait`` (add ``journal`` here)."""
+        return {**self.scan_kwargs(), "timeout": self.timeout}
+
+
+@attrs.define
+class RunState:
+    """What a run has done so far; read by the command after the run, or after Ctrl-C."""
+
+    labels: Sequence[str]
+    rows: dict[int, Row] = attrs.field(factory=dict)
+    display: BatchDisplay | None = None
+
+    def finished_rows(self) -> list[Row]:
+        """Rows known so far, in input order."""
+        return [self.rows[i] for i in sorted(self.rows)]
+
+
+async def run_scan(
+    client: ImagetwinClient, jobs: Sequence[Job], options: ScanOptions, state: RunState
+) -> list[Row]:
+    """Scan every job and wait for every result (and report); one row per job, in order."""
+    sources = [job.source for job in jobs]
+    # iter_outcomes hands back each item object as given: find its job by identity.
+    index_of = {id(source): i for i, source in enumerate(sources)}
+    progress = state.display.update if state.display is not None else None
+    async for outcome in client.iter_outcomes(sources, progress=progress, **options.batch_kwargs()):
+        index = index_of[id(outcome.source)]
+        job = jobs[index]
+        row = Row(job.label, job.files, outcome.scan_id, outcome.result, outcome.error)
+        if outcome.result is not None and options.report_dir is not None:
+            row = await _download(client, row, outcome.result, options.report_dir, job)
+        state.rows[index] = row
+    return state.finished_rows()
+
+
+async def _download(
+    client: ImagetwinClient, row: Row, result: ScanResult, directory: Path, job: Job
+) -> Row:
+    stem = Path(job.files[0]).stem if len(job.files) == 1 else _slug(job.label)
+    target = directory / f"{stem}-{result.scan_id[:12]}.pdf"
+    try:
+        path = await client.download_report(result, target)
+    except ImagetwinError as exc:
+        return attrs.evolve(row, error=exc)
+    return attrs.evolve(row, report_file=str(path))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "images"
+
+
+async def run_submit(
+    client: ImagetwinClient, jobs: Sequence[Job], options: ScanOptions, state: RunState
+) -> list[Row]:
+    """``--no-wait``: start every scan and return its id, without waiting for results."""
+    display = state.display
+    gate = asyncio.Semaphore(_SUBMIT_CONCURRENCY)
+    refused: list[AuthenticationError] = []
+
+    def count(**change: int) -> None:
+        if display is not None:
+            p = display.progress
+            display.update(attrs.evolve(p, **{k: getattr(p, k) + v for k, v in change.items()}))
+
+    async def submit(index: int, job: Job) -> None:
+        row = Row(job.label, job.files)
+        async with gate:
+            try:
+                if refused:  # every later scan would be refused the same way
+                    raise refused[0]
+                started = await client.scan(job.source, **options.scan_kwargs())
+            except AuthenticationError as exc:
+                refused.append(exc)
+                state.rows[index] = attrs.evolve(row, error=exc)
+                count(failed=1)
+            except ImagetwinError as exc:
+                state.rows[index] = attrs.evolve(row, error=exc)
+                count(failed=1)
+            else:
+                state.rows[index] = attrs.evolve(row, scan_id=started.scan_id, running=True)
+                # Not waited for: these count as done once accepted.
+                count(submitted=1, finished=1)
+
+    await asyncio.gather(*(submit(i, job) for i, job in enumerate(jobs)))
+    return state.finished_rows()
+
+
+async def fetch_result(client: ImagetwinClient, scan_id: str) -> Row:
+    """One read of ``scan_id``: a result, "running", or a failed / unknown scan."""
+    try:
+        answer = await client.get_result(scan_id)
+    except (ScanFailed, ScanNotFound) as exc:
+        return Row(scan_id, scan_id=scan_id, error=exc)
+    if isinstance(answer, ScanPending):
+        return Row(scan_id, scan_id=scan_id, running=True)
+    return Row(scan_id, scan_id=scan_id, result=answer)
+
+
+async def run_wait(
+    client: ImagetwinClient, scan_ids: Sequence[str], timeout: float | None, state: RunState
+) -> list[Row]:
+    """Wait for scans started earlier; one row per id, in order."""
+    display = state.display
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+
+    def count(**change: int) -> None:
+        if display is not None:
+            p = display.progress
+            display.update(attrs.evolve(p, **{k: getattr(p, k) + v for k, v in change.items()}))
+
+    async def one(index: int, scan_id: str) -> None:
+        # One read first: a scan that has already finished needs no polling (the scheduler
+        # would otherwise wait a poll interval before its first read of an unknown scan).
+        row = await fetch_result(client, scan_id)
+        if row.running:
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                result = await client.wait_for_result(scan_id, timeout=left)
+            except ImagetwinError as exc:
+                row = attrs.evolve(row, running=False, error=exc)
+            else:
+                row = attrs.evolve(row, running=False, result=result)
+        state.rows[index] = row
+        count(running=-1, **({"failed": 1} if row.error else {"finished": 1}))
+
+    count(submitted=len(scan_ids), running=len(scan_ids))
+    await asyncio.gather(*(one(i, scan_id) for i, scan_id in enumerate(scan_ids)))
+    return state.finished_rows()
