@@ -20,6 +20,8 @@ import zipfile
 from typing import IO
 
 import pypdf
+from pypdf import PasswordType
+from pypdf.errors import DependencyError
 
 from ._errors import InvalidUpload
 
@@ -47,7 +49,7 @@ def count_pages(extension: str, file: IO[bytes], *, name: str) -> int | None:
     raise ValueError(f"no page counter for {extension!r}")
 
 
-def count_pdf_pages(file: IO[bytes], *, name: str) -> int:
+def count_pdf_pages(file: IO[bytes], *, name: str) -> int | None:
     """The number of pages of the PDF in ``file``, read with pypdf.
 
     pypdf reads the cross-reference table and the page tree, not the page contents, so memory
@@ -57,7 +59,10 @@ def count_pdf_pages(file: IO[bytes], *, name: str) -> int:
     a broken table in an otherwise complete file, we let pypdf repair: the file is read whole
     once, which the 30 MiB size check already bounds.
 
-    An encrypted PDF is counted from its page tree's ``/Count``, which is not encrypted.
+    An encrypted PDF is opened with the empty password, which works for the common kind that
+    only restricts permissions; one that needs a password to open is refused, since the
+    service cannot open it either. If pypdf lacks the AES backend (``cryptography``) to try,
+    the count is unknown (None) and the server decides.
     """
     size = file.seek(0, os.SEEK_END)
     file.seek(0)
@@ -72,12 +77,30 @@ def count_pdf_pages(file: IO[bytes], *, name: str) -> int:
     try:
         # strict=False: accept the small deviations real-world producers make, as the
         # service's own reader does; the server, not us, is the judge of those.
-        pages = len(pypdf.PdfReader(file, strict=False).pages)
+        reader = pypdf.PdfReader(file, strict=False)
+        if reader.is_encrypted and not _open_encrypted(reader, name):
+            return None
+        pages = len(reader.pages)
+    except InvalidUpload:
+        raise
     except Exception as exc:  # pypdf raises many types on damaged input, not only PdfReadError
         raise InvalidUpload(f"{name} is not a readable PDF ({exc})", source=name) from exc
     if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
         raise InvalidUpload(f"{name} is not a readable PDF (bad page count)", source=name)
     return pages
+
+
+def _open_encrypted(reader: pypdf.PdfReader, name: str) -> bool:
+    """Decrypt with the empty user password; False if pypdf cannot try (no AES backend)."""
+    try:
+        opened = reader.decrypt("")
+    except DependencyError:
+        return False
+    if opened == PasswordType.NOT_DECRYPTED:
+        raise InvalidUpload(
+            f"{name} is password-protected: the service could not open it", source=name
+        )
+    return True
 
 
 def count_docx_pages(file: IO[bytes], *, name: str) -> int | None:

@@ -74,6 +74,7 @@ CONTENT_TYPES: Mapping[str, str] = {
 
 _CHUNK = 64 * 1024  # aiohttp's own chunk size for file payloads
 _SPOOL_IN_MEMORY = 1024 * 1024  # a spooled stream moves to a temporary file beyond this
+_HASH_CHUNK = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -211,7 +212,7 @@ class Upload:
 
         Each part contributes its size as 8 big-endian bytes, then its bytes, so two images
         ``ab`` + ``c`` never hash like ``a`` + ``bc``; file names are not hashed (a renamed copy
-        is the same scan). Streamed in 1 MiB chunks and cached. Blocking file I/O: from a
+        is the same scan). Streamed in 256 KiB chunks and cached. Blocking file I/O: from a
         running event loop, call it as ``await asyncio.to_thread(upload.sha256)``.
         """
         if self._sha256 is None:
@@ -224,7 +225,7 @@ class Upload:
                     opened.file.seek(opened.start)
                     remaining = part.size
                     while remaining:
-                        chunk = opened.file.read(min(_SPOOL_IN_MEMORY, remaining))
+                        chunk = opened.file.read(min(_HASH_CHUNK, remaining))
                         if not chunk:
                             raise _changed(part, "shrank")
                         digest.update(chunk)
