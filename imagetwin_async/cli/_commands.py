@@ -572,7 +572,10 @@ def report(
                 found = await client.wait_for_result(scan_id, timeout=timeout)
         path = await client.download_report(found, Path.cwd() if output is None else output)
         size = path.stat().st_size
-        out.print(f"Saved the report of {scan_id} to {path} ({size / 1024:.1f} KiB)")
+        out.print(
+            Text(f"Saved the report of {scan_id} to {path} ({size / 1024:.1f} KiB)"),
+            soft_wrap=True,
+        )
         return ExitCode.CLEAN
 
     return _execute(g, err, emulator=emulator, body=body)

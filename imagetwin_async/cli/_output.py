@@ -157,7 +157,8 @@ def print_rows(
     else:
         console.print(_table(rows, console.width))
         console.print(_footer(rows, elapsed))
-        if console.width < _FULL_ID_WIDTH and any(row.scan_id for row in rows):
+        shortened = console.width < _FULL_ID_WIDTH and any(row.files for row in rows)
+        if shortened and any(row.scan_id for row in rows):
             console.print(Text("Scan ids shortened: --json or --csv give them whole.", style="dim"))
 
 
@@ -174,7 +175,9 @@ _ID_PREFIX = 10
 
 
 def _table(rows: Sequence[Row], width: int) -> Table:
-    full_ids = width >= _FULL_ID_WIDTH
+    # `result` and `wait` rows have no files: the scan id is what names them, in full.
+    by_id = not any(row.files for row in rows)
+    full_ids = by_id or width >= _FULL_ID_WIDTH
     prefix = _common_directory(rows)
     table = Table(
         title=f"in {prefix}{os.sep}" if prefix else None,
@@ -185,8 +188,9 @@ def _table(rows: Sequence[Row], width: int) -> Table:
         show_edge=False,
         padding=(0, 1, 0, 0),  # the box's blank column separators already space columns out
     )
-    table.add_column("Source", overflow="fold", min_width=16)
-    table.add_column("Scan ID", no_wrap=True)
+    if not by_id:
+        table.add_column("Source", overflow="fold", min_width=16)
+    table.add_column("Scan ID", overflow="fold")
     # Two-line headers keep the five number columns narrow enough for 80 columns.
     for name in ("Alter-\nations", "Local\ndup.", "Extern\ndup.", "AI", "Max\nscore"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -208,7 +212,8 @@ def _table(rows: Sequence[Row], width: int) -> Table:
         if not full_ids and len(scan_id) > _ID_PREFIX + 1:
             scan_id = scan_id[:_ID_PREFIX] + "…"
         source = row.source[len(prefix) + 1 :] if prefix else row.source
-        table.add_row(Text(source), scan_id, *counts, _status(row))
+        cells = [] if by_id else [Text(source)]
+        table.add_row(*cells, scan_id, *counts, _status(row))
     return table
 
 
