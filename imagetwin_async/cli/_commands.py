@@ -360,6 +360,13 @@ def _print_links(out: Console, rows: Sequence[Row]) -> None:
     default=None,
     help="Give up waiting after this long (90s, 30m, 2h); the scans go on.",
 )
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Record every step in this file; after a crash or Ctrl-C, the same command with the "
+    "same journal resumes without paying for any scan twice.",
+)
 @_output_options
 @_emulator_option
 @click.pass_obj
@@ -375,6 +382,7 @@ def scan(
     wait: bool,
     report_dir: Path | None,
     timeout: float | None,
+    journal: Path | None,
     fmt: str | None,
     as_json: bool,
     as_csv: bool,
@@ -387,8 +395,8 @@ def scan(
     --csv for scripts, and exits 0 if all are clean, 1 if any has findings, 3 on errors.
     """
     output = _output_format(fmt, as_json, as_csv)
-    if not wait and (report_dir is not None or timeout is not None):
-        raise click.UsageError("--report-dir and --timeout need --wait")
+    if not wait and (report_dir is not None or timeout is not None or journal is not None):
+        raise click.UsageError("--report-dir, --timeout and --journal need --wait")
     out, err = _consoles(progress)
     try:
         found = discover(paths, images=images)
@@ -406,6 +414,7 @@ def scan(
         sandbox=sandbox,
         timeout=timeout,
         report_dir=report_dir,
+        journal=journal,
     )
     jobs = found.jobs
     state = RunState([job.label for job in jobs])
@@ -444,9 +453,15 @@ def scan(
             Message(
                 f"interrupted: {p.submitted} of {p.total} scans had been submitted "
                 f"and {p.finished} had finished",
-                "Scans already submitted keep running on the server (and are billed): "
+                (
+                    f"Run the same command again (with --journal {journal}) to resume: results "
+                    "already in the journal are kept and no scan is paid for twice."
+                )
+                if journal is not None
+                else "Scans already submitted keep running on the server (and are billed): "
                 "list them with `imagetwin overview`, fetch one with `imagetwin result "
-                "SCAN_ID`. Running the same command again would submit every file again.",
+                "SCAN_ID`. Running the same command again would submit every file again; "
+                "use --journal to make a sweep resumable.",
             ),
         )
 

@@ -36,6 +36,7 @@ class ScanOptions:
     sandbox: bool = False
     timeout: float | None = None
     report_dir: Path | None = None
+    journal: Path | None = None
 
     def scan_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``ImagetwinClient.scan``."""
@@ -47,8 +48,8 @@ class ScanOptions:
         }
 
     def batch_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``iter_outcomes`` / ``submit_and_wait`` (add ``journal`` here)."""
-        return {**self.scan_kwargs(), "timeout": self.timeout}
+        """Keyword arguments of ``iter_outcomes`` / ``submit_and_wait``."""
+        return {**self.scan_kwargs(), "timeout": self.timeout, "journal": self.journal}
 
 
 @attrs.define

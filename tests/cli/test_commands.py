@@ -345,3 +345,42 @@ def test_emulator_command_serves_the_api() -> None:
             server.send_signal(signal.SIGINT)
             server.communicate(timeout=30)
     assert server.returncode == 0
+
+
+def test_interrupted_sweep_resumes_from_its_journal(
+    emulator: ThreadedEmulator, tmp_path: Path
+) -> None:
+    emulator.call(lambda e: e.script(Outcome.never(), file_name="western-blot-study.pdf"))
+    journal = tmp_path / "sweep.journal"
+    connect = ["--base-url", emulator.url, "--api-key", KEY, "--speed", "60"]
+    args = [*connect, "scan", CLEAN, FLAGGED, "--json", "--journal", str(journal)]
+    command = [sys.executable, "-m", "imagetwin_async.cli", *args]
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=REPO,
+    ) as process:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and emulator.emulator.counters.scans_billed < 2:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the clean scan's result comes in; the other one never ends
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert f"with --journal {journal}) to resume" in stderr
+
+    (stuck,) = [
+        s.scan_id
+        for s in emulator.emulator.scans.values()
+        if s.files[0].name == "western-blot-study.pdf"
+    ]
+    emulator.call(lambda e: e.finish_scan(stuck))
+    again = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=60
+    )
+    assert again.returncode == 1, again.stderr  # findings, nothing failed
+    assert emulator.emulator.counters.scans_billed == 2  # nothing was paid for twice
+    assert {s["scan_id"] for s in json.loads(again.stdout)["scans"]} >= {stuck}
