@@ -574,13 +574,17 @@ class TokenBucketLimiter(_LimiterBase):
                 self._drain_pending = False
                 self._bucket = AsyncLimiter(self.limit.requests, self._period)
                 await self._bucket.acquire(self.limit.requests)
-            if not self._bucket.has_capacity():
-                log.debug(
-                    "%s: acquire waits ~%.3f s: bucket empty",
-                    self.name,
-                    self._next_token_in(self._now()),
-                )
-            await self._bucket.acquire()
+            # Sleep until the bucket holds a token ourselves rather than in aiolimiter's own
+            # wait: its timer targets the exact refill instant, which a coarse (or simulated)
+            # clock can round to "now" forever. The gate already queues waiters in order.
+            waited = False
+            while not self._bucket.has_capacity():
+                refill = (1.0 - self._tokens()) * self._period / self.limit.requests
+                if not waited:
+                    log.debug("%s: acquire waits ~%.3f s: bucket empty", self.name, refill)
+                    waited = True
+                await asyncio.sleep(max(0.0, refill) + _CLOCK_SLACK)
+            await self._bucket.acquire()  # a token is there: returns at once
         self._in_flight += 1
         return Slot(self._release)
 
