@@ -8,7 +8,7 @@ KEYS (one hash tag, so a Redis Cluster keeps them on one node):
   1 ``<base>:inflight``  sorted set, token -> lease end (in-flight slots)
   2 ``<base>:cooling``   sorted set, token -> free time (answered, or lease ran out)
   3 ``<base>:state``     hash: paused_until, quiet_since, floor, halved_at
-  4 ``<base>:void:<t>``  marker of a cancelled acquire (acquire and void only)
+  4 ``<base>:void``      sorted set, token -> until when acquires with it are refused
 ARGV (common): 1 requests N, 2 hold (per + margin), 3 per, 4 lease; then per-script values.
 
 A slot is occupied from its grant until its free time; at most N are occupied at any moment.
@@ -42,6 +42,7 @@ for i = 1, #expired, 2 do
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now))
 
 local st = redis.call('HMGET', KEYS[3], 'paused_until', 'quiet_since', 'floor', 'halved_at')
 local paused_until = tonumber(st[1]) or 0
@@ -110,34 +111,47 @@ local function report(status)
 end
 """
 
-# ARGV 5 token, 6 "1" to only look. Status: 1 granted, 0 not, -1 the token was voided.
+# ARGV 5 "1" to only look, 6.. tokens of this process's waiters, first come first. Grants as
+# many as are free, in order; status: how many, their tokens follow the report.
 ACQUIRE: Final = (
     _PRELUDE
     + r"""
-if redis.call('EXISTS', KEYS[4]) == 1 then return report(-1) end
-if ARGV[6] == '1' then return report(0) end
-local occupied = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-if paused_until <= now and occupied < capacity(now) then
-  redis.call('ZADD', KEYS[1], fmt(now + lease), ARGV[5])
-  touch()
-  return report(1)
+local granted = {}
+if ARGV[5] ~= '1' and paused_until <= now then
+  local free = capacity(now) - redis.call('ZCARD', KEYS[1]) - redis.call('ZCARD', KEYS[2])
+  for i = 6, #ARGV do
+    if free <= 0 then break end
+    -- A voided token belongs to an acquire that was cancelled: never grant it late.
+    if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+      redis.call('ZADD', KEYS[1], fmt(now + lease), ARGV[i])
+      table.insert(granted, ARGV[i])
+      free = free - 1
+    end
+  end
+  if #granted > 0 then touch() end
 end
-return report(0)
+local reply = report(#granted)
+for _, token in ipairs(granted) do table.insert(reply, token) end
+return reply
 """
 )
 
-# ARGV 5 token. Status: 1 released, 2 released after its lease ran out (the later answer time
-# wins), 0 lost (it had already freed on its lease).
+# ARGV 5 token, 6 seconds since the answer, by the holder's clock when it sent this call (a
+# busy process may run the call late; the answer time must not move later, or a slot idles).
+# It is never earlier than the truth: this script runs after the call was sent. Status: 1
+# released, 2 released after its lease ran out (the later answer wins), 0 lost (it had already
+# freed on its lease).
 RELEASE: Final = (
     _PRELUDE
     + r"""
+local answered = now - math.min(math.max(tonumber(ARGV[6]), 0), lease)
 local status = 0
 if redis.call('ZSCORE', KEYS[1], ARGV[5]) then
   redis.call('ZREM', KEYS[1], ARGV[5])
-  redis.call('ZADD', KEYS[2], fmt(now + hold), ARGV[5])
+  redis.call('ZADD', KEYS[2], fmt(answered + hold), ARGV[5])
   status = 1
 elseif redis.call('ZSCORE', KEYS[2], ARGV[5]) then
-  redis.call('ZADD', KEYS[2], 'GT', fmt(now + hold), ARGV[5])
+  redis.call('ZADD', KEYS[2], 'GT', fmt(answered + hold), ARGV[5])
   status = 2
 end
 touch()
@@ -170,14 +184,18 @@ return reply
 """
 )
 
-# ARGV 5 token, 6 marker lifetime (ms). An acquire cancelled while its script call was on the
-# wire: whether or not it was granted, nothing was sent with it, so its slot is free at once,
-# and the marker refuses the grant should the call reach Redis only now.
+# ARGV 5 marker lifetime (s), 6.. tokens of acquires that were cancelled or granted to a waiter
+# that was gone: nothing was sent with them, so their slots are free at once, and the marker
+# refuses them should an acquire call still on the wire reach Redis only now.
 VOID: Final = (
     _PRELUDE
     + r"""
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[6])
-local removed = redis.call('ZREM', KEYS[1], ARGV[5]) + redis.call('ZREM', KEYS[2], ARGV[5])
+local removed = 0
+for i = 6, #ARGV do
+  redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[5])), ARGV[i])
+  removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) + redis.call('ZREM', KEYS[2], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[5]) * 1000))
 return report(removed)
 """
 )

@@ -22,6 +22,7 @@ Needs the ``redis`` extra (``pip install imagetwin-async[redis]``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import math
@@ -59,8 +60,9 @@ DEFAULT_LEASE: Final = 30.0
 _DEFAULT_SOCKET_TIMEOUT: Final = 5.0
 # Long enough that an acquire call stuck on the wire reaches Redis (or dies) before it lapses.
 _VOID_MARKER_SECONDS: Final = 120.0
-# Wake a hair after the time Redis named, so a timer that fires early does not poll twice.
-_WAKE_SLACK: Final = 0.001
+# Wake a hair after the time Redis named (read a round trip earlier), so a wake-up does not
+# find the slot a sliver short of free and poll twice.
+_WAKE_SLACK: Final = 0.0002
 # Errors that mean "Redis did not do what we asked": connection, time-out, script errors.
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError)
 
@@ -170,7 +172,7 @@ class RedisLimiter:
         self.lease = float(lease)
         self._client = client
         self._close_client = close_client
-        self._keys = [f"{key}:inflight", f"{key}:cooling", f"{key}:state"]
+        self._keys = [f"{key}:inflight", f"{key}:cooling", f"{key}:state", f"{key}:void"]
         self._hold = limit.per + limit.margin
         self._common = [limit.requests, repr(self._hold), repr(limit.per), repr(self.lease)]
         self._acquire_script = client.register_script(scripts.ACQUIRE)
@@ -182,12 +184,14 @@ class RedisLimiter:
         # Tokens name the holder, so an operator reading the sorted set sees who holds what.
         self._token_prefix = f"{socket.gethostname()}:{os.getpid()}:"
         self._held: set[str] = set()
-        self._queue: asyncio.Lock | None = None  # FIFO among this process's waiters
-        self._waiting = 0
+        # This process's waiters, first come first served, and the one task that asks Redis
+        # for all of them at once (a burst of 20 costs one round trip, not 20 in a row).
+        self._waiters: collections.deque[tuple[str, asyncio.Future[Slot]]] = collections.deque()
+        self._pump: asyncio.Task[None] | None = None
         # Our own 429s pause this process at once, before Redis hears of them. Local times are
         # time.monotonic(), the clock asyncio's loop sleeps on.
         self._paused_until = -math.inf
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         # What the last script call saw, and when (time.monotonic()).
         self._state = LimitState(
@@ -254,7 +258,7 @@ class RedisLimiter:
         self._state_at = time.monotonic()
         return reply
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         # Slot.release(), on_rate_limited() and on_success() are synchronous by the protocol:
         # their Redis calls run as tasks, held here so they are not garbage-collected mid-way.
         task = asyncio.get_running_loop().create_task(coro)
@@ -271,22 +275,16 @@ class RedisLimiter:
 
     # -- slots -----------------------------------------------------------------------------
 
-    def _void_keys(self, token: str) -> list[str]:
-        return [*self._keys, f"{self.key}:void:{token}"]
+    def _new_token(self) -> str:
+        return self._token_prefix + secrets.token_hex(8)
 
-    async def _try(self, token: str) -> _Reply:
-        try:
-            return await self._run(self._acquire_script, self._void_keys(token), token, "0")
-        except asyncio.CancelledError:
-            # The call may have reached Redis and taken a slot nobody will use or release.
-            self._spawn(self._void(token))
-            raise
-
-    async def _void(self, token: str) -> None:
-        marker_ms = math.ceil(max(_VOID_MARKER_SECONDS, 2 * self.lease) * 1000)
-        await self._quietly(
-            "give back a cancelled acquire's slot",
-            self._run(self._void_script, self._void_keys(token), token, marker_ms),
+    def _void(self, tokens: Sequence[str]) -> None:
+        """Give back slots nothing was sent with (and refuse them if a grant is still coming)."""
+        marker = repr(max(_VOID_MARKER_SECONDS, 2 * self.lease))
+        self._spawn(
+            self._quietly(
+                "give back unused slots", self._run(self._void_script, self._keys, marker, *tokens)
+            )
         )
 
     def _granted(self, token: str) -> Slot:
@@ -297,14 +295,16 @@ class RedisLimiter:
 
     def _release(self, token: str) -> None:
         self._held.discard(token)
+        answered = time.monotonic()
         try:
-            self._spawn(self._record_answer(token))
+            self._spawn(self._record_answer(token, answered))
         except RuntimeError:  # no running loop (interpreter shutdown): the lease frees it
             log.warning("%s: slot released outside an event loop; it frees on its lease", self.name)
 
-    async def _record_answer(self, token: str) -> None:
+    async def _record_answer(self, token: str, answered: float) -> None:
         reply = await self._quietly(
-            "record an answer", self._run(self._release_script, self._keys, token)
+            "record an answer",
+            self._run(self._release_script, self._keys, token, repr(time.monotonic() - answered)),
         )
         if reply is not None and reply.status == 0:
             log.warning(
@@ -343,46 +343,111 @@ class RedisLimiter:
 
     # -- the Limiter interface -------------------------------------------------------------
 
+    def _live_waiters(self) -> int:
+        return sum(1 for _, fut in self._waiters if not fut.done())
+
     async def acquire(self, *, block: bool = True) -> Slot:
         """Take a slot (key-wide), waiting for one unless ``block=False``.
 
         Raises ``RateLimitBusy`` (``block=False``, none free) or ``RedisLimiterError``.
         """
-        if self._queue is None:
-            self._queue = asyncio.Lock()  # made here: it belongs to the running loop
-        token = self._token_prefix + secrets.token_hex(8)
         if not block:
-            if self._waiting:
-                raise self._busy(
-                    f"{self._waiting} acquire(s) ahead in the queue", self.snapshot().next_slot_in
-                )
-            pause = self._paused_until - time.monotonic()
-            if pause > 0:
-                raise self._busy(f"paused after a 429 for {pause:.3f} s", pause)
-            reply = await self._try(token)
-            if reply.status == 1:
-                return self._granted(token)
-            raise self._busy(self._why(reply), reply.next_slot_in)
-        self._waiting += 1
+            return await self._acquire_now()
+        token = self._new_token()
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiters.append((token, fut))
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._serve_waiters())
         started = time.monotonic()
         try:
-            async with self._queue:
-                while True:
-                    pause = self._paused_until - time.monotonic()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                        continue
-                    reply = await self._try(token)
-                    if reply.status == 1:
-                        break
+            slot = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted and cancelled in the same tick: nothing was sent, give it back.
+                self._held.discard(token)
+                fut.result()._forget()
+                self._void([token])
+            raise
+        log.debug("%s: acquire waited %.3f s", self.name, time.monotonic() - started)
+        return slot
+
+    async def _acquire_now(self) -> Slot:
+        ahead = self._live_waiters()
+        if ahead:
+            raise self._busy(f"{ahead} acquire(s) ahead in the queue", None)
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            raise self._busy(f"paused after a 429 for {pause:.3f} s", pause)
+        token = self._new_token()
+        try:
+            reply = await self._run(self._acquire_script, self._keys, "0", token)
+        except asyncio.CancelledError:
+            self._void([token])  # the call may have reached Redis and taken a slot
+            raise
+        if reply.status:
+            return self._granted(token)
+        raise self._busy(self._why(reply), reply.next_slot_in)
+
+    def _hand_out(self, waiting: list[tuple[str, asyncio.Future[Slot]]], reply: _Reply) -> set[str]:
+        """Give the granted slots to their waiters; return the granted tokens."""
+        granted = set(reply.extra)
+        unused = []
+        for token, fut in waiting:
+            if token not in granted:
+                continue
+            if fut.done():  # cancelled while we asked: nothing will be sent
+                unused.append(token)
+            else:
+                fut.set_result(self._granted(token))
+        if unused:
+            self._void(unused)
+        self._waiters = collections.deque(
+            (t, f) for t, f in self._waiters if t not in granted and not f.done()
+        )
+        return granted
+
+    async def _serve_waiters(self) -> None:
+        """Ask Redis for slots for every waiting task, in order, until none waits."""
+        batch: list[str] = []
+        try:
+            while True:
+                while self._waiters and self._waiters[0][1].done():
+                    self._waiters.popleft()  # cancelled
+                if not self._waiters:
+                    return
+                pause = self._paused_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                    continue
+                waiting = [(t, f) for t, f in self._waiters if not f.done()]
+                batch = [t for t, _ in waiting[: self.limit.requests]]
+                reply = await self._run(self._acquire_script, self._keys, "0", *batch)
+                batch = []
+                granted = self._hand_out(waiting, reply)
+                if self._waiters and not granted:
                     log.debug(
-                        "%s: acquire waits %.3f s: %s", self.name, reply.poll_in, self._why(reply)
+                        "%s: %d acquire(s) wait %.3f s: %s",
+                        self.name,
+                        len(self._waiters),
+                        reply.poll_in,
+                        self._why(reply),
                     )
                     await asyncio.sleep(reply.poll_in + _WAKE_SLACK)
-        finally:
-            self._waiting -= 1
-        log.debug("%s: acquire waited %.3f s", self.name, time.monotonic() - started)
-        return self._granted(token)
+        except asyncio.CancelledError:
+            if batch:
+                self._void(batch)  # our call may have taken slots for them
+            raise
+        except Exception as exc:
+            # Fail closed: every waiter learns Redis is gone; none is let through.
+            self._fail_waiters(exc)
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for _, fut in self._waiters:
+            if not fut.done():
+                error = RedisLimiterError(str(exc), endpoint=self.name)
+                error.__cause__ = exc.__cause__ if isinstance(exc, RedisLimiterError) else exc
+                fut.set_exception(error)
+        self._waiters.clear()
 
     def _why(self, reply: _Reply) -> str:
         if reply.paused_for > 0:
@@ -437,7 +502,7 @@ class RedisLimiter:
             next_slot = max(next_slot, paused_for)
         return attrs.evolve(
             state,
-            available=0 if self._waiting or paused_for > 0 else state.available,
+            available=0 if self._live_waiters() or paused_for > 0 else state.available,
             next_slot_in=next_slot,
             paused_for=paused_for,
         )
@@ -448,19 +513,29 @@ class RedisLimiter:
         Pending writes of this limiter (releases, pauses) land first, so it reflects them.
         """
         await self.flush()
-        await self._run(self._acquire_script, self._void_keys("peek"), "peek", "1")
+        await self._run(self._acquire_script, self._keys, "1")
         return self.snapshot()
 
     # -- life cycle ------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Wait for pending background writes (releases, shared pauses) to reach Redis."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait for pending background writes (releases, shared pauses, slots given back) to
+        reach Redis, including a last acquire call for waiters that were cancelled meanwhile."""
+        while True:
+            pending: list[asyncio.Future[Any]] = list(self._tasks)
+            if self._pump is not None and not self._pump.done() and not self._live_waiters():
+                pending.append(self._pump)
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Flush pending writes, stop renewing leases, and close the Redis connection if this
         limiter opened it (``from_url``). Slots still held free on their lease."""
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        self._fail_waiters(RedisLimiterError(f"{self.name}: the limiter was closed"))
         await self.flush()
         if self._heartbeat is not None:
             self._heartbeat.cancel()

@@ -357,23 +357,30 @@ async def test_a_cancelled_waiter_leaks_nothing(make: Make) -> None:
 
 
 async def test_cancelling_at_any_point_of_the_redis_round_trip_leaks_nothing(make: Make) -> None:
-    limiter = make(RateLimit(50, per=5.0, margin=0.0))
-    used = 0
-    for ticks in range(40):
+    limiter = make(RateLimit(100, per=5.0, margin=0.0))
+    rng = random.Random(3)
+    used = cancelled = 0
+    for round_ in range(90):
         task = asyncio.create_task(limiter.acquire())
-        for _ in range(ticks):
-            await asyncio.sleep(0)
+        if round_ % 2:
+            for _ in range(round_):
+                await asyncio.sleep(0)  # cancel after so many loop ticks
+        else:
+            await asyncio.sleep(rng.uniform(0.0, 0.002))  # or at a random moment
         task.cancel()
         try:
             slot = await task
         except asyncio.CancelledError:
-            continue
-        used += 1  # granted before the cancel landed: sent, answered, cooling for a window
-        slot.release()
+            cancelled += 1
+        else:
+            used += 1  # granted before the cancel landed: sent, answered, cooling for a window
+            slot.release()
+        if round_ >= 30 and min(used, cancelled) >= 5:
+            break
     await limiter.flush()
     state = await limiter.refresh()
-    assert 0 < used < 40  # both paths were taken
-    assert (state.in_flight, state.available) == (0, 50 - used)
+    assert used > 0 and cancelled > 0  # both paths were taken
+    assert (state.in_flight, state.available) == (0, 100 - used)
 
 
 # -- two processes' worth of limiters, seen by the servers -----------------------------------
