@@ -360,6 +360,7 @@ class WindowLimiter(_LimiterBase):
         # if the waiter is cancelled before it could use it).
         self._waiters: collections.deque[asyncio.Future[tuple[Slot, float]]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._queued = 0  # futures in _waiters neither granted nor cancelled-and-handled
 
     # -- the arithmetic, at any time t (no releases assumed) ------------------------------
 
@@ -371,19 +372,25 @@ class WindowLimiter(_LimiterBase):
 
     def _time_until(self, now: float, need: int) -> float | None:
         """Seconds until ``need`` slots are free at once, or None if answers must come first."""
-        candidates = {now, self._paused_until}
-        candidates.update(free_at for free_at in self._idle if free_at > now)
+        if need > self._size:
+            return None
+        # Free slots only change when a cooling slot frees, a pause ends or capacity steps up:
+        # try those instants in order, counting the slots still cooling at each.
+        cooling = sorted(free_at for free_at in self._idle if free_at > now + _CLOCK_SLACK)
+        candidates = {now, self._paused_until, *cooling}
         step = self._capacity.next_increase_at(now)
         while step is not None:
             candidates.add(step)
             step = self._capacity.next_increase_at(step)
+        freed = 0
         for t in sorted(c for c in candidates if c >= now):
-            if self._available(t) >= need:
+            while freed < len(cooling) and cooling[freed] <= t + _CLOCK_SLACK:
+                freed += 1
+            if t + _CLOCK_SLACK < self._paused_until:
+                continue
+            if self._capacity.at(t) - self._in_flight - (len(cooling) - freed) >= need:
                 return t - now
         return None
-
-    def _live_waiters(self) -> int:
-        return sum(1 for fut in self._waiters if not fut.done())
 
     # -- granting and releasing --------------------------------------------------------
 
@@ -424,6 +431,7 @@ class WindowLimiter(_LimiterBase):
             if self._available(now) == 0:
                 break
             self._waiters.popleft()
+            self._queued -= 1
             fut.set_result(self._grant())
         if self._waiters:
             delay = self._time_until(now, 1)
@@ -445,30 +453,37 @@ class WindowLimiter(_LimiterBase):
 
     async def acquire(self, *, block: bool = True) -> Slot:
         now = self._now()
-        ahead = self._live_waiters()
+        ahead = self._queued
         if ahead == 0 and self._available(now) > 0:
             slot, _ = self._grant()
             return slot
-        wait = self._time_until(now, ahead + 1)
         if not block:
+            wait = self._time_until(now, ahead + 1)
             raise self._busy(f"no request slot free ({self._why_wait(now, ahead)})", wait)
-        log.debug(
-            "%s: acquire waits %s: %s",
-            self.name,
-            "for an answer" if wait is None else f"~{wait:.3f} s",
-            self._why_wait(now, ahead),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the estimate costs O(N log N): only when shown
+            wait = self._time_until(now, ahead + 1)
+            log.debug(
+                "%s: acquire waits %s: %s",
+                self.name,
+                "for an answer" if wait is None else f"~{wait:.3f} s",
+                self._why_wait(now, ahead),
+            )
         fut: asyncio.Future[tuple[Slot, float]] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self._queued += 1
         if ahead == 0:
             self._dispatch()  # we head the queue: arm the wake-up for us
         try:
             slot, _previous = await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.cancelled():
+                self._queued -= 1
+                if self._waiters and self._waiters[0] is fut:
+                    self._dispatch()  # the wake-up was armed for us: re-arm it for the next
+            else:
                 # Granted and cancelled in the same tick: give the unused slot back.
                 self._undo_grant(*fut.result())
-            self._dispatch()
+                self._dispatch()
             raise
         log.debug("%s: acquire waited %.3f s", self.name, self._now() - now)
         return slot
@@ -490,7 +505,7 @@ class WindowLimiter(_LimiterBase):
 
     def snapshot(self) -> LimitState:
         now = self._now()
-        waiting = self._live_waiters()
+        waiting = self._queued
         return LimitState(
             requests=self._size,
             per=self.limit.per,
@@ -501,7 +516,7 @@ class WindowLimiter(_LimiterBase):
         )
 
     def __repr__(self) -> str:
-        waiting = self._live_waiters()
+        waiting = self._queued
         return f"<WindowLimiter {self.name!r} in_flight={self._in_flight} waiting={waiting}>"
 
 
