@@ -531,7 +531,8 @@ class TokenBucketLimiter(_LimiterBase):
     stay in flight, so a fixed-window or sliding-log server rejects it (up to 2N-1 per window),
     and so can a token-bucket server when latencies vary widely. On a 429 it pauses every
     acquire and then empties its bucket (the server's bucket is empty), instead of the
-    window strategy's capacity cut.
+    window strategy's capacity cut. The bucket itself refills by the loop's clock (aiolimiter
+    reads ``loop.time()``); an injected ``clock`` only dates pauses.
     """
 
     def __init__(
