@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._batch import BatchProgress
-from ._callbacks import CallbackReceiver
+from ._callbacks import CallbackReceiver, CallbackStats
 from ._client import DEFAULT_BASE_URL, ImagetwinClient
 from ._errors import (
     AmbiguousSubmission,
@@ -62,6 +62,7 @@ __all__ = [
     "BatchProgress",
     "CallbackNotice",
     "CallbackReceiver",
+    "CallbackStats",
     "ConfigurationError",
     "DurationModel",
     "FileContent",

@@ -9,7 +9,7 @@ Which scan? Each scan has a *due* time, and among the scans that are due the sch
 the one most likely to have finished since it was last read:
 
 - Cold (fewer than ``min_samples`` durations seen): the first read of a scan comes
-  ``poll_interval`` after it started, later reads back off by ``backoff`` up to
+  ``poll_interval`` after it started (at once for a scan we did not see start), later reads back off by ``backoff`` up to
   ``max_poll_interval``; among due scans the longest overdue goes first (round robin).
 - Learned: durations of finished scans (the midpoint between the last "still running" and the
   first "done" read) are fitted with a log-normal. A scan is due when the chance that it has
@@ -293,7 +293,8 @@ class PollScheduler:
         elif watch.expect_callback:
             due = (watch.last_read or watch.started) + self.max_poll_interval
         elif watch.last_read is None:
-            due = watch.started + self._first_delay()
+            # A scan we did not see start may be long finished: read it at once.
+            due = watch.started + self._first_delay() if watch.known_start else now
             watch.gap = self.poll_interval
         elif self.model.ready and watch.known_start:
             age = watch.last_read - watch.started

@@ -118,6 +118,7 @@ async def test_a_hint_reads_the_scan_at_once() -> None:
     scheduler = PollScheduler(endpoint.poll, poll_interval=60.0, max_poll_interval=600.0)
     loop = asyncio.get_running_loop()
     endpoint.start("a", 3.0)
+    scheduler.note_started("a")
     waiter = asyncio.create_task(scheduler.wait("a"))
     await asyncio.sleep(5.0)
     assert endpoint.reads == []  # the first read is 60 s away
@@ -229,6 +230,17 @@ async def test_learns_durations_and_reads_new_scans_near_the_typical_one() -> No
     assert reads[0] > 60.0  # no wasted reads while it surely still runs
     assert len(reads) <= 6
     assert reads[-1] - 120.0 < 20.0
+    await scheduler.close()
+
+
+async def test_a_scan_we_did_not_see_start_is_read_at_once() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=60.0, max_poll_interval=600.0)
+    loop = asyncio.get_running_loop()
+    endpoint.start("old", -100.0)  # finished long ago, started elsewhere
+    t0 = loop.time()
+    assert (await scheduler.wait("old")).scan_id == "old"
+    assert endpoint.reads_of("old") == [pytest.approx(t0, abs=0.01)]
     await scheduler.close()
 
 
