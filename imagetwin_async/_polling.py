@@ -9,8 +9,9 @@ Which scan? Each scan has a *due* time, and among the scans that are due the sch
 the one most likely to have finished since it was last read:
 
 - Cold (fewer than ``min_samples`` durations seen): the first read of a scan comes
-  ``poll_interval`` after it started (at once for a scan we did not see start), later reads back off by ``backoff`` up to
-  ``max_poll_interval``; among due scans the longest overdue goes first (round robin).
+  ``poll_interval`` after it started (at once for a scan we did not see start), later reads
+  back off by ``backoff`` up to ``max_poll_interval``; among due scans the longest overdue
+  goes first (round robin).
 - Learned: durations of finished scans (the midpoint between the last "still running" and the
   first "done" read) are fitted with a log-normal. A scan is due when the chance that it has
   finished since its last read reaches ``target_probability`` (and at the latest
