@@ -99,7 +99,10 @@ class AdaptiveCapacity:
         """When ``at()`` next grows, or None when it is already full."""
         if self._quiet_since is None or self.at(now) >= self.full:
             return None
-        return self._quiet_since + (self._quiet_windows(now) + 1) * self.per
+        step = self._quiet_since + (self._quiet_windows(now) + 1) * self.per
+        # Float rounding can put ``now`` a hair before a window boundary it already reached
+        # (``(x - q) // per`` one short): never answer a time that is not in the future.
+        return step if step > now else step + self.per
 
     def on_rate_limited(self, now: float) -> int:
         """Register a 429 at ``now``; return the capacity it leaves us."""

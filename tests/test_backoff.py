@@ -88,3 +88,20 @@ def test_capacity_cuts_again_after_a_window_and_never_below_one() -> None:
     assert capacity.on_rate_limited(1.0) == 1
     assert capacity.at(2.0) == 2  # step is ceil(3/4) = 1
     assert capacity.at(3.0) == 3
+
+
+@given(
+    quiet_since=st.floats(min_value=0.0, max_value=1e7, allow_nan=False),
+    per=st.floats(min_value=1e-3, max_value=1e4, allow_nan=False),
+    full=st.integers(min_value=1, max_value=1000),
+)
+def test_capacity_steps_always_lie_in_the_future(quiet_since: float, per: float, full: int) -> None:
+    # A limiter walks these steps to plan its wake-ups: a step that does not advance would
+    # spin it forever (seen with float rounding at window boundaries).
+    capacity = AdaptiveCapacity(full, per=per)
+    capacity.on_rate_limited(now=quiet_since)
+    now, steps = quiet_since, 0
+    while (step := capacity.next_increase_at(now)) is not None:
+        assert step > now
+        now, steps = step, steps + 1
+        assert steps <= full + 2
