@@ -297,13 +297,16 @@ class BatchRunner:
         journal entry claims lies in its window (sent_at - skew .. sent_at + request timeout
         + skew) and in no other unsettled item's window; an item whose window holds no such
         scan never reached the server and is sent again. Anything else stays ambiguous.
+
+        The rule assumes the journal's runs are the only API scans on this key in that window;
+        where other processes scan with the same key at the same time, use "report".
         """
         assert self._journal is not None
-        pending = [e for e in self._entries.values() if e.state == "sending" and e.sent_at]
+        pending = [e for e in self._entries.values() if e.state == "sending"]
         if not pending:
             return
         span = self._client.request_timeout + _CLOCK_SKEW
-        windows = {e.key: (e.sent_at - _CLOCK_SKEW, e.sent_at + span) for e in pending}  # type: ignore[operator]
+        windows = {e.key: (e.sent_at - _CLOCK_SKEW, e.sent_at + span) for e in pending}
         first = min(lo for lo, _ in windows.values())
         last = max(hi for _, hi in windows.values())
         try:
@@ -413,11 +416,7 @@ def _known_outcome(
 
 
 def _ambiguous_error(entry: JournalEntry) -> AmbiguousSubmission:
-    when = (
-        dt.datetime.fromtimestamp(entry.sent_at, dt.UTC).isoformat(timespec="seconds")
-        if entry.sent_at
-        else "an earlier run"
-    )
+    when = dt.datetime.fromtimestamp(entry.sent_at, dt.UTC).isoformat(timespec="seconds")
     return AmbiguousSubmission(
         f"{entry.label}: sent at {when} with no answer, and scan-overview could not tell "
         "whether it started a scan. Check scan_overview, or re-run with ambiguous='resubmit' "

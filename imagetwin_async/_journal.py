@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,
     label      TEXT NOT NULL,
     state      TEXT NOT NULL CHECK (state IN ('sending', 'started', 'done', 'failed')),
-    sent_at    REAL,
+    sent_at    REAL NOT NULL,
     scan_id    TEXT,
     result     TEXT,
     error      TEXT,
@@ -81,7 +81,7 @@ class JournalEntry:
     key: str
     label: str
     state: State
-    sent_at: float | None = None
+    sent_at: float
     scan_id: str | None = None
     result: ScanResult | None = None
     error: str | None = None
