@@ -85,7 +85,7 @@ class ImagetwinClient:
             session=session,
         )
         self._scheduler = PollScheduler(
-            self._poll_once,
+            self.get_result,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
         )
@@ -202,9 +202,6 @@ class ImagetwinClient:
         return protocol.read_result(
             response.status, response.headers, response.body, request=request
         )
-
-    async def _poll_once(self, scan_id: str) -> ScanResult | ScanPending:
-        return await self.get_result(scan_id)
 
     async def wait_for_result(self, scan_id: str, *, timeout: float | None = None) -> ScanResult:
         """Wait for a scan to finish, through the poll scheduler shared by all waiters.
