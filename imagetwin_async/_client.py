@@ -150,7 +150,9 @@ class ImagetwinClient:
             exclude_identical_paper=exclude_identical_paper,
             sandbox=sandbox,
         )
-        return await self._start_scan(request, prepare_upload(files), block=block)
+        # Checking reads the files (a PDF's page count): off the event loop.
+        upload = await asyncio.to_thread(prepare_upload, files)
+        return await self._start_scan(request, upload, block=block)
 
     async def _start_scan(
         self,
@@ -190,7 +192,8 @@ class ImagetwinClient:
             stacklevel=3,
         )
         request = protocol.build_scan_request(legacy=endpoint)
-        return await self._start_scan(request, prepare_upload(files, legacy=endpoint))
+        upload = await asyncio.to_thread(prepare_upload, files, legacy=endpoint)
+        return await self._start_scan(request, upload)
 
     async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
         """One read of a scan's result: ``ScanResult`` when done, ``ScanPending`` while running.
