@@ -340,14 +340,6 @@ def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
         prepare_upload(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_an_unreadable_file_is_refused_for_real(tmp_path: Path) -> None:
-    path = write_image(tmp_path / "secret.png")
-    path.chmod(0)
-    with pytest.raises(InvalidUpload, match=r"not readable"):
-        prepare_upload(path)
-
-
 def test_a_bad_legacy_value_is_an_argument_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="legacy must be"):
         prepare_upload(write_pdf(tmp_path / "a.pdf"), legacy="scanDocx")  # type: ignore[arg-type]
