@@ -17,13 +17,12 @@ import io
 import os
 import re
 import zipfile
-from typing import IO
-
-import pypdf
-from pypdf import PasswordType
-from pypdf.errors import DependencyError
+from typing import IO, TYPE_CHECKING
 
 from ._errors import InvalidUpload
+
+if TYPE_CHECKING:
+    import pypdf
 
 __all__ = ["Window", "count_docx_pages", "count_pages", "count_pdf_pages"]
 
@@ -74,6 +73,8 @@ def count_pdf_pages(file: IO[bytes], *, name: str) -> int | None:
             f"{name} is a damaged or truncated PDF: no %%EOF marker near its end", source=name
         )
     file.seek(0)
+    import pypdf  # noqa: PLC0415 - imported on first use: it is a fifth of the SDK's import time
+
     try:
         # strict=False: accept the small deviations real-world producers make, as the
         # service's own reader does; the server, not us, is the judge of those.
@@ -92,6 +93,9 @@ def count_pdf_pages(file: IO[bytes], *, name: str) -> int | None:
 
 def _open_encrypted(reader: pypdf.PdfReader, name: str) -> bool:
     """Decrypt with the empty user password; False if pypdf cannot try (no AES backend)."""
+    from pypdf import PasswordType  # noqa: PLC0415 - see count_pdf_pages
+    from pypdf.errors import DependencyError  # noqa: PLC0415
+
     try:
         opened = reader.decrypt("")
     except DependencyError:
