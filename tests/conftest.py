@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from pypdf import PdfWriter
 
 from imagetwin_async import ImagetwinClient, RateLimit
 
+from ._files import png_bytes, write_pdf
 from ._mock import mocked
 
 API = "https://api.imagetwin.test/v1"
 KEY = "sk-test-0123456789abcdef"
-
-
-def write_pdf(path: Path, pages: int = 1) -> Path:
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=72, height=72)
-    with path.open("wb") as out:
-        writer.write(out)
-    return path
-
-
-def png_bytes(seed: int = 0) -> bytes:
-    """A valid 1x1 PNG whose pixel depends on ``seed`` (distinct content, distinct hash)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    raw = b"\x00" + bytes([seed % 256, (seed // 256) % 256, 0])
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

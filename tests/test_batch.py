@@ -21,7 +21,7 @@ from imagetwin_async import (
 )
 from imagetwin_async.emulator import Emulator, Outcome
 
-from .conftest import png_bytes, write_pdf
+from ._files import png_bytes, write_pdf
 
 SPEED = 60.0  # an emulated minute lasts one real second
 WINDOW = 60.0 / SPEED

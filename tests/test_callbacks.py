@@ -43,7 +43,7 @@ from imagetwin_async.fastapi import (
     use_client,
 )
 
-from .conftest import png_bytes, write_pdf
+from ._files import png_bytes, write_pdf
 
 SCAN_ID = "d904c90756d6653f27ce9fc27847a5bf61e35b4cb288d0a301e879cbef3e4579"
 PUBLIC = "https://my.service/imagetwin/callbacks"

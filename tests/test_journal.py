@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -12,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from imagetwin_async import (
 )
 from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
-from .conftest import write_pdf
+from ._files import write_pdf
 
 Factory = Callable[..., Awaitable[Emulator]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,10 +173,9 @@ async def test_the_ambiguous_policy_is_the_callers_choice(
 
 async def test_two_runs_of_one_journal_cannot_overlap(emulator: Emulator, tmp_path: Path) -> None:
     journal_path = tmp_path / "batch.journal"
-    async with await SQLiteJournal.open(journal_path):
-        async with client_for(emulator) as client:
-            with pytest.raises(JournalLocked, match="in use by another process"):
-                await client.submit_and_wait(documents(tmp_path, 1), journal=journal_path)
+    async with await SQLiteJournal.open(journal_path), client_for(emulator) as client:
+        with pytest.raises(JournalLocked, match="in use by another process"):
+            await client.submit_and_wait(documents(tmp_path, 1), journal=journal_path)
     assert emulator.counters.scans_billed == 0
 
 

@@ -36,8 +36,8 @@ from imagetwin_async.redis import (
     redis_limits,
 )
 
+from ._files import png_bytes
 from ._servers import FixedWindowServer, SlidingLogServer, TokenBucketServer, rejections
-from .conftest import png_bytes
 
 REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent

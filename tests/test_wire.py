@@ -10,7 +10,8 @@ from aiohttp import web
 
 from imagetwin_async import FileContent, ImagetwinClient, _spec
 
-from .conftest import KEY, png_bytes
+from ._files import png_bytes
+from .conftest import KEY
 
 
 class Recorder:

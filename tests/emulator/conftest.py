@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
 import zipfile
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from pypdf import PdfWriter
 
 from imagetwin_async.emulator import Emulator
 
@@ -25,31 +22,6 @@ from imagetwin_async.emulator.pytest_plugin import (  # noqa: F401
 )
 
 Files = list[tuple[str, bytes]]
-
-
-def pdf_bytes(pages: int = 1) -> bytes:
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=72, height=72)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
-def png_bytes(seed: int = 0) -> bytes:
-    """A valid 1x1 PNG whose pixel depends on ``seed`` (distinct content, distinct hash)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    raw = b"\x00" + bytes([seed % 256, (seed // 256) % 256, 0])
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def docx_bytes(pages: int | None = 3, padding: int = 0) -> bytes:

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Emulator, Outcome
 
-from .conftest import Scanner, form, png_bytes
+from .._files import png_bytes
+from .conftest import Scanner, form
 
 
 class Receiver:

@@ -12,7 +12,8 @@ import pytest
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Algorithm, Emulator, LogNormalTime
 
-from .conftest import Scanner, png_bytes
+from .._files import png_bytes
+from .conftest import Scanner
 
 
 @pytest.fixture

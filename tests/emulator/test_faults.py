@@ -12,7 +12,8 @@ import pytest
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Emulator, FaultKind
 
-from .conftest import Scanner, form, png_bytes
+from .._files import png_bytes
+from .conftest import Scanner, form
 
 RESULT = f"/result/{_spec.SANDBOX_FINISHED_ID}"
 

@@ -11,7 +11,8 @@ import pytest
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Emulator, Endpoint
 
-from .conftest import form, png_bytes
+from .._files import png_bytes
+from .conftest import form
 
 Factory = Callable[..., Awaitable[Emulator]]
 RESULT = f"/result/{_spec.SANDBOX_FINISHED_ID}"

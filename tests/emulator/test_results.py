@@ -17,7 +17,8 @@ from pypdf import PdfReader
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome
 
-from .conftest import Scanner, form, pdf_bytes, png_bytes
+from .._files import pdf_bytes, png_bytes
+from .conftest import Scanner, form
 
 GetJson = Callable[[str], Awaitable[tuple[int, Any]]]
 RESULT_FIELDS = {

@@ -10,7 +10,8 @@ import pytest
 from imagetwin_async import _spec
 from imagetwin_async.emulator import Emulator, Endpoint
 
-from .conftest import Scanner, docx_bytes, pdf_bytes, png_bytes
+from .._files import pdf_bytes, png_bytes
+from .conftest import Scanner, docx_bytes
 
 MIB = _spec.MIB
 
