@@ -59,6 +59,29 @@ PollFn = Callable[[str], Awaitable[ScanResult | ScanPending]]
 _TRANSIENT: Final = (TransportError, RateLimited, ServiceUnavailable)
 # How many due scans to weigh per read: bounds the work per read with 10,000 scans waiting.
 _CANDIDATES: Final = 256
+_MIN_SIGMA: Final = 0.05
+
+
+def _normal_pdf(x: float) -> float:
+    return 0.0 if math.isinf(x) else math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _truncated_moments(mu: float, sigma: float, low: float, high: float) -> tuple[float, float]:
+    """Mean and variance of N(mu, sigma^2) restricted to [low, high]."""
+    alpha, beta = (low - mu) / sigma, (high - mu) / sigma
+    mass = _normal_cdf(beta) - _normal_cdf(alpha)
+    if mass < 1e-12:  # an exact observation, or all the mass beyond one end: take that end
+        return (high if beta < 0 else low if not math.isinf(low) else high), 0.0
+    pdf_a, pdf_b = _normal_pdf(alpha), _normal_pdf(beta)
+    tail_a = 0.0 if math.isinf(alpha) else alpha * pdf_a
+    tail_b = 0.0 if math.isinf(beta) else beta * pdf_b
+    ratio = (pdf_a - pdf_b) / mass
+    variance = sigma * sigma * max(1.0 + (tail_a - tail_b) / mass - ratio * ratio, 0.0)
+    return mu + sigma * ratio, variance
 
 
 class DurationModel:
@@ -68,10 +91,18 @@ class DurationModel:
     >>> for seconds in (50, 60, 70, 55, 65): model.observe(seconds)
     >>> round(model.cdf(60.0), 1)
     0.5
+
+    A poller never sees a scan end: it sees it still running at one read and finished at the
+    next, so most observations are intervals, ``observe(low, high)``. Fitting their midpoints
+    (or the finishing read) biases the fit: every scan found done at its first read collapses
+    onto that read's age, the fitted median creeps later, the first read with it, and so on.
+    The fit is the maximum-likelihood log-normal for interval-censored data, by a few rounds of
+    expectation-maximisation started from the previous fit.
     """
 
     def __init__(self, *, window: int = 200, min_samples: int = 5) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
+        # Each observation as (log low, log high); low is -inf for "before the first read".
+        self._intervals: deque[tuple[float, float]] = deque(maxlen=window)
         self._min_samples = min_samples
         self._fit: tuple[float, float] | None = None
 
@@ -79,13 +110,46 @@ class DurationModel:
     def ready(self) -> bool:
         return self._fit is not None
 
-    def observe(self, seconds: float) -> None:
-        self._samples.append(math.log(max(seconds, 1e-6)))
-        if len(self._samples) >= self._min_samples:
-            mu = statistics.fmean(self._samples)
+    @property
+    def fit(self) -> tuple[float, float] | None:
+        """(mu, sigma) of log-seconds, or None before ``min_samples`` observations."""
+        return self._fit
+
+    def observe(self, low: float, high: float | None = None) -> None:
+        """A scan took between ``low`` and ``high`` seconds (exactly ``low`` if no ``high``).
+
+        ``low`` is its age at the last read that found it running (0: none did), ``high``
+        its age when the read that found it finished was answered.
+        """
+        high = low if high is None else high
+        log_low = math.log(low) if low > 0 else -math.inf
+        log_high = max(math.log(max(high, 1e-6)), log_low)
+        self._intervals.append((log_low, log_high))
+        if len(self._intervals) >= self._min_samples:
+            self._fit = self._refit()
+
+    def _refit(self) -> tuple[float, float]:
+        intervals = self._intervals
+        if self._fit is None:
+            points = [high if math.isinf(low) else (low + high) / 2 for low, high in intervals]
+            mu = statistics.fmean(points)
+            sigma = max(statistics.pstdev(points, mu), _MIN_SIGMA)
+        else:
+            mu, sigma = self._fit
+        for _ in range(30):
+            first = second = 0.0
+            for low, high in intervals:
+                mean, variance = _truncated_moments(mu, sigma, low, high)
+                first += mean
+                second += variance + mean * mean
+            new_mu = first / len(intervals)
             # A floor on sigma keeps a run of identical durations from making the model certain.
-            sigma = max(statistics.pstdev(self._samples, mu), 0.05)
-            self._fit = (mu, sigma)
+            new_sigma = max(math.sqrt(max(second / len(intervals) - new_mu**2, 0.0)), _MIN_SIGMA)
+            converged = abs(new_mu - mu) < 1e-4 and abs(new_sigma - sigma) < 1e-4
+            mu, sigma = new_mu, new_sigma
+            if converged:
+                break
+        return mu, sigma
 
     def cdf(self, seconds: float) -> float:
         """P(duration <= seconds) under the fitted model (0.0 before it has a fit)."""
@@ -131,6 +195,7 @@ class _Watch:
     expect_callback: bool = False
     waiters: set[asyncio.Future[ScanResult]] = attrs.field(factory=set)
     last_read: float | None = None
+    seen_running: float | None = None  # when a read last answered "still running"
     reads: int = 0
     due: float = 0.0
     gap: float = 0.0  # the cold schedule's current gap
@@ -379,7 +444,6 @@ class PollScheduler:
     async def _read(self, watch: _Watch) -> None:
         try:
             watch.hinted = False
-            before = self.now()
             try:
                 answer = await self._poll(watch.scan_id)
             except _TRANSIENT as exc:
@@ -397,14 +461,15 @@ class PollScheduler:
             now = self.now()
             if isinstance(answer, ScanResult):
                 self.stats.finished += 1
-                if watch.known_start and watch.last_read is not None:
-                    # It finished between the last "running" read and this one.
-                    self.model.observe((watch.last_read + before) / 2.0 - watch.started)
-                elif watch.known_start:
-                    self.model.observe(before - watch.started)
+                if watch.known_start:
+                    # It ended after the last read that saw it running (if any), before this
+                    # answer: an interval, which the model takes as such.
+                    seen = watch.seen_running
+                    running = seen - watch.started if seen is not None else 0.0
+                    self.model.observe(running, now - watch.started)
                 self._finish(watch, answer)
             else:
-                watch.last_read = now
+                watch.last_read = watch.seen_running = now
                 if self._watches.get(watch.scan_id) is watch:
                     self._schedule(watch, now)
         finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
+import statistics
 from collections import deque
 
 import pytest
@@ -257,6 +259,28 @@ def test_duration_model_fits_a_log_normal() -> None:
     # Half of the scans still running at 60 s have finished by q.
     start = model.cdf(60.0)
     assert model.cdf(q) == pytest.approx(start + 0.5 * (1 - start), abs=1e-6)
+
+
+def test_duration_model_is_not_biased_by_when_the_poller_looked() -> None:
+    # What a poller sees of log-normal(median 60 s, sigma 0.5) scans read at 40 s and then
+    # every 15 s: "running" at one read, "done" at the next. Fitting the finishing reads would
+    # put the median near 68 s; the censored fit finds the truth.
+    rng = random.Random(3)
+    model = DurationModel(window=400)
+    finishing_reads = []
+    for _ in range(400):
+        duration = rng.lognormvariate(math.log(60.0), 0.5)
+        reads = [40.0 + 15.0 * k for k in range(100)]
+        done_at = next(t for t in reads if t >= duration)
+        running = max((t for t in reads if t < duration), default=0.0)
+        model.observe(running, done_at)
+        finishing_reads.append(done_at)
+    assert model.fit is not None
+    mu, sigma = model.fit
+    assert math.exp(mu) == pytest.approx(60.0, rel=0.06)
+    assert sigma == pytest.approx(0.5, abs=0.06)
+    naive = statistics.median(finishing_reads)
+    assert abs(naive - 60.0) > abs(math.exp(mu) - 60.0)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
