@@ -14,6 +14,7 @@ settled through scan-overview where it can tell without doubt, and reported othe
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -48,6 +49,8 @@ logger = logging.getLogger("imagetwin_async.batch")
 BatchItem = Uploadable
 AmbiguousPolicy = Literal["settle", "report", "resubmit"]
 _DEFAULT_SUBMIT_CONCURRENCY: Final = 20
+# Items checked ahead of submission at once (threads: page counting and hashing read files).
+_PREPARE_AHEAD: Final = 4
 # Clock difference we allow between our wall clock and the server's scan dates.
 _CLOCK_SKEW: Final = 30.0
 
@@ -177,22 +180,47 @@ class BatchRunner:
                     await self._journal.close()
 
     async def _prepare_all(self, prepared: list[asyncio.Future[_Prepared]]) -> None:
-        # One item at a time, in input order, so the n-th copy of the same content always gets
-        # the same journal key however the run is interrupted.
+        # Several items are checked (and hashed) at once in threads, so the first burst of
+        # uploads is not held up one file at a time; results are taken in input order, so the
+        # n-th copy of the same content always gets the same journal key.
+        loop = asyncio.get_running_loop()
+        items = iter(enumerate(self._items))
+        running: collections.deque[tuple[int, asyncio.Future[tuple[Upload, str]]]] = (
+            collections.deque()
+        )
+
+        def start_next() -> None:
+            nxt = next(items, None)
+            if nxt is not None:
+                running.append((nxt[0], loop.run_in_executor(None, self._check, nxt[1])))
+
+        for _ in range(max(1, min(self._options.submit_concurrency, _PREPARE_AHEAD))):
+            start_next()
         seen: dict[str, int] = {}
-        for index, item in enumerate(self._items):
-            try:
-                upload = await asyncio.to_thread(prepare_upload, item)
+        try:
+            while running:
+                index, checking = running.popleft()
+                try:
+                    upload, fingerprint = await checking
+                except ImagetwinError as exc:
+                    prepared[index].set_exception(exc)
+                    start_next()
+                    continue
+                start_next()
                 key = ""
-                if self._journal is not None:
-                    fingerprint = await asyncio.to_thread(self._fingerprint, upload)
+                if fingerprint:
                     seen[fingerprint] = seen.get(fingerprint, 0) + 1
                     key = f"{fingerprint}#{seen[fingerprint]}"
-            except ImagetwinError as exc:
-                prepared[index].set_exception(exc)
-                continue
-            label = ", ".join(part.filename for part in upload.parts)
-            prepared[index].set_result(_Prepared(upload, key, label))
+                label = ", ".join(part.filename for part in upload.parts)
+                prepared[index].set_result(_Prepared(upload, key, label))
+        finally:
+            for _, checking in running:
+                checking.cancel()
+
+    def _check(self, item: BatchItem) -> tuple[Upload, str]:
+        """Validate an item (and hash it, for the journal); runs in a worker thread."""
+        upload = prepare_upload(item)
+        return upload, self._fingerprint(upload) if self._journal is not None else ""
 
     def _fingerprint(self, upload: Upload) -> str:
         # What makes two submissions the same scan: the content and the options that change
