@@ -306,6 +306,17 @@ def _shared_fatal_error(rows: Sequence[Row]) -> ImagetwinError | None:
     return None
 
 
+def _report_rows(
+    out: Console, err: Console, rows: Sequence[Row], output: OutputFormat, *, elapsed: float
+) -> int:
+    """Print the rows (with review links and hints) and return the exit code they mean."""
+    print_rows(out, rows, output, elapsed=elapsed)
+    if output == "table":
+        _print_links(out, rows)
+    _print_hints(err, rows)
+    return exit_code(rows)
+
+
 def _print_links(out: Console, rows: Sequence[Row]) -> None:
     flagged = [row for row in rows if row.status == "findings" and row.result is not None]
     if flagged:
@@ -437,11 +448,7 @@ def scan(
         if fatal is not None and output == "table":
             # Every item failed the same way (a refused key, no network): one line says it.
             raise fatal
-        print_rows(out, rows, output, elapsed=time.monotonic() - started)
-        if output == "table":
-            _print_links(out, rows)
-        _print_hints(err, rows)
-        return exit_code(rows)
+        return _report_rows(out, err, rows, output, elapsed=time.monotonic() - started)
 
     def interrupted() -> None:
         rows = state.finished_rows()
@@ -542,11 +549,7 @@ def wait(
         state.display = display
         with display:
             rows = await run_wait(client, ids, timeout, state)
-        print_rows(out, rows, output, elapsed=time.monotonic() - started)
-        if output == "table":
-            _print_links(out, rows)
-        _print_hints(err, rows)
-        return exit_code(rows)
+        return _report_rows(out, err, rows, output, elapsed=time.monotonic() - started)
 
     def interrupted() -> None:
         rows = state.finished_rows()
