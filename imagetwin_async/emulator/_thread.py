@@ -63,6 +63,13 @@ class ThreadedEmulator:
             started.set_result(emulator)
             loop.run_forever()
             loop.run_until_complete(emulator.stop())
+            # Handlers still holding an answer back (a "delay" fault) would otherwise be
+            # destroyed pending when the loop closes, with a warning on stderr.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
         self._thread = threading.Thread(target=serve, name="imagetwin-emulator", daemon=True)
