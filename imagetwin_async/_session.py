@@ -178,7 +178,7 @@ class Transport:
         for attempt in itertools.count():
             try:
                 response = await self._attempt(
-                    request, upload, limiter, block=block, before_send=before_send
+                    request, upload, limiter, attempt=attempt, block=block, before_send=before_send
                 )
             except _NOTHING_SENT as exc:
                 failure: Exception = exc
@@ -243,6 +243,7 @@ class Transport:
         upload: BodySource | None,
         limiter: Limiter | None,
         *,
+        attempt: int,
         block: bool,
         before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> RawResponse:
@@ -280,10 +281,11 @@ class Transport:
             if slot is not None:
                 slot.release()
         logger.debug(
-            "%s /%s -> %d (waited %.3fs for a slot, answered in %.3fs)",
+            "%s /%s -> %d (attempt %d, waited %.3fs for a slot, answered in %.3fs)",
             request.method,
             request.path,
             response.status,
+            attempt + 1,
             sent - asked,
             time.monotonic() - sent,
         )

@@ -276,7 +276,7 @@ async def test_the_key_never_reaches_an_exception_or_a_log_line(
     assert "[redacted]" in str(exc)
     assert caplog.records, "requests are logged at DEBUG"
     assert all(KEY not in r.getMessage() for r in caplog.records)
-    assert any("POST /scan -> 401" in r.getMessage() for r in caplog.records)
+    assert any("POST /scan -> 401 (attempt 1" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.looptime

@@ -57,7 +57,8 @@ async def main() -> None:
                 print(item.result)
         overview: ScanOverview = await client.scan_overview(dt.date(2025, 1, 1), "2025-01-31")
         csv: str = await client.scan_overview("2025-01-01", "2025-01-31", export_format="csv")
-        await client.download_report(memory.scan_id, Path("reports"))
+        done = await client.wait_for_result(memory.scan_id)
+        await client.download_report(done, Path("reports"))
         state: LimitState = client.limits["scan"]
         print(overview.scans, csv, state.available, state.next_slot_in)
         try:
