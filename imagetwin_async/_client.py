@@ -252,7 +252,8 @@ class ImagetwinClient:
         )
 
     async def download_report(self, result: ScanResult | str, path: str | os.PathLike[str]) -> Path:
-        """Stream a scan's PDF report to ``path`` (a directory: ``<scan_id>.pdf`` inside it).
+        """Stream a scan's PDF report to ``path`` (a directory, existing or ending in ``/``:
+        ``<scan_id>.pdf`` inside it, created if needed).
 
         ``result`` is a ``ScanResult`` or the report URL. The API key is not sent: the link
         is public and served by another host.
@@ -261,7 +262,9 @@ class ImagetwinClient:
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
         target = Path(path)
-        if await asyncio.to_thread(target.is_dir):
+        # "reports/" names a directory even before it exists.
+        names_dir = os.fspath(path).endswith(("/", os.sep))
+        if names_dir or await asyncio.to_thread(target.is_dir):
             name = result.scan_id if isinstance(result, ScanResult) else Path(url).stem
             target = target / f"{name}.pdf"
         return await self._transport.download(url, target)

@@ -241,12 +241,12 @@ async def test_download_report_streams_without_the_key(
         result_url=str(RESULT["resultUrl"]),
         min_score=0.33,
     )
-    path = await client.download_report(result, tmp_path)
-    assert path == tmp_path / f"{SCAN_ID}.pdf"
+    path = await client.download_report(result, f"{tmp_path}/reports/")
+    assert path == tmp_path / "reports" / f"{SCAN_ID}.pdf"
     assert path.read_bytes() == pdf_bytes
     (sent,) = calls(api, "GET", str(RESULT["pdfReport"]))
     assert "Authorization" not in (sent.get("headers") or {})
-    assert list(tmp_path.glob("*.part")) == []
+    assert list(tmp_path.glob("**/*.part")) == []
 
 
 # ---- errors, retries and the Money rule -------------------------------------------------
