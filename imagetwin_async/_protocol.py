@@ -289,7 +289,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def _json(body: bytes, request: Request) -> Any:
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting exhausts the parser's stack
         raise ResponseFormatError(
             f"{request.endpoint}: the server's answer is not JSON", endpoint=request.endpoint
         ) from exc
@@ -309,10 +309,30 @@ def _read_object(body: bytes, cls: type[T], request: Request) -> T:
 def read_scan_started(
     status: int, headers: Mapping[str, str], body: bytes, *, request: Request
 ) -> ScanStarted:
-    """The answer to a scan POST: ``ScanStarted`` on 200 (or 201/202), else the error."""
-    if status in (200, 201, 202):
+    """The answer to a scan POST: ``ScanStarted`` on 200 (or 201/202), else the error.
+
+    A success we cannot read still started a (billed) scan: its ``scanId`` is taken if it is
+    there at all, and otherwise the answer is an ``AmbiguousSubmission``, never an error that
+    would invite a resend.
+    """
+    if status not in (200, 201, 202):
+        raise error_for_status(status, headers, body, request=request)
+    try:
         return _read_object(body, ScanStarted, request)
-    raise error_for_status(status, headers, body, request=request)
+    except ResponseFormatError as exc:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            data = None
+        scan_id = data.get("scanId") if isinstance(data, dict) else None
+        if isinstance(scan_id, str) and _SCAN_ID.fullmatch(scan_id):
+            message = data.get("message") if isinstance(data, dict) else None
+            return ScanStarted(scan_id, message if isinstance(message, str) else "")
+        if not request.starts_scan:
+            raise
+        raise ambiguous_error(
+            request, f"the server accepted it but its answer is unreadable ({exc})"
+        ) from exc
 
 
 def read_result(
@@ -354,21 +374,21 @@ class RetryDecision(Enum):
 def retry_decision(status: int, headers: Mapping[str, str], *, request: Request) -> RetryDecision:
     """Whether an error answer may be retried without risking a second billed scan.
 
-    A 429 never started a scan. A 503 is the service saying it is unavailable: it took
-    nothing. A 504 is a gateway giving up on the service, which may have started the scan
-    anyway, so a scan POST retries it only when the answer carries Retry-After (the service
-    itself telling us to come back); otherwise it is ambiguous. GETs are idempotent: any
-    502/503/504 is retried.
+    A 429 never started a scan. For a scan POST, a 503 or 504 is retried only when it carries
+    Retry-After: the service itself saying "not now, come back". Without it the answer may
+    come from a gateway that gave up after the service took the request (proxies answer 503
+    when the upstream resets, 504 when it is slow), so it is ambiguous, and so is any 502.
+    GETs are idempotent: any 502/503/504 is retried.
     """
     if status == 429:
         return RetryDecision.RETRY_RATE_LIMITED
-    if status == 503 or (status in (502, 504) and not request.starts_scan):
+    if status not in (502, 503, 504):
+        return RetryDecision.RAISE
+    if not request.starts_scan:
         return RetryDecision.RETRY
-    if status in (502, 504):
-        if _header(headers, "Retry-After") is not None:
-            return RetryDecision.RETRY
-        return RetryDecision.AMBIGUOUS
-    return RetryDecision.RAISE
+    if status != 502 and _header(headers, "Retry-After") is not None:
+        return RetryDecision.RETRY
+    return RetryDecision.AMBIGUOUS
 
 
 def ambiguous_error(request: Request, cause: str) -> AmbiguousSubmission:

@@ -275,8 +275,9 @@ class Transport:
             ) as response:
                 body = await response.read()
                 headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(response.headers))
-                if response.status >= 400:
-                    body = self._key.redact(body)
+                # Any answer may echo the request's headers back (an error page, a redirect, a
+                # misbehaving proxy): no body leaves here with the key in it.
+                body = self._key.redact(body)
         finally:
             if slot is not None:
                 slot.release()

@@ -15,6 +15,7 @@ from yarl import URL
 
 from imagetwin_async import (
     AmbiguousSubmission,
+    APIError,
     AuthenticationError,
     BadRequest,
     ConfigurationError,
@@ -279,6 +280,16 @@ async def test_the_key_never_reaches_an_exception_or_a_log_line(
     assert any("POST /scan -> 401 (attempt 1" in r.getMessage() for r in caplog.records)
 
 
+async def test_the_key_is_redacted_from_any_answer_even_a_redirect(
+    api: mocked, client: ImagetwinClient
+) -> None:
+    api.get(f"{API}/result/{SCAN_ID}", status=302, body=f"you sent: Bearer {KEY}")
+    with pytest.raises(APIError) as info:
+        await client.get_result(SCAN_ID)
+    assert KEY not in str(info.value)
+    assert len(calls(api, "GET", f"{API}/result/{SCAN_ID}")) == 1  # no redirect followed
+
+
 @pytest.mark.looptime
 async def test_429_with_retry_after_is_waited_out_then_retried(
     api: mocked, client: ImagetwinClient, pdf: Path
@@ -336,10 +347,11 @@ async def test_429_after_retries_are_spent_raises_rate_limited(
     assert len(calls(api, "GET", f"{API}/result/{SCAN_ID}")) == 4  # 1 + max_retries
 
 
-async def test_503_on_a_scan_is_retried_because_the_service_took_nothing(
+async def test_503_with_retry_after_on_a_scan_is_retried(
     api: mocked, client: ImagetwinClient, pdf: Path
 ) -> None:
-    api.post(f"{API}/scan", status=503)
+    # Retry-After: the service itself says it took nothing and to come back.
+    api.post(f"{API}/scan", status=503, headers={"Retry-After": "0"})
     api.post(f"{API}/scan", payload=STARTED)
     assert (await client.scan(pdf)).scan_id == SCAN_ID
     assert len(calls(api, "POST", f"{API}/scan")) == 2
@@ -348,16 +360,17 @@ async def test_503_on_a_scan_is_retried_because_the_service_took_nothing(
 async def test_503_until_retries_are_spent_raises_service_unavailable(
     api: mocked, client: ImagetwinClient, pdf: Path
 ) -> None:
-    api.post(f"{API}/scan", status=503, repeat=True)
+    api.post(f"{API}/scan", status=503, headers={"Retry-After": "0"}, repeat=True)
     with pytest.raises(ServiceUnavailable):
         await client.scan(pdf)
     assert len(calls(api, "POST", f"{API}/scan")) == 4
 
 
-async def test_504_on_a_scan_is_ambiguous_and_never_retried(
-    api: mocked, client: ImagetwinClient, pdf: Path
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_gateway_error_on_a_scan_is_ambiguous_and_never_retried(
+    api: mocked, client: ImagetwinClient, pdf: Path, status: int
 ) -> None:
-    api.post(f"{API}/scan", status=504, repeat=True)
+    api.post(f"{API}/scan", status=status, repeat=True)
     with pytest.raises(AmbiguousSubmission, match="may have started"):
         await client.scan(pdf)
     assert len(calls(api, "POST", f"{API}/scan")) == 1

@@ -46,11 +46,11 @@ def posts(emu: Emulator) -> list[Any]:
     return [r for r in emu.requests if r.method == "POST" and r.path == "/v1/scan"]
 
 
-@pytest.mark.parametrize("retry_after", [None, 2.0])
-async def test_503_is_retried_and_billed_once(
-    emu: Emulator, tmp_path: Path, retry_after: float | None
+@pytest.mark.parametrize(("fault", "retry_after"), [("503", 2.0), ("504", 0.5)])
+async def test_unavailable_with_retry_after_is_retried_and_billed_once(
+    emu: Emulator, tmp_path: Path, fault: str, retry_after: float
 ) -> None:
-    emu.inject_fault("503", endpoint="scan", times=2, retry_after=retry_after)
+    emu.inject_fault(fault, endpoint="scan", times=2, retry_after=retry_after)
     async with client_for(emu) as client:
         started = await client.scan(write_pdf(tmp_path / "a.pdf"))
         result = await client.wait_for_result(started.scan_id, timeout=5)
@@ -60,7 +60,7 @@ async def test_503_is_retried_and_billed_once(
 
 
 async def test_503_past_the_retries_is_service_unavailable(emu: Emulator, tmp_path: Path) -> None:
-    emu.inject_fault("503", endpoint="scan", times=10)
+    emu.inject_fault("503", endpoint="scan", times=10, retry_after=1.0)
     async with client_for(emu, max_retries=2) as client:
         with pytest.raises(ServiceUnavailable):
             await client.scan(write_pdf(tmp_path / "a.pdf"))
@@ -80,10 +80,13 @@ async def test_a_dropped_scan_post_is_ambiguous_and_never_resent(
     assert emu.counters.scans_billed == billed
 
 
-async def test_a_504_without_retry_after_is_ambiguous(emu: Emulator, tmp_path: Path) -> None:
-    emu.inject_fault("504", endpoint="scan")
+@pytest.mark.parametrize("fault", ["503", "504"])
+async def test_unavailable_without_retry_after_is_ambiguous(
+    emu: Emulator, tmp_path: Path, fault: str
+) -> None:
+    emu.inject_fault(fault, endpoint="scan")
     async with client_for(emu) as client:
-        with pytest.raises(AmbiguousSubmission, match="504"):
+        with pytest.raises(AmbiguousSubmission, match=fault):
             await client.scan(write_pdf(tmp_path / "a.pdf"))
     assert len(posts(emu)) == 1
 

@@ -228,10 +228,10 @@ def test_a_missing_field_is_named() -> None:
         read_result(200, {}, body(data), request=build_result_request(SCAN_ID))
 
 
-@pytest.mark.parametrize("raw", [b"", b"<html>", b"[]", b"null"])
+@pytest.mark.parametrize("raw", [b"", b"<html>", b"[]", b"null", b"[" * 100_000])
 def test_a_body_that_is_not_a_json_object_is_a_format_error(raw: bytes) -> None:
     with pytest.raises(ResponseFormatError):
-        read_scan_started(200, {}, raw, request=build_scan_request())
+        read_result(200, {}, raw, request=build_result_request(SCAN_ID))
 
 
 def test_overview_json_is_typed_and_utc() -> None:
@@ -351,10 +351,13 @@ def test_retry_after_in_the_past_is_zero_and_garbage_is_none() -> None:
     [
         (429, {}, True, RetryDecision.RETRY_RATE_LIMITED),
         (429, {}, False, RetryDecision.RETRY_RATE_LIMITED),
-        (503, {}, True, RetryDecision.RETRY),
+        (503, {"Retry-After": "5"}, True, RetryDecision.RETRY),
         (504, {"Retry-After": "5"}, True, RetryDecision.RETRY),
+        (503, {}, True, RetryDecision.AMBIGUOUS),
         (504, {}, True, RetryDecision.AMBIGUOUS),
         (502, {}, True, RetryDecision.AMBIGUOUS),
+        (502, {"Retry-After": "5"}, True, RetryDecision.AMBIGUOUS),
+        (503, {}, False, RetryDecision.RETRY),
         (504, {}, False, RetryDecision.RETRY),
         (502, {}, False, RetryDecision.RETRY),
         (500, {}, True, RetryDecision.RAISE),
@@ -369,6 +372,17 @@ def test_retry_decision(
 ) -> None:
     request = build_scan_request() if scan else build_result_request(SCAN_ID)
     assert retry_decision(status, headers, request=request) is decision
+
+
+def test_an_unreadable_success_keeps_its_scan_id() -> None:
+    raw = body({"scanId": SCAN_ID, "message": None})
+    assert read_scan_started(200, {}, raw, request=build_scan_request()) == ScanStarted(SCAN_ID, "")
+
+
+@pytest.mark.parametrize("raw", [b"<html>ok</html>", b'{"scanId": 5}', b"[" * 100_000])
+def test_an_unreadable_success_without_a_scan_id_is_ambiguous(raw: bytes) -> None:
+    with pytest.raises(AmbiguousSubmission, match="unreadable"):
+        read_scan_started(200, {}, raw, request=build_scan_request())
 
 
 def test_sandbox_scan_504_is_retried_because_it_is_free() -> None:
