@@ -21,18 +21,22 @@ import hashlib
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
 from ._errors import (
     AmbiguousSubmission,
+    APIError,
     AuthenticationError,
     ImagetwinError,
+    InvalidArgument,
     PollTimeout,
     ScanCancelled,
     ScanFailed,
     ScanNotFound,
+    ServiceUnavailable,
+    TransportError,
 )
 from ._journal import Journal, JournalEntry, open_journal, utc_now
 from ._models import ScanOutcome, ScanOverview
@@ -95,6 +99,16 @@ class BatchOptions:
             exclude_identical_paper=self.exclude_identical_paper,
             sandbox=self.sandbox,
         )
+
+
+@attrs.define
+class _ItemState:
+    """What one item has got to, for the error a time-out or a failure should report."""
+
+    key: str = ""
+    scan_id: str | None = None
+    on_the_wire: bool = False  # its POST went out and no answer has come back yet
+    counted: bool = False  # counted as submitted and running in the progress
 
 
 @attrs.frozen
@@ -168,16 +182,18 @@ class BatchRunner:
                 yield await done.get()
             finished = True
         finally:
-            for task in (*tasks, *([preparer] if preparer else [])):
+            running = [*tasks, *([preparer] if preparer else [])]
+            for task in running:
                 task.cancel()
-            for task in (*tasks, *([preparer] if preparer else [])):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if self._journal is not None:
-                if not finished:
-                    self._log_resume_hint()
-                if owned:
-                    await self._journal.close()
+            try:
+                # return_exceptions: whatever one task died of, every task is awaited.
+                await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                if self._journal is not None:
+                    if not finished:
+                        self._log_resume_hint()
+                    if owned:
+                        await self._journal.close()
 
     async def _prepare_all(self, prepared: list[asyncio.Future[_Prepared]]) -> None:
         # Several items are checked (and hashed) at once in threads, so the first burst of
@@ -241,80 +257,91 @@ class BatchRunner:
         prepared: asyncio.Future[_Prepared],
         done: asyncio.Queue[tuple[int, ScanOutcome]],
     ) -> None:
-        scan_id: str | None = None
-        key = ""
+        state = _ItemState()
         try:
             async with asyncio.timeout_at(self._deadline):
-                prep = await prepared
-                key = prep.key
-                entry = self._entries.get(key) if self._journal is not None else None
-                known = _known_outcome(item, entry, self._options.ambiguous)
-                if known is not None:
-                    prep.upload.close()
-                    self._finish(index, known, done, ran=False)
-                    return
-                if entry is not None and entry.state == "started" and entry.scan_id:
-                    prep.upload.close()
-                    scan_id = entry.scan_id
-                    self._notes[key] = entry.note or "resumed from the journal"
-                    self._count(submitted=1, running=1)
-                else:
-                    try:
-                        scan_id = await self._send(prep)
-                    finally:
-                        prep.upload.close()
-                result = await self._client.scheduler.wait(scan_id)
+                outcome = await self._process(item, prepared, state)
         except TimeoutError:
-            error: ImagetwinError = (
-                PollTimeout("the batch timed out before this scan finished", scan_id=scan_id)
-                if scan_id is not None
-                else ScanCancelled("the batch timed out before this item was submitted")
-            )
-            outcome = ScanOutcome(item, scan_id, error=error)
+            outcome = ScanOutcome(item, state.scan_id, error=_timed_out(state))
         except AuthenticationError as exc:
             # Every later item would be refused the same way: stop submitting, fail them fast.
             self._stop_submitting = exc
-            outcome = ScanOutcome(item, scan_id, error=exc)
+            outcome = ScanOutcome(item, state.scan_id, error=exc)
         except (ScanFailed, ScanNotFound) as exc:
-            if self._journal is not None and key and scan_id is not None:
-                await self._journal.failed(key, str(exc))
-            outcome = ScanOutcome(item, scan_id, error=exc)
+            if state.key and state.scan_id is not None:
+                await self._record("failed", state.key, f"{type(exc).__name__}: {exc}")
+            outcome = ScanOutcome(item, state.scan_id, error=exc)
         except ImagetwinError as exc:
-            outcome = ScanOutcome(item, scan_id, error=exc)
-        else:
-            if self._journal is not None and key:
-                await self._journal.finished(key, result)
-            outcome = ScanOutcome(item, scan_id, result=result, note=self._notes.get(key))
-        self._finish(index, outcome, done, ran=scan_id is not None)
+            outcome = ScanOutcome(item, state.scan_id, error=exc)
+        except Exception as exc:  # a bug must cost this item, not stall the whole batch
+            logger.exception("batch item %d failed unexpectedly", index)
+            error = ImagetwinError(f"unexpected {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            outcome = ScanOutcome(item, state.scan_id, error=error)
+        self._finish(index, outcome, done, ran=state.counted)
 
-    async def _send(self, prep: _Prepared) -> str:
+    async def _process(
+        self, item: BatchItem, prepared: asyncio.Future[_Prepared], state: _ItemState
+    ) -> ScanOutcome:
+        prep = await prepared
+        state.key = prep.key
+        entry = self._entries.get(prep.key) if self._journal is not None else None
+        known = _known_outcome(item, entry, self._options.ambiguous)
+        if known is not None:
+            prep.upload.close()
+            return known
+        if entry is not None and entry.state == "started" and entry.scan_id:
+            prep.upload.close()
+            state.scan_id = entry.scan_id
+            self._notes[prep.key] = entry.note or "resumed from the journal"
+        else:
+            try:
+                state.scan_id = await self._send(prep, state)
+            finally:
+                prep.upload.close()
+        state.counted = True
+        self._count(submitted=1, running=1)
+        result = await self._client.scheduler.wait(state.scan_id)
+        await self._record("finished", prep.key, result)
+        return ScanOutcome(item, state.scan_id, result=result, note=self._notes.get(prep.key))
+
+    async def _send(self, prep: _Prepared, state: _ItemState) -> str:
         """POST the item, recording each step in the journal; its new scan id."""
         async with self._gate:
             if self._stop_submitting is not None:
                 raise self._stop_submitting
             journal = self._journal
-            intent = False
 
-            async def record_intent() -> None:
-                nonlocal intent
+            async def before_send() -> None:
                 if journal is not None:
                     await journal.sending(prep.key, prep.label, utc_now())
-                    intent = True
+                state.on_the_wire = True
 
             try:
                 started = await self._client._start_scan(
-                    self._request, prep.upload, before_send=record_intent
+                    self._request, prep.upload, before_send=before_send
                 )
-            except AmbiguousSubmission:
-                raise  # the journal keeps "sending": the next run settles it
-            except ImagetwinError:
-                if journal is not None and intent:
-                    await journal.forget(prep.key)  # answered with an error: no scan started
+            except ImagetwinError as exc:
+                if state.on_the_wire and _nothing_started(exc):
+                    await self._record("forget", prep.key)
+                # Otherwise the journal keeps "sending", and the next run settles it.
+                state.on_the_wire = False
                 raise
-        if journal is not None:
-            await journal.started(prep.key, started.scan_id)
-        self._count(submitted=1, running=1)
+            # (Cancelled mid-upload, on_the_wire stays set: the time-out says "may have started".)
+            state.on_the_wire = False
+        # Recorded, but not at the price of the scan id: a failed write leaves "sending",
+        # which the next run settles through scan-overview.
+        await self._record("started", prep.key, started.scan_id)
         return started.scan_id
+
+    async def _record(self, step: str, key: str, *args: Any) -> None:
+        """One journal write; a failing write is logged, never allowed to lose an outcome."""
+        if self._journal is None or not key:
+            return
+        try:
+            await getattr(self._journal, step)(key, *args)
+        except Exception:  # any store's failure, not only ours (JournalError)
+            logger.exception("the journal could not record %s for an item", step)
 
     # ---- settling ambiguous items through scan-overview -------------------------------
 
@@ -409,8 +436,12 @@ class BatchRunner:
         self._report()
 
     def _report(self) -> None:
-        if self._options.progress is not None:
+        if self._options.progress is None:
+            return
+        try:
             self._options.progress(self._progress)
+        except Exception:  # a broken dashboard must not break the batch
+            logger.exception("the batch's progress callback failed")
 
     def _log_resume_hint(self) -> None:
         path = getattr(self._journal, "path", None)
@@ -432,15 +463,40 @@ def _known_outcome(
     if entry.state == "done":
         return ScanOutcome(item, entry.scan_id, result=entry.result, note="from the journal")
     if entry.state == "failed":
-        error = ScanFailed(
-            entry.error or "the scan failed (recorded in the journal)",
-            status=500,
-            endpoint="GET /result/{scanId}",
+        said = entry.error or "ScanFailed: the scan failed (recorded in the journal)"
+        kind, _, message = said.partition(": ")
+        error: ScanFailed | ScanNotFound = (
+            ScanNotFound(message, status=404, endpoint="GET /result/{scanId}")
+            if kind == "ScanNotFound"
+            else ScanFailed(message or said, status=500, endpoint="GET /result/{scanId}")
         )
         return ScanOutcome(item, entry.scan_id, error=error, note="from the journal")
     if entry.state == "sending" and ambiguous != "resubmit":
         return ScanOutcome(item, None, error=_ambiguous_error(entry))
     return None
+
+
+def _timed_out(state: _ItemState) -> ImagetwinError:
+    if state.scan_id is not None:
+        return PollTimeout("the batch timed out before this scan finished", scan_id=state.scan_id)
+    if state.on_the_wire:
+        return AmbiguousSubmission(
+            "the batch timed out while this item's upload was on its way: the scan may have "
+            "started (and be billed). Check scan_overview, or re-run with a journal.",
+            endpoint="POST /scan",
+        )
+    return ScanCancelled("the batch timed out before this item was submitted")
+
+
+def _nothing_started(exc: ImagetwinError) -> bool:
+    """Whether an error from a scan POST proves that no scan started (so it may be resent)."""
+    if isinstance(exc, TransportError):
+        return not exc.scan_may_have_started
+    if isinstance(exc, APIError):
+        # 4xx, 429 and a 503/504 with Retry-After (the only ones retried) were refusals; any
+        # other 5xx may have come after the scan started.
+        return exc.status < 500 or isinstance(exc, ServiceUnavailable)
+    return isinstance(exc, InvalidArgument)  # raised before anything was sent
 
 
 def _ambiguous_error(entry: JournalEntry) -> AmbiguousSubmission:

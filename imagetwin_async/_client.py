@@ -73,6 +73,7 @@ class ImagetwinClient:
         if max_poll_interval < poll_interval:
             raise ConfigurationError("max_poll_interval must be >= poll_interval")
         self.base_url = base_url
+        self.closed = False
         self.request_timeout = timeout if timeout is not None else 300.0
         self._scan_limiter = _as_limiter(scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, "GET /result")
@@ -94,6 +95,7 @@ class ImagetwinClient:
         return f"<ImagetwinClient base_url={self.base_url!r} api_key='***'>"
 
     async def __aenter__(self) -> Self:
+        self.closed = False
         return self
 
     async def __aexit__(
@@ -105,9 +107,14 @@ class ImagetwinClient:
         await self.close()
 
     async def close(self) -> None:
-        """Stop polling (waiters get ``ScanCancelled``) and close the HTTP session we own."""
+        """Stop polling (waiters get ``ScanCancelled``) and close the HTTP session we own.
+
+        The client can be used again afterwards (``async with`` it once more): it reopens
+        what it needs. ``closed`` says whether it was closed since last entered.
+        """
         await self._scheduler.close()
         await self._transport.close()
+        self.closed = True
 
     # ---- rate-limit state --------------------------------------------------------------
 

@@ -148,7 +148,10 @@ class SQLiteJournal:
         loop = asyncio.get_running_loop()
         # Shielded: a cancelled batch must not leave a write half-done or a lock held by a
         # thread nobody waits for; the write finishes, the caller still sees the cancel.
-        return await asyncio.shield(loop.run_in_executor(self._thread, fn, self._db))
+        try:
+            return await asyncio.shield(loop.run_in_executor(self._thread, fn, self._db))
+        except sqlite3.Error as exc:  # a full disk, a file removed under us, ...
+            raise JournalError(f"the journal {self.path} could not be written: {exc}") from exc
 
     async def entries(self) -> dict[str, JournalEntry]:
         rows = await self._call(
@@ -177,8 +180,10 @@ class SQLiteJournal:
 
     async def finished(self, key: str, result: ScanResult) -> None:
         await self._write(
-            "UPDATE items SET state = 'done', result = ?, updated_at = ? WHERE key = ?",
-            (json.dumps(unstructure(result)), time.time(), key),
+            # The scan id again: the "started" write may have failed (the batch goes on).
+            "UPDATE items SET state = 'done', scan_id = ?, result = ?, updated_at = ? "
+            "WHERE key = ?",
+            (result.scan_id, json.dumps(unstructure(result)), time.time(), key),
         )
 
     async def failed(self, key: str, error: str) -> None:
@@ -201,7 +206,7 @@ class SQLiteJournal:
         """Close the database and release the lock. Idempotent."""
         if self._lock.closed:
             return
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(JournalError):
             await self._call(lambda db: db.close())
         self._thread.shutdown(wait=True)
         self._lock.close()

@@ -321,6 +321,11 @@ class PollScheduler:
                 if not future.done():
                     future.set_exception(ScanCancelled("the client was closed"))
         self._watches.clear()
+        self._heap.clear()
+        self._task = None
+        # Closed is a pause, not an end: a client used again (a second ``async with``) waits
+        # for its new scans as before.
+        self._closed = False
 
     # ---- scheduling -----------------------------------------------------------------------
 
@@ -449,11 +454,22 @@ class PollScheduler:
             except _TRANSIENT as exc:
                 logger.debug("poll of %s failed (%s); will retry", watch.scan_id, exc)
                 watch.last_read = self.now()
-                self._push(watch, watch.last_read + self.max_poll_interval)
+                # A callback that came in meanwhile still deserves its immediate read.
+                retry = (
+                    watch.last_read if watch.hinted else watch.last_read + self.max_poll_interval
+                )
+                self._push(watch, retry)
                 return
             except ImagetwinError as exc:
                 self.stats.failed += 1
                 self._finish(watch, exc)
+                return
+            except Exception as exc:  # a bug must reach the waiters, not leave them hanging
+                logger.exception("poll of %s failed unexpectedly", watch.scan_id)
+                error = ImagetwinError(f"polling failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                self.stats.failed += 1
+                self._finish(watch, error)
                 return
             finally:
                 self.stats.reads += 1

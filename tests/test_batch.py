@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from imagetwin_async import (
+    AmbiguousSubmission,
     AuthenticationError,
     BatchProgress,
     ImagetwinClient,
@@ -174,3 +175,36 @@ async def test_bad_options_raise_before_anything_is_sent(
 
 async def iterate(it: AsyncIterator[Any]) -> list[Any]:
     return [x async for x in it]
+
+
+async def test_a_failing_progress_callback_does_not_stop_the_batch(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    def broken(_: BatchProgress) -> None:
+        raise RuntimeError("the dashboard is down")
+
+    async with fast_client(emulator) as client:
+        outcomes = await asyncio.wait_for(
+            client.submit_and_wait(documents(tmp_path, 3), progress=broken), timeout=30
+        )
+    assert all(o.ok for o in outcomes)
+
+
+async def test_a_timeout_during_an_upload_says_the_scan_may_have_started(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.inject_fault("delay", endpoint="scan", delay=600.0)  # answer held for 10 s
+    async with fast_client(emulator) as client:
+        (outcome,) = await client.submit_and_wait(documents(tmp_path, 1), timeout=0.5)
+    assert isinstance(outcome.error, AmbiguousSubmission)
+    assert emulator.counters.scans_billed == 1
+
+
+async def test_a_client_is_usable_again_after_close(emulator: Emulator, tmp_path: Path) -> None:
+    client = fast_client(emulator)
+    async with client:
+        first = await client.submit_and_wait(documents(tmp_path, 1, "a"))
+    async with client:
+        second = await client.submit_and_wait(documents(tmp_path, 1, "b"))
+    assert first[0].ok
+    assert second[0].ok

@@ -508,6 +508,6 @@ async def test_fastapi_lifespan_owns_one_client_for_the_apps_life() -> None:
         assert get_callback_url(request) == f"{PUBLIC}/{TOKEN}"
         assert get_callback_receiver(request).client is made[0]
     assert len(made) == 1
-    assert made[0].scheduler._closed  # closed with the app
+    assert made[0].closed  # closed with the app
     with pytest.raises(RuntimeError):
         get_imagetwin_client(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -290,3 +291,29 @@ def test_sigkill_anywhere_never_costs_a_second_scan(tmp_path: Path) -> None:
     ambiguous = [o for o in finals if o["error"] == "AmbiguousSubmission"]
     assert [o for o in finals if not o["ok"] and o not in ambiguous] == []
     assert len(billed) >= len(finals) - len(ambiguous)
+
+
+class FlakyJournal(SQLiteJournal):
+    """A journal whose "started" writes fail, as on a full disk."""
+
+    async def started(self, key: str, scan_id: str, note: str | None = None) -> None:
+        raise JournalError("database or disk is full")
+
+
+async def test_a_failing_journal_write_never_loses_the_scan_or_hangs(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.journal"
+    flaky = await FlakyJournal.open(path)
+    async with client_for(emulator) as client:
+        outcomes = await asyncio.wait_for(
+            client.submit_and_wait(documents(tmp_path, 2), journal=flaky), timeout=30
+        )
+    await flaky.close()
+    assert all(o.ok for o in outcomes)
+    assert emulator.counters.scans_billed == 2
+    # The journal still says "sending": a re-run settles those through scan-overview.
+    async with client_for(emulator) as client:
+        again = await client.submit_and_wait(documents(tmp_path, 2), journal=path)
+    assert all(o.ok for o in again)
+    assert emulator.counters.scans_billed == 2

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from imagetwin_async import (
     DurationModel,
+    ImagetwinError,
     PollScheduler,
     PollTimeout,
     RateLimit,
@@ -296,3 +297,24 @@ def test_conditional_quantile_is_after_the_age(
     for d in durations:
         model.observe(d)
     assert model.quantile_after(age, probability) >= age
+
+
+async def test_an_unexpected_error_reaches_the_waiter_instead_of_hanging_it() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 1.0)
+    endpoint.errors.append(RecursionError("maximum recursion depth exceeded"))
+    with pytest.raises(ImagetwinError, match="RecursionError"):
+        await scheduler.wait("a", timeout=100)
+    await scheduler.close()
+
+
+async def test_a_closed_scheduler_serves_again() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 3.0)
+    assert (await scheduler.wait("a")).scan_id == "a"
+    await scheduler.close()
+    endpoint.start("b", 3.0)
+    assert (await scheduler.wait("b", timeout=100)).scan_id == "b"
+    await scheduler.close()
