@@ -74,7 +74,8 @@ class ImagetwinClient:
             raise ConfigurationError("max_poll_interval must be >= poll_interval")
         self.base_url = base_url
         self.closed = False
-        self.request_timeout = timeout if timeout is not None else 300.0
+        # How late a request may still reach the server: bounds a journal's settling window.
+        self.request_timeout = timeout if timeout is not None else 3600.0
         self._scan_limiter = _as_limiter(scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, "GET /result")
         self._transport = Transport(
