@@ -471,15 +471,18 @@ class WindowLimiter(_LimiterBase):
         fut: asyncio.Future[tuple[Slot, float]] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._queued += 1
-        if ahead == 0:
-            self._dispatch()  # we head the queue: arm the wake-up for us
+        if ahead == 0 or self._timer is None:
+            # We head the queue, or nothing is armed (the count of those ahead can still hold
+            # a waiter cancelled this tick): arm the wake-up. Cheap, and no waiter is stranded.
+            self._dispatch()
         try:
             slot, _previous = await fut
         except asyncio.CancelledError:
             if fut.cancelled():
                 self._queued -= 1
-                if self._waiters and self._waiters[0] is fut:
-                    self._dispatch()  # the wake-up was armed for us: re-arm it for the next
+                # The wake-up may have been armed for us, or dropped with us: re-arm it for
+                # whoever heads the queue now.
+                self._dispatch()
             else:
                 # Granted and cancelled in the same tick: give the unused slot back.
                 self._undo_grant(*fut.result())

@@ -471,3 +471,21 @@ def test_token_bucket_strategy_suits_a_token_bucket_server(n: int, m: int, laten
     limit = RateLimit(n, per=1.0, strategy="token_bucket")
     requests = run_batch(limiter_gate(limit.build), [latency] * m, [0.5] * m)
     assert rejections(TokenBucketServer(n, 1.0), [r.receipt for r in requests]) == 0
+
+
+@pytest.mark.looptime
+async def test_a_waiter_behind_one_cancelled_in_the_same_tick_is_still_woken() -> None:
+    # A is cancelled and a slot released in one tick; B queues before A's handler runs. B must
+    # still get the slot once it frees (it used to wait for ever: no wake-up was armed).
+    limiter = RateLimit(1, per=0.2).build(name="t")
+    held = await limiter.acquire()
+    a = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    b = asyncio.create_task(limiter.acquire())
+    a.cancel()
+    held.release()
+    done, _ = await asyncio.wait({b}, timeout=3.0)
+    assert b in done
+    (await b).release()
+    with pytest.raises(asyncio.CancelledError):
+        await a
