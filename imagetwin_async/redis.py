@@ -381,8 +381,10 @@ class RedisLimiter:
         token = self._new_token()
         try:
             reply = await self._run(self._acquire_script, self._keys, "0", token)
-        except asyncio.CancelledError:
-            self._void([token])  # the call may have reached Redis and taken a slot
+        except (asyncio.CancelledError, RedisLimiterError):
+            # The call may have reached Redis and taken a slot (a reply lost to a reset or a
+            # time-out): give it back, or it would block the whole key until its lease ends.
+            self._void([token])
             raise
         if reply.status:
             return self._granted(token)
@@ -438,6 +440,8 @@ class RedisLimiter:
                 self._void(batch)  # our call may have taken slots for them
             raise
         except Exception as exc:
+            if batch:
+                self._void(batch)  # likewise when the reply was lost, not only on cancel
             # Fail closed: every waiter learns Redis is gone; none is let through.
             self._fail_waiters(exc)
 

@@ -479,3 +479,47 @@ async def test_four_processes_share_one_key_without_a_429(tmp_path: Path, key: s
     # than the window allows (two full windows for 48 scans, plus a loaded machine's slack).
     assert rejections(SlidingLogServer(20, 60.0), receipts) == 0
     assert 120.0 <= max(receipts) - min(receipts) <= 120.0 + 60 * LATE
+
+
+async def test_a_lost_reply_gives_its_slot_back_at_once(redis_url: str, key: str) -> None:
+    """The acquire script ran in Redis but its reply was lost (a reset): the slot it took must
+    be given back, not held until its lease ends, which would stall every worker on the key."""
+    target = redis.asyncio.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    drop = asyncio.Event()
+
+    async def proxy(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection(target["host"], target["port"])
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if drop.is_set():  # swallow Redis's answer and reset the client's side
+                    client_w.close()
+                    redis_w.close()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/{target.get('db', 0)}"
+    limiter = RedisLimiter.from_url(url, RateLimit(1, per=0.5), key=key, lease=20.0)
+    try:
+        await limiter.refresh()  # scripts loaded, connection warm
+        drop.set()
+        with pytest.raises(RedisLimiterError):
+            await asyncio.wait_for(limiter.acquire(), 10)
+        drop.clear()
+        started = time.monotonic()
+        slot = await asyncio.wait_for(limiter.acquire(), 10)
+        slot.release()
+        assert time.monotonic() - started < 2.0  # not the 20 s lease
+    finally:
+        await limiter.aclose()
+        server.close()
