@@ -160,17 +160,15 @@ async def run_wait(
             display.update(attrs.evolve(p, **{k: getattr(p, k) + v for k, v in change.items()}))
 
     async def one(index: int, scan_id: str) -> None:
-        # One read first: a scan that has already finished needs no polling (the scheduler
-        # would otherwise wait a poll interval before its first read of an unknown scan).
-        row = await fetch_result(client, scan_id)
-        if row.running:
-            left = None if deadline is None else max(deadline - loop.time(), 0.0)
-            try:
-                result = await client.wait_for_result(scan_id, timeout=left)
-            except ImagetwinError as exc:
-                row = attrs.evolve(row, running=False, error=exc)
-            else:
-                row = attrs.evolve(row, running=False, result=result)
+        # The scheduler reads a scan it did not see start at once, then polls it. Any error is
+        # this id's row: one failed read never costs the other ids their results.
+        left = None if deadline is None else max(deadline - loop.time(), 0.0)
+        try:
+            result = await client.wait_for_result(scan_id, timeout=left)
+        except ImagetwinError as exc:
+            row = Row(scan_id, scan_id=scan_id, error=exc)
+        else:
+            row = Row(scan_id, scan_id=scan_id, result=result)
         state.rows[index] = row
         count(running=-1, **({"failed": 1} if row.error else {"finished": 1}))
 

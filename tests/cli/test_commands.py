@@ -14,9 +14,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from pypdf import PdfWriter
 
-from imagetwin_async import _spec
+from imagetwin_async import ImagetwinClient, TransportError, _spec
 from imagetwin_async.emulator import Outcome, ThreadedEmulator
 
 from .conftest import KEY, REPO, SAMPLES, Cli, Main, clean_env, run_cli
@@ -384,3 +385,26 @@ def test_interrupted_sweep_resumes_from_its_journal(
     assert again.returncode == 1, again.stderr  # findings, nothing failed
     assert emulator.emulator.counters.scans_billed == 2  # nothing was paid for twice
     assert {s["scan_id"] for s in json.loads(again.stdout)["scans"]} >= {stuck}
+
+
+def test_wait_keeps_every_result_when_one_id_fails(
+    emulator: ThreadedEmulator, main_in_process: Main, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = "a" * 64
+    real = ImagetwinClient.get_result
+
+    async def get_result(self: ImagetwinClient, scan_id: str, *, block: bool = True) -> object:
+        if scan_id == flaky:  # a read whose retries were all spent
+            raise TransportError("GET /result: gave up after 6 attempts", endpoint="GET /result")
+        return await real(self, scan_id, block=block)
+
+    monkeypatch.setattr(ImagetwinClient, "get_result", get_result)
+    done = _spec.SANDBOX_FINISHED_ID
+    out = main_in_process(
+        "--base-url", emulator.url, "--api-key", KEY, "--speed", "60",
+        "wait", done, flaky, "--json", "--timeout", "2",
+    )  # fmt: skip
+    assert out.code == 3, out.stderr
+    by_id = {s["scan_id"]: s for s in json.loads(out.stdout)["scans"]}
+    assert by_id[done]["status"] == "findings"
+    assert by_id[flaky]["status"] == "error"
