@@ -362,8 +362,9 @@ class RedisLimiter:
         try:
             slot = await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # Granted and cancelled in the same tick: nothing was sent, give it back.
+                # (Failed and cancelled in the same tick: the cancellation wins, as it should.)
                 self._held.discard(token)
                 fut.result()._forget()
                 self._void([token])
