@@ -13,7 +13,16 @@ from __future__ import annotations
 import math
 import random
 
-__all__ = ["AdaptiveCapacity", "Backoff"]
+__all__ = ["AdaptiveCapacity", "Backoff", "full_jitter_ceiling"]
+
+
+def full_jitter_ceiling(base: float, cap: float, n: int) -> float:
+    """The largest pause of the ``n``-th consecutive retry (1-based): ``min(cap, base*2**(n-1))``.
+
+    Full jitter then draws uniformly below it. The exponent is capped so a long streak cannot
+    overflow a float.
+    """
+    return min(cap, base * 2.0 ** min(max(n - 1, 0), 64))
 
 
 class Backoff:
@@ -40,8 +49,7 @@ class Backoff:
     def ceiling(self, streak: int | None = None) -> float:
         """The largest pause the ``streak``-th consecutive 429 can draw (default: the next)."""
         n = self.streak + 1 if streak is None else streak
-        # Cap the exponent so a long streak cannot overflow a float.
-        return min(self.cap, self.base * 2.0 ** min(n - 1, 64))
+        return full_jitter_ceiling(self.base, self.cap, n)
 
     def next_delay(self, retry_after: float | None = None) -> float:
         """Count one more 429 and return its pause: ``retry_after`` if the server gave one.

@@ -136,7 +136,6 @@ class BatchRunner:
         self._stop_submitting: ImagetwinError | None = None
         self._journal: Journal | None = None
         self._entries: dict[str, JournalEntry] = {}
-        self._notes: dict[str, str] = {}
         self._gate = asyncio.Semaphore(max(1, options.submit_concurrency))
         self._deadline: float | None = None
 
@@ -290,10 +289,11 @@ class BatchRunner:
         if known is not None:
             prep.upload.close()
             return known
+        note: str | None = None
         if entry is not None and entry.state == "started" and entry.scan_id:
             prep.upload.close()
             state.scan_id = entry.scan_id
-            self._notes[prep.key] = entry.note or "resumed from the journal"
+            note = entry.note or "resumed from the journal"
         else:
             try:
                 state.scan_id = await self._send(prep, state)
@@ -303,7 +303,7 @@ class BatchRunner:
         self._count(submitted=1, running=1)
         result = await self._client.scheduler.wait(state.scan_id)
         await self._record("finished", prep.key, result)
-        return ScanOutcome(item, state.scan_id, result=result, note=self._notes.get(prep.key))
+        return ScanOutcome(item, state.scan_id, result=result, note=note)
 
     async def _send(self, prep: _Prepared, state: _ItemState) -> str:
         """POST the item, recording each step in the journal; its new scan id."""

@@ -24,6 +24,7 @@ import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ._backoff import full_jitter_ceiling
 from ._errors import ConfigurationError, InvalidArgument, TransportError
 from ._limits import Limiter
 from ._protocol import (
@@ -90,7 +91,9 @@ class RetryPolicy:
             raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
+        return rng.uniform(
+            0.0, full_jitter_ceiling(self.backoff_base, self.backoff_cap, attempt + 1)
+        )
 
 
 @attrs.frozen
