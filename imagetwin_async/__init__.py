@@ -46,6 +46,7 @@ from ._models import (
     ScanSummary,
 )
 from ._polling import DurationModel, PollScheduler
+from ._timings import Timings
 from ._uploads import FileContent, Upload, prepare_upload
 
 try:
@@ -95,6 +96,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailable",
     "Slot",
+    "Timings",
     "TransportError",
     "Upload",
     "__version__",

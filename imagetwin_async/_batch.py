@@ -1,9 +1,11 @@
 """``submit_and_wait`` and ``iter_outcomes``: whole batches at the full rate budget.
 
 Items are checked in input order by one preparer (off the event loop: counting PDF pages and
-hashing read the files), then submitted through the client's scan limiter, then waited for
-through the shared poll scheduler. ``submit_concurrency`` bounds the uploads open at once;
-the limiter, not this module, sets the pace.
+hashing read the files), then started through ``BatchServices.start_scan`` (the client's
+scan limiter), then waited for through ``BatchServices.wait`` (the shared poll scheduler).
+The runner knows the client only through ``BatchServices``, which the client wires.
+``submit_concurrency`` bounds the uploads open at once; the limiter, not this module, sets
+the pace.
 
 With a journal every step is recorded before the next is taken (see ``_journal``), and a
 re-run resumes: results come from the journal, started scans are waited for, and only what
@@ -20,33 +22,34 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Final, Literal, Protocol
 
 import attrs
 
 from ._errors import (
     AmbiguousSubmission,
-    APIError,
     AuthenticationError,
     ImagetwinError,
-    InvalidArgument,
     PollTimeout,
     ScanCancelled,
     ScanFailed,
     ScanNotFound,
-    ServiceUnavailable,
-    TransportError,
 )
 from ._journal import Journal, JournalEntry, open_journal, utc_now
-from ._models import ScanOutcome, ScanOverview
-from ._protocol import Request, build_scan_request
+from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
+from ._protocol import Request, build_scan_request, nothing_started
+from ._session import BeforeSend
 from ._uploads import Upload, Uploadable, prepare_upload
 
-if TYPE_CHECKING:
-    from ._client import ImagetwinClient
-
-__all__ = ["AmbiguousPolicy", "BatchItem", "BatchOptions", "BatchProgress", "BatchRunner"]
+__all__ = [
+    "AmbiguousPolicy",
+    "BatchItem",
+    "BatchOptions",
+    "BatchProgress",
+    "BatchRunner",
+    "BatchServices",
+]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
@@ -101,6 +104,30 @@ class BatchOptions:
         )
 
 
+class StartScan(Protocol):
+    """Sends one prepared scan POST and returns its answer; closes the upload."""
+
+    def __call__(
+        self, request: Request, upload: Upload, *, before_send: BeforeSend
+    ) -> Awaitable[ScanStarted]: ...
+
+
+@attrs.frozen
+class BatchServices:
+    """What a batch needs from the rest of the SDK; ``ImagetwinClient`` wires it.
+
+    ``start_scan``: one scan POST through the scan limiter (``ScanStarter.start``). ``wait``:
+    a scan's result through the shared poll scheduler. ``overview``: scan-overview's JSON
+    between two times, to settle ambiguous items. ``request_deadline``: how late after it was
+    sent a POST may still reach the server (``Timings.request_deadline``).
+    """
+
+    start_scan: StartScan
+    wait: Callable[[str], Awaitable[ScanResult]]
+    overview: Callable[[dt.datetime, dt.datetime], Awaitable[ScanOverview]]
+    request_deadline: float
+
+
 @attrs.define
 class _ItemState:
     """What one item has got to, for the error a time-out or a failure should report."""
@@ -119,22 +146,22 @@ class _Prepared:
 
 
 class BatchRunner:
-    """Runs one batch on a client. Made by ``ImagetwinClient.submit_and_wait`` /
-    ``iter_outcomes``; several may run at once on one client, sharing its limiters and
-    scheduler."""
+    """Runs one batch. Made by ``ImagetwinClient.submit_and_wait`` / ``iter_outcomes``;
+    several may run at once on one client, sharing its limiters and scheduler."""
 
     def __init__(
-        self, client: ImagetwinClient, items: Sequence[BatchItem], options: BatchOptions
+        self, services: BatchServices, items: Sequence[BatchItem], options: BatchOptions
     ) -> None:
         if options.ambiguous not in ("settle", "report", "resubmit"):
             raise ValueError("ambiguous must be 'settle', 'report' or 'resubmit'")
-        self._client = client
+        self._services = services
         self._items = list(items)
         self._options = options
         self._request = options.request()  # bad options raise here, before anything is sent
         self._progress = BatchProgress(total=len(self._items))
         self._stop_submitting: ImagetwinError | None = None
         self._journal: Journal | None = None
+        self._record = _Recorder(None)
         self._entries: dict[str, JournalEntry] = {}
         self._gate = asyncio.Semaphore(max(1, options.submit_concurrency))
         self._deadline: float | None = None
@@ -161,6 +188,7 @@ class BatchRunner:
         owned = False
         if self._options.journal is not None:
             self._journal, owned = await open_journal(self._options.journal)
+            self._record = _Recorder(self._journal)
         tasks: list[asyncio.Task[None]] = []
         preparer: asyncio.Task[None] | None = None
         finished = False
@@ -268,7 +296,7 @@ class BatchRunner:
             outcome = ScanOutcome(item, state.scan_id, error=exc)
         except (ScanFailed, ScanNotFound) as exc:
             if state.key and state.scan_id is not None:
-                await self._record("failed", state.key, f"{type(exc).__name__}: {exc}")
+                await self._record.failed(state.key, f"{type(exc).__name__}: {exc}")
             outcome = ScanOutcome(item, state.scan_id, error=exc)
         except ImagetwinError as exc:
             outcome = ScanOutcome(item, state.scan_id, error=exc)
@@ -301,8 +329,8 @@ class BatchRunner:
                 prep.upload.close()
         state.counted = True
         self._count(submitted=1, running=1)
-        result = await self._client.scheduler.wait(state.scan_id)
-        await self._record("finished", prep.key, result)
+        result = await self._services.wait(state.scan_id)
+        await self._record.finished(prep.key, result)
         return ScanOutcome(item, state.scan_id, result=result, note=note)
 
     async def _send(self, prep: _Prepared, state: _ItemState) -> str:
@@ -318,12 +346,12 @@ class BatchRunner:
                 state.on_the_wire = True
 
             try:
-                started = await self._client._start_scan(
+                started = await self._services.start_scan(
                     self._request, prep.upload, before_send=before_send
                 )
             except ImagetwinError as exc:
-                if state.on_the_wire and _nothing_started(exc):
-                    await self._record("forget", prep.key)
+                if state.on_the_wire and nothing_started(exc):
+                    await self._record.forget(prep.key)
                 # Otherwise the journal keeps "sending", and the next run settles it.
                 state.on_the_wire = False
                 raise
@@ -331,17 +359,8 @@ class BatchRunner:
             state.on_the_wire = False
         # Recorded, but not at the price of the scan id: a failed write leaves "sending",
         # which the next run settles through scan-overview.
-        await self._record("started", prep.key, started.scan_id)
+        await self._record.started(prep.key, started.scan_id)
         return started.scan_id
-
-    async def _record(self, step: str, key: str, *args: Any) -> None:
-        """One journal write; a failing write is logged, never allowed to lose an outcome."""
-        if self._journal is None or not key:
-            return
-        try:
-            await getattr(self._journal, step)(key, *args)
-        except Exception:  # any store's failure, not only ours (JournalError)
-            logger.exception("the journal could not record %s for an item", step)
 
     # ---- settling ambiguous items through scan-overview -------------------------------
 
@@ -360,18 +379,17 @@ class BatchRunner:
         pending = [e for e in self._entries.values() if e.state == "sending"]
         if not pending:
             return
-        span = self._client.request_timeout + _CLOCK_SKEW
+        span = self._services.request_deadline + _CLOCK_SKEW
         windows = {e.key: (e.sent_at - _CLOCK_SKEW, e.sent_at + span) for e in pending}
         first = min(lo for lo, _ in windows.values())
         last = max(hi for _, hi in windows.values())
         try:
-            overview = await self._client.scan_overview(
+            overview = await self._services.overview(
                 dt.datetime.fromtimestamp(first, dt.UTC), dt.datetime.fromtimestamp(last, dt.UTC)
             )
         except ImagetwinError as exc:
             logger.warning("could not settle %d ambiguous item(s): %s", len(pending), exc)
             return
-        assert isinstance(overview, ScanOverview)
         claimed = {e.scan_id for e in self._entries.values() if e.scan_id}
         unclaimed = [s for s in overview.scans if s.api_scan and s.scan_id not in claimed]
 
@@ -454,6 +472,38 @@ class BatchRunner:
         )
 
 
+class _Recorder:
+    """The batch's journal writes, typed; no-ops without a journal or a key (an item that
+    failed before it was hashed). A failing write is logged, never allowed to lose an outcome:
+    the entry stays where it was, and the next run settles it."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        self._journal = journal
+
+    async def started(self, key: str, scan_id: str) -> None:
+        if self._journal is not None and key:
+            await _logged("started", self._journal.started(key, scan_id))
+
+    async def finished(self, key: str, result: ScanResult) -> None:
+        if self._journal is not None and key:
+            await _logged("finished", self._journal.finished(key, result))
+
+    async def failed(self, key: str, error: str) -> None:
+        if self._journal is not None and key:
+            await _logged("failed", self._journal.failed(key, error))
+
+    async def forget(self, key: str) -> None:
+        if self._journal is not None and key:
+            await _logged("forget", self._journal.forget(key))
+
+
+async def _logged(step: str, write: Awaitable[None]) -> None:
+    try:
+        await write
+    except Exception:  # any store's failure, not only ours (JournalError)
+        logger.exception("the journal could not record %s for an item", step)
+
+
 def _known_outcome(
     item: BatchItem, entry: JournalEntry | None, ambiguous: AmbiguousPolicy
 ) -> ScanOutcome | None:
@@ -486,17 +536,6 @@ def _timed_out(state: _ItemState) -> ImagetwinError:
             endpoint="POST /scan",
         )
     return ScanCancelled("the batch timed out before this item was submitted")
-
-
-def _nothing_started(exc: ImagetwinError) -> bool:
-    """Whether an error from a scan POST proves that no scan started (so it may be resent)."""
-    if isinstance(exc, TransportError):
-        return not exc.scan_may_have_started
-    if isinstance(exc, APIError):
-        # 4xx, 429 and a 503/504 with Retry-After (the only ones retried) were refusals; any
-        # other 5xx may have come after the scan started.
-        return exc.status < 500 or isinstance(exc, ServiceUnavailable)
-    return isinstance(exc, InvalidArgument)  # raised before anything was sent
 
 
 def _ambiguous_error(entry: JournalEntry) -> AmbiguousSubmission:

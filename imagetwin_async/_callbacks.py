@@ -38,15 +38,16 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
 from aiohttp import web
 
-from ._client import ImagetwinClient
+from . import _spec
 from ._errors import ConfigurationError
 from ._models import CallbackNotice
+from ._timings import DEFAULT_TIMINGS, Timings
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -62,8 +63,6 @@ logger = logging.getLogger("imagetwin_async.callbacks")
 DEFAULT_MAX_BODY: Final = 4096
 """The real body is about 100 bytes; anything much bigger is not from Imagetwin."""
 
-# Same alphabet as the client's scan-id check (the id goes into a URL path when we read it).
-_SCAN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # token_urlsafe's alphabet; 22 characters carry 128 bits.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{22,256}")
 _STATUSES: Final = frozenset({"finished", "failed"})
@@ -74,6 +73,14 @@ class CallbackTarget(Protocol):
     """What the receiver feeds: ``ImagetwinClient``, or a stand-in in tests."""
 
     def notify_finished(self, scan_id: str) -> bool: ...
+
+
+@runtime_checkable
+class _Timed(Protocol):
+    """A target that says how it polls (``ImagetwinClient.timings``)."""
+
+    @property
+    def timings(self) -> Timings: ...
 
 
 @attrs.define
@@ -114,7 +121,7 @@ def parse_callback(body: bytes) -> CallbackNotice:
         raise ValueError("the body is not JSON") from exc
     fields = data if isinstance(data, dict) else {}
     scan_id, status = fields.get("scanId"), fields.get("status")
-    if not isinstance(scan_id, str) or not _SCAN_ID.fullmatch(scan_id):
+    if not isinstance(scan_id, str) or not _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
         raise ValueError("not a JSON object with a scan id under scanId")
     if status == "finished":
         return CallbackNotice(scan_id, "finished")
@@ -177,9 +184,8 @@ class CallbackReceiver:
             raise ConfigurationError(f"max_body must be at least 64 bytes, got {max_body!r}")
         if rehint_after is None:
             # A duplicate within the fallback poll interval gains nothing: the poll comes anyway.
-            rehint_after = (
-                client.scheduler.max_poll_interval if isinstance(client, ImagetwinClient) else 60.0
-            )
+            timings = client.timings if isinstance(client, _Timed) else DEFAULT_TIMINGS
+            rehint_after = timings.max_poll_interval
         self.client = client
         self.public_url = public_url.rstrip("/")
         self.path = parts.path.rstrip("/")

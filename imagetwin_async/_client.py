@@ -4,29 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, overload
+from typing import Any, Final, Literal, Self, overload
 
 import aiohttp
+import attrs
 
 from . import _protocol as protocol
-from ._batch import AmbiguousPolicy, BatchItem, BatchOptions, BatchProgress, BatchRunner
+from ._batch import (
+    AmbiguousPolicy,
+    BatchItem,
+    BatchOptions,
+    BatchProgress,
+    BatchRunner,
+    BatchServices,
+)
 from ._errors import ConfigurationError, InvalidArgument
 from ._journal import Journal
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._polling import PollScheduler
+from ._scanning import ScanStarter
 from ._session import ApiKey, RetryPolicy, Transport
-from ._uploads import Upload, Uploadable, prepare_upload
+from ._timings import Timings
+from ._uploads import Uploadable, prepare_upload
 
 __all__ = ["DEFAULT_BASE_URL", "ImagetwinClient"]
 
 DEFAULT_BASE_URL = "https://api.imagetwin.ai/v1"
 API_KEY_ENV = "IMAGETWIN_API_KEY"
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+# "Take this from ``timings``" for the time-outs, where None already means "no time-out".
+_UNSET: Final = _Unset.UNSET
 
 
 class ImagetwinClient:
@@ -37,9 +56,11 @@ class ImagetwinClient:
     ...     result = await client.wait_for_result(started.scan_id)
 
     Every timing is a parameter, so tests can run it a hundred times faster against the
-    emulator. ``scan_limit`` / ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one
-    shared through Redis, say). Pass ``session`` to use your own ``aiohttp.ClientSession``
-    (the client then leaves it open).
+    emulator: ``speed=60`` matches an emulator at ``speed=60`` (or ``**emu.client_kwargs()``),
+    ``timings=Timings(...)`` sets them all at once, and each keyword below overrides one
+    (defaults: ``Timings()``, the vendor's limits and a 5 s first poll). ``scan_limit`` /
+    ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one shared through Redis, say).
+    Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open).
     """
 
     def __init__(
@@ -47,16 +68,18 @@ class ImagetwinClient:
         api_key: str | None = None,
         *,
         base_url: str = DEFAULT_BASE_URL,
-        scan_limit: RateLimit | Limiter = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
-        result_limit: RateLimit | Limiter = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
-        poll_interval: float = 5.0,
-        max_poll_interval: float = 60.0,
+        scan_limit: RateLimit | Limiter | None = None,
+        result_limit: RateLimit | Limiter | None = None,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
         max_retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
-        timeout: float | None = 300.0,
-        connect_timeout: float | None = 30.0,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+        timeout: float | _Unset | None = _UNSET,
+        connect_timeout: float | _Unset | None = _UNSET,
         session: aiohttp.ClientSession | None = None,
+        timings: Timings | None = None,
+        speed: float = 1.0,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -64,33 +87,43 @@ class ImagetwinClient:
                 f"no API key: pass api_key=... or set {API_KEY_ENV} "
                 "(generate one at app.imagetwin.ai/account)"
             )
-        for name, value in (
+        # Keywords given override the (scaled) timings, as given: they are real seconds.
+        overrides: dict[str, Any] = {}
+        for name, limit in (("scan_limit", scan_limit), ("result_limit", result_limit)):
+            if isinstance(limit, RateLimit):
+                overrides[name] = limit
+        for name, seconds in (
             ("poll_interval", poll_interval),
             ("max_poll_interval", max_poll_interval),
+            ("backoff_base", backoff_base),
+            ("backoff_cap", backoff_cap),
         ):
-            if not value > 0:
-                raise ConfigurationError(f"{name} must be > 0, got {value!r}")
-        if max_poll_interval < poll_interval:
-            raise ConfigurationError("max_poll_interval must be >= poll_interval")
+            if seconds is not None:
+                overrides[name] = seconds
+        for name, limit_s in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if limit_s is not _UNSET:
+                overrides[name] = limit_s
+        self.timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
+        """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
+        t = self.timings
         self.base_url = base_url
         self.closed = False
-        # How late a request may still reach the server: bounds a journal's settling window.
-        self.request_timeout = timeout if timeout is not None else 3600.0
-        self._scan_limiter = _as_limiter(scan_limit, "POST /scan")
-        self._result_limiter = _as_limiter(result_limit, "GET /result")
+        self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
+        self._result_limiter = _as_limiter(result_limit, t.result_limit, "GET /result")
         self._transport = Transport(
             base_url=base_url,
             api_key=ApiKey(key),
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
-            retry=RetryPolicy(max_retries, backoff_base, backoff_cap),
-            timeout=aiohttp.ClientTimeout(total=timeout, connect=connect_timeout),
+            retry=RetryPolicy(max_retries, t.backoff_base, t.backoff_cap),
+            timeout=aiohttp.ClientTimeout(total=t.timeout, connect=t.connect_timeout),
             session=session,
         )
         self._scheduler = PollScheduler(
             self.get_result,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
+            poll_interval=t.poll_interval,
+            max_poll_interval=t.max_poll_interval,
         )
+        self._starter = ScanStarter(self._transport, self._scheduler)
 
     def __repr__(self) -> str:
         return f"<ImagetwinClient base_url={self.base_url!r} api_key='***'>"
@@ -160,28 +193,7 @@ class ImagetwinClient:
         )
         # Checking reads the files (a PDF's page count): off the event loop.
         upload = await asyncio.to_thread(prepare_upload, files)
-        return await self._start_scan(request, upload, block=block)
-
-    async def _start_scan(
-        self,
-        request: protocol.Request,
-        upload: Upload,
-        *,
-        block: bool = True,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-    ) -> ScanStarted:
-        try:
-            response = await self._transport.send(
-                request, upload=upload, block=block, before_send=before_send
-            )
-        finally:
-            upload.close()
-        started = protocol.read_scan_started(
-            response.status, response.headers, response.body, request=request
-        )
-        expect_callback = any(name == "callbackUrl" for name, _ in request.form_fields)
-        self._scheduler.note_started(started.scan_id, expect_callback=expect_callback)
-        return started
+        return await self._starter.start(request, upload, block=block)
 
     async def scan_pdf(self, path: str | os.PathLike[str]) -> ScanStarted:
         """Deprecated endpoint ``/scanPdf``: one PDF. Use ``scan`` instead."""
@@ -201,7 +213,7 @@ class ImagetwinClient:
         )
         request = protocol.build_scan_request(legacy=endpoint)
         upload = await asyncio.to_thread(prepare_upload, files, legacy=endpoint)
-        return await self._start_scan(request, upload)
+        return await self._starter.start(request, upload)
 
     async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
         """One read of a scan's result: ``ScanResult`` when done, ``ScanPending`` while running.
@@ -319,7 +331,7 @@ class ImagetwinClient:
             journal=journal,
             ambiguous=ambiguous,
         )
-        return await BatchRunner(self, list(batch), options).run()
+        return await BatchRunner(self._batch_services(), list(batch), options).run()
 
     def iter_outcomes(
         self,
@@ -355,8 +367,20 @@ class ImagetwinClient:
             journal=journal,
             ambiguous=ambiguous,
         )
-        return BatchRunner(self, list(batch), options).iterate()
+        return BatchRunner(self._batch_services(), list(batch), options).iterate()
+
+    def _batch_services(self) -> BatchServices:
+        """What a batch runs on: this client's scan starter, scheduler and scan-overview."""
+        return BatchServices(
+            start_scan=self._starter.start,
+            wait=self._scheduler.wait,
+            overview=self.scan_overview,
+            request_deadline=self.timings.request_deadline,
+        )
 
 
-def _as_limiter(limit: RateLimit | Limiter, name: str) -> Limiter:
-    return limit.build(name=name) if isinstance(limit, RateLimit) else limit
+def _as_limiter(given: RateLimit | Limiter | None, timed: RateLimit, name: str) -> Limiter:
+    """The limiter for one endpoint group: a ``Limiter`` as given, else built from the limit."""
+    if given is None or isinstance(given, RateLimit):
+        return timed.build(name=name)
+    return given

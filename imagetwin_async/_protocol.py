@@ -30,6 +30,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     BadRequest,
+    ImagetwinError,
     InvalidArgument,
     InvalidUpload,
     RateLimited,
@@ -38,10 +39,12 @@ from ._errors import (
     ScanNotFound,
     ServerError,
     ServiceUnavailable,
+    TransportError,
 )
 from ._models import ScanOverview, ScanPending, ScanResult, ScanStarted
 
 __all__ = [
+    "Delivery",
     "EndpointGroup",
     "ExportFormat",
     "Request",
@@ -50,6 +53,8 @@ __all__ = [
     "build_result_request",
     "build_scan_request",
     "error_for_status",
+    "failure_decision",
+    "nothing_started",
     "parse_retry_after",
     "read_overview",
     "read_result",
@@ -64,8 +69,6 @@ EndpointGroup = Literal["scan", "result", "other"]
 ExportFormat = Literal["json", "csv"]
 LegacyEndpoint = Literal["scanPdf", "scanImages"]
 
-# Scan ids are hex digests or UUIDs; anything else would change the URL's path.
-_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MAX_MESSAGE = 500  # characters of a server message kept on an exception
 
 
@@ -155,7 +158,7 @@ def _validate_callback_url(url: str) -> str:
 
 def validate_scan_id(scan_id: str) -> str:
     """The scan id, or ``InvalidArgument`` if it could not be one (it goes in the URL path)."""
-    if not isinstance(scan_id, str) or not _SCAN_ID.fullmatch(scan_id):
+    if not isinstance(scan_id, str) or not _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
         raise InvalidArgument(f"not a scan id: {scan_id!r}")
     return scan_id
 
@@ -325,7 +328,7 @@ def read_scan_started(
         except (ValueError, RecursionError):
             data = None
         scan_id = data.get("scanId") if isinstance(data, dict) else None
-        if isinstance(scan_id, str) and _SCAN_ID.fullmatch(scan_id):
+        if isinstance(scan_id, str) and _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
             message = data.get("message") if isinstance(data, dict) else None
             return ScanStarted(scan_id, message if isinstance(message, str) else "")
         if not request.starts_scan:
@@ -371,14 +374,30 @@ class RetryDecision(Enum):
     AMBIGUOUS = "ambiguous"  # a scan may have started: never resend, tell the caller
 
 
+class Delivery(Enum):
+    """How far a request got when no answer came back (the session classifies its failures)."""
+
+    NOT_SENT = "not-sent"  # no connection was made: the server saw nothing
+    MAYBE_SENT = "maybe-sent"  # dropped or timed out after connecting: it may have arrived
+
+
+def _refused(status: int, *, retry_after: bool) -> bool:
+    """The one rule of money: whether an error answer proves the server started no scan.
+
+    Any 4xx (429 included) is a refusal. Of the 5xx, only a 503 or 504 carrying Retry-After:
+    the service itself saying "not now, come back". Without it the answer may come from a
+    gateway that gave up after the service took the request (proxies answer 503 when the
+    upstream resets, 504 when it is slow), and a 500 or 502 may come after the scan started.
+    """
+    return status < 500 or (status in (503, 504) and retry_after)
+
+
 def retry_decision(status: int, headers: Mapping[str, str], *, request: Request) -> RetryDecision:
     """Whether an error answer may be retried without risking a second billed scan.
 
-    A 429 never started a scan. For a scan POST, a 503 or 504 is retried only when it carries
-    Retry-After: the service itself saying "not now, come back". Without it the answer may
-    come from a gateway that gave up after the service took the request (proxies answer 503
-    when the upstream resets, 504 when it is slow), so it is ambiguous, and so is any 502.
-    GETs are idempotent: any 502/503/504 is retried.
+    A 429 pauses the endpoint and is retried. Other errors are final except 502/503/504:
+    GETs are idempotent, so any of those is retried; a scan POST is retried only where
+    ``_refused`` proves no scan started, and is ambiguous otherwise.
     """
     if status == 429:
         return RetryDecision.RETRY_RATE_LIMITED
@@ -386,9 +405,36 @@ def retry_decision(status: int, headers: Mapping[str, str], *, request: Request)
         return RetryDecision.RAISE
     if not request.starts_scan:
         return RetryDecision.RETRY
-    if status != 502 and _header(headers, "Retry-After") is not None:
+    if _refused(status, retry_after=_header(headers, "Retry-After") is not None):
         return RetryDecision.RETRY
     return RetryDecision.AMBIGUOUS
+
+
+def failure_decision(delivery: Delivery, *, request: Request) -> RetryDecision:
+    """Whether a request that got no answer may be sent again: ``retry_decision``'s twin.
+
+    A request that never connected did nothing; anything else may have reached the server,
+    which only matters for a scan POST.
+    """
+    if delivery is Delivery.NOT_SENT or not request.starts_scan:
+        return RetryDecision.RETRY
+    return RetryDecision.AMBIGUOUS
+
+
+def nothing_started(error: ImagetwinError) -> bool:
+    """Whether the error a scan POST ended with proves that no scan started (so it may be
+    resent, and a journal may forget it).
+
+    The same rule as ``retry_decision`` and ``failure_decision``, read back from the error
+    they led to: a network failure says so itself (``scan_may_have_started``); an error
+    answer was a refusal by ``_refused`` (a scan POST's 503/504 reaches the caller as
+    ``ServiceUnavailable`` only when it carried Retry-After); a bad argument sent nothing.
+    """
+    if isinstance(error, TransportError):
+        return not error.scan_may_have_started
+    if isinstance(error, APIError):
+        return _refused(error.status, retry_after=isinstance(error, ServiceUnavailable))
+    return isinstance(error, InvalidArgument)  # raised before anything was sent
 
 
 def ambiguous_error(request: Request, cause: str) -> AmbiguousSubmission:

@@ -28,17 +28,24 @@ from ._backoff import full_jitter_ceiling
 from ._errors import ConfigurationError, InvalidArgument, TransportError
 from ._limits import Limiter
 from ._protocol import (
+    Delivery,
     EndpointGroup,
     Request,
     RetryDecision,
     ambiguous_error,
+    failure_decision,
     parse_retry_after,
     retry_decision,
 )
 
-__all__ = ["ApiKey", "RawResponse", "RetryPolicy", "Transport"]
+__all__ = ["ApiKey", "BeforeSend", "RawResponse", "RetryPolicy", "Transport"]
 
 logger = logging.getLogger("imagetwin_async")
+
+# Runs once a rate-limit slot is held, right before each attempt goes out. The layer that
+# starts the request passes it down (a batch records its intent to send in its journal there);
+# this layer knows nothing of what it does.
+BeforeSend = Callable[[], Awaitable[None]]
 
 _REDACTED = "[redacted]"
 _CHUNK = 256 * 1024
@@ -167,7 +174,7 @@ class Transport:
         *,
         upload: BodySource | None = None,
         block: bool = True,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        before_send: BeforeSend | None = None,
     ) -> RawResponse:
         """Send ``request``, retrying only what provably had no effect.
 
@@ -183,12 +190,13 @@ class Transport:
                 response = await self._attempt(
                     request, upload, limiter, attempt=attempt, block=block, before_send=before_send
                 )
-            except _NOTHING_SENT as exc:
-                failure: Exception = exc
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if request.starts_scan:
+                delivery = (
+                    Delivery.NOT_SENT if isinstance(exc, _NOT_CONNECTED) else Delivery.MAYBE_SENT
+                )
+                if failure_decision(delivery, request=request) is RetryDecision.AMBIGUOUS:
                     raise ambiguous_error(request, _describe(exc)) from exc
-                failure = exc
+                failure: Exception = exc
             else:
                 delay = self._retry_delay(request, response, limiter, attempt, block=block)
                 if delay is None:
@@ -248,7 +256,7 @@ class Transport:
         *,
         attempt: int,
         block: bool,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        before_send: BeforeSend | None = None,
     ) -> RawResponse:
         if request.file_field is not None and upload is None:
             raise InvalidArgument(f"{request.endpoint} needs files to upload")
@@ -337,8 +345,9 @@ class Transport:
         )
 
 
-# Failures that prove the request never reached the server: safe to retry even a scan POST.
-_NOTHING_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
+# allows is ``_protocol.failure_decision``'s to say.
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 def _describe(exc: BaseException) -> str:

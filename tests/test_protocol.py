@@ -16,6 +16,7 @@ from imagetwin_async._errors import (
     APIError,
     AuthenticationError,
     BadRequest,
+    ImagetwinError,
     InvalidArgument,
     InvalidUpload,
     RateLimited,
@@ -24,9 +25,11 @@ from imagetwin_async._errors import (
     ScanNotFound,
     ServerError,
     ServiceUnavailable,
+    TransportError,
 )
 from imagetwin_async._models import ScanOverview, ScanPending, ScanResult, ScanStarted
 from imagetwin_async._protocol import (
+    Delivery,
     Request,
     RetryDecision,
     ambiguous_error,
@@ -34,6 +37,8 @@ from imagetwin_async._protocol import (
     build_result_request,
     build_scan_request,
     error_for_status,
+    failure_decision,
+    nothing_started,
     parse_retry_after,
     read_overview,
     read_result,
@@ -393,3 +398,44 @@ def test_ambiguous_error_says_what_to_do() -> None:
     exc = ambiguous_error(build_scan_request(), "the connection dropped")
     assert isinstance(exc, AmbiguousSubmission) and exc.scan_may_have_started
     assert "scan_overview" in str(exc)
+
+
+@pytest.mark.parametrize("retry_after", [False, True])
+@pytest.mark.parametrize("status", range(400, 600))
+def test_a_scan_error_proves_nothing_started_only_when_it_was_a_refusal(
+    status: int, retry_after: bool
+) -> None:
+    # A gateway in front of the service may answer anything: whatever error a scan POST ends
+    # with, a batch forgets (and may resend) the item only if the error proves no scan started,
+    # and that is the very rule by which the session retried it.
+    request = build_scan_request()
+    headers = {"Retry-After": "5"} if retry_after else {}
+    if retry_decision(status, headers, request=request) is RetryDecision.AMBIGUOUS:
+        error: ImagetwinError = ambiguous_error(request, f"the gateway answered {status}")
+    else:
+        error = error_for_status(status, headers, b"", request=request)
+    refused = status < 500 or (status in (503, 504) and retry_after)
+    assert nothing_started(error) is refused
+
+
+@pytest.mark.parametrize(
+    ("delivery", "scan", "decision"),
+    [
+        (Delivery.NOT_SENT, True, RetryDecision.RETRY),
+        (Delivery.NOT_SENT, False, RetryDecision.RETRY),
+        (Delivery.MAYBE_SENT, True, RetryDecision.AMBIGUOUS),
+        (Delivery.MAYBE_SENT, False, RetryDecision.RETRY),
+    ],
+)
+def test_failure_decision_resends_a_scan_post_only_if_it_never_connected(
+    delivery: Delivery, scan: bool, decision: RetryDecision
+) -> None:
+    request = build_scan_request() if scan else build_result_request(SCAN_ID)
+    assert failure_decision(delivery, request=request) is decision
+    error = TransportError("lost", scan_may_have_started=decision is RetryDecision.AMBIGUOUS)
+    assert nothing_started(error) is (decision is not RetryDecision.AMBIGUOUS)
+
+
+def test_a_bad_argument_proves_nothing_started() -> None:
+    assert nothing_started(InvalidUpload("too big"))
+    assert not nothing_started(ImagetwinError("something else"))
