@@ -1,12 +1,13 @@
-"""What the benchmarks share: sped-up clients, the naive baseline, sample files, tables.
+"""What the benchmarks share: the naive baseline, sample files, tables.
 
 Every benchmark compares ``ImagetwinClient`` with ``NaiveClient``, the client people write by
 hand: ``aiolimiter.AsyncLimiter(20, 60)`` before each scan POST, and each scan polled every
 ``poll_every`` seconds through ``AsyncLimiter(60, 60)``; a 429 is counted and waited out
 (Retry-After, else a fixed delay) before the request is tried again.
 
-Times are scaled by the emulator's ``speed``: both clients get ``per = 60 / speed`` and
-poll intervals divided by ``speed``, so an emulated minute lasts ``60 / speed`` real seconds on
+Times are scaled by the emulator's ``speed``: ours is ``ImagetwinClient(**emu.client_kwargs())``
+(every default timing divided by ``speed``), the baseline gets ``per = 60 / speed`` and its
+poll interval divided by ``speed``, so an emulated minute lasts ``60 / speed`` real seconds on
 both sides of the wire. Figures are reported in emulated seconds.
 """
 
@@ -25,8 +26,6 @@ from typing import Any, Self
 import aiohttp
 from aiolimiter import AsyncLimiter
 from pypdf import PdfWriter
-
-from imagetwin_async import ImagetwinClient, RateLimit
 
 SCAN_RATE = (20, 60.0)  # the vendor's limits, emulated seconds
 RESULT_RATE = (60, 60.0)
@@ -67,22 +66,6 @@ def write_padded_pdf(path: Path, size: int, index: int = 0) -> Path:
         out.write(tail)
     assert path.stat().st_size == size
     return path
-
-
-def our_client(url: str, api_key: str, speed: float, **options: Any) -> ImagetwinClient:
-    """``ImagetwinClient`` with its default timings (5 s first poll, 60 s longest gap, vendor
-    limits) divided by ``speed``."""
-    window = 60.0 / speed
-    settings: dict[str, Any] = {
-        "scan_limit": RateLimit(SCAN_RATE[0], per=window),
-        "result_limit": RateLimit(RESULT_RATE[0], per=window),
-        "poll_interval": 5.0 / speed,
-        "max_poll_interval": 60.0 / speed,
-        "backoff_base": 0.5 / speed,
-        "backoff_cap": 30.0 / speed,
-        **options,
-    }
-    return ImagetwinClient(api_key, base_url=url, **settings)
 
 
 class NaiveClient:

@@ -28,8 +28,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import NaiveClient, header, our_client, table, write_pdfs
+from _common import NaiveClient, header, table, write_pdfs
 
+from imagetwin_async import ImagetwinClient
 from imagetwin_async.emulator import Emulator, LogNormalTime
 
 ALGORITHMS = ("fixed", "sliding", "token_bucket")
@@ -44,7 +45,7 @@ def floor_span(n: int) -> float:
 
 async def run_ours(emu: Emulator, paths: list[Path], speed: float) -> tuple[int, float]:
     """(ok outcomes, emulated second the batch returned)."""
-    async with our_client(emu.url, emu.api_key, speed) as client:
+    async with ImagetwinClient(**emu.client_kwargs()) as client:
         outcomes = await client.submit_and_wait(paths)
     return sum(o.ok for o in outcomes), emu.clock.now()
 
@@ -130,7 +131,7 @@ async def warm_up(path: Path) -> None:
     (pypdf on both sides, aiohttp's multipart writer), ~0.15 s that would land in the span."""
     async with (
         Emulator(rate_limit_algorithm=None, processing_time=0.0) as emu,
-        our_client(emu.url, emu.api_key, 1.0) as client,
+        ImagetwinClient(**emu.client_kwargs()) as client,
     ):
         started = await client.scan(path)
         await client.get_result(started.scan_id)

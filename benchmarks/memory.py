@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import NaiveClient, header, our_client, table, write_padded_pdf, write_pdfs
+from _common import NaiveClient, header, table, write_padded_pdf, write_pdfs
+
+from imagetwin_async import ImagetwinClient
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -90,7 +92,7 @@ async def child(scenario: str, url: str, directory: Path, waiting: int) -> dict[
     big = sorted((directory / "big").glob("*.pdf"))
     ids = (directory / "ids.txt").read_text().split() if scenario.endswith("wait") else []
     if scenario.startswith("ours"):
-        client = our_client(url, "test-key", 1.0)
+        client = ImagetwinClient("test-key", base_url=url)
         async with client:
             started = await client.scan(small)
             await client.get_result(started.scan_id)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from imagetwin_async import ImagetwinClient, ImagetwinError, RateLimit
+from imagetwin_async import ImagetwinClient, ImagetwinError, Timings
 from imagetwin_async.emulator import ThreadedEmulator
 from imagetwin_async.redis import redis_limits
 
@@ -49,10 +49,10 @@ def worker(
     api_key: str,
     count: int,
     image: str,
-    per: float,
+    speed: float,
     start: Barrier,
 ) -> None:
-    asyncio.run(_work(mode, redis_url, prefix, base_url, api_key, count, image, per, start))
+    asyncio.run(_work(mode, redis_url, prefix, base_url, api_key, count, image, speed, start))
 
 
 async def _work(
@@ -63,21 +63,24 @@ async def _work(
     api_key: str,
     count: int,
     image: str,
-    per: float,
+    speed: float,
     start: Barrier,
 ) -> None:
-    scan_limit, result_limit = RateLimit(REQUESTS, per=per), RateLimit(60, per=per)
+    timings = Timings().scaled(speed)  # the vendor's limits, on the emulator's clock
     limits = redis_limits(
-        redis_url, api_key, prefix=prefix, scan_limit=scan_limit, result_limit=result_limit
+        redis_url,
+        api_key,
+        prefix=prefix,
+        scan_limit=timings.scan_limit,
+        result_limit=timings.result_limit,
     )
     async with limits:
         client = ImagetwinClient(
             api_key,
             base_url=base_url,
-            scan_limit=limits.scan if mode == "redis" else scan_limit,
-            result_limit=limits.result if mode == "redis" else result_limit,
-            backoff_base=per / 20,
-            backoff_cap=per,
+            timings=timings,
+            scan_limit=limits.scan if mode == "redis" else None,
+            result_limit=limits.result if mode == "redis" else None,
         )
         async with client:
             await limits.scan.refresh()  # connect before the start line, not after it
@@ -94,7 +97,6 @@ def run(
     mode: str, emu: ThreadedEmulator, args: argparse.Namespace, image: str, workers: int
 ) -> dict[str, float]:
     emu.call(lambda e: e.reset())
-    per = MINUTE / args.speed
     prefix = f"imagetwin-bench-{uuid.uuid4().hex}"
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(workers + 1)
@@ -102,7 +104,7 @@ def run(
     processes = [
         context.Process(
             target=worker,
-            args=(mode, args.redis_url, prefix, emu.url, emu.api_key, n, image, per, start),
+            args=(mode, args.redis_url, prefix, emu.url, emu.api_key, n, image, args.speed, start),
         )
         for n in shares
     ]
@@ -121,7 +123,7 @@ def run(
     accepted = sorted(r.time for r in records if r.endpoint == "scan" and r.status == 200)
     rejected = sum(1 for r in records if r.endpoint == "scan" and r.status == 429)
     span = (accepted[-1] - accepted[0]) / args.speed if len(accepted) > 1 else math.nan
-    floor = (len(accepted) - 1) // REQUESTS * per
+    floor = (len(accepted) - 1) // REQUESTS * MINUTE / args.speed
     return {
         "429s": rejected,
         "accepted": len(accepted),

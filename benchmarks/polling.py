@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
-from _common import NaiveClient, header, mean, our_client, percentile, table, write_pdfs
+from _common import NaiveClient, header, mean, percentile, table, write_pdfs
 
 from imagetwin_async import ImagetwinClient
 from imagetwin_async.emulator import Emulator, Endpoint, LogNormalTime, UploadedFile
@@ -89,7 +89,7 @@ async def waiting_at_once(k: int, who: str, speed: float, poll_every: float) -> 
                 async with asyncio.timeout(guard):
                     await asyncio.gather(*(timed(emu, i, nv.wait_for_result(i), got) for i in ids))
         else:
-            async with our_client(emu.url, emu.api_key, speed) as client:
+            async with ImagetwinClient(**emu.client_kwargs()) as client:
                 ids = start_scans(emu, k)
                 if who == "ours":
                     for scan_id in ids:
@@ -139,7 +139,7 @@ async def stream(
         guard = 3 * (minutes * 60 + 900) / speed
         async with asyncio.timeout(guard):
             if who == "ours":
-                async with our_client(emu.url, emu.api_key, speed) as client:
+                async with ImagetwinClient(**emu.client_kwargs()) as client:
                     await asyncio.gather(*(ours_one(client, i, p) for i, p in enumerate(paths)))
             else:
                 async with NaiveClient(

@@ -44,6 +44,7 @@ from . import _redis_scripts as scripts
 from ._backoff import Backoff
 from ._errors import ConfigurationError, RateLimitBusy, TransportError
 from ._limits import LimitState, RateLimit, Slot
+from ._timings import DEFAULT_TIMINGS
 
 __all__ = [
     "RedisLimiter",
@@ -612,8 +613,8 @@ def redis_limits(
     redis_url: str | redis.asyncio.Redis,
     api_key: str | None = None,
     *,
-    scan_limit: RateLimit = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
-    result_limit: RateLimit = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
+    scan_limit: RateLimit = DEFAULT_TIMINGS.scan_limit,
+    result_limit: RateLimit = DEFAULT_TIMINGS.result_limit,
     prefix: str = "imagetwin",
     lease: float = DEFAULT_LEASE,
     **redis_options: Any,

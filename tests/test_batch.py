@@ -18,7 +18,6 @@ from imagetwin_async import (
     ImagetwinClient,
     InvalidUpload,
     PollTimeout,
-    RateLimit,
     ScanFailed,
 )
 from imagetwin_async.emulator import Emulator, Outcome
@@ -32,17 +31,8 @@ Factory = Callable[..., Awaitable[Emulator]]
 
 
 def fast_client(emu: Emulator, **options: Any) -> ImagetwinClient:
-    """A client whose timings match the emulator's speed."""
-    options = {
-        "scan_limit": RateLimit(20, per=WINDOW),
-        "result_limit": RateLimit(60, per=WINDOW),
-        "poll_interval": 2.0 / SPEED,
-        "max_poll_interval": 30.0 / SPEED,
-        "backoff_base": 0.01,
-        "backoff_cap": 0.1,
-        **options,
-    }
-    return ImagetwinClient(emu.api_key, base_url=emu.url, **options)
+    """A client whose timings match the emulator's speed (``options`` override, as given)."""
+    return ImagetwinClient(**{**emu.client_kwargs(), **options})
 
 
 def documents(tmp_path: Path, n: int, prefix: str = "paper") -> list[Path]:

@@ -24,7 +24,6 @@ from imagetwin_async import (
     CallbackNotice,
     ConfigurationError,
     ImagetwinClient,
-    RateLimit,
     ScanResult,
 )
 from imagetwin_async._callbacks import (
@@ -315,17 +314,8 @@ async def receiving(
 
 
 def fast_client(emu: Emulator, *, max_poll_interval: float) -> Callable[[], ImagetwinClient]:
-    # The emulator runs 60x: its minute is our second, so are the client's rate windows.
-    return lambda: ImagetwinClient(
-        emu.api_key,
-        base_url=emu.url,
-        scan_limit=RateLimit(20, per=1.0),
-        result_limit=RateLimit(60, per=1.0),
-        poll_interval=0.02,
-        max_poll_interval=max_poll_interval,
-        backoff_base=0.01,
-        backoff_cap=0.05,
-    )
+    # Timings at the emulator's speed; the fallback poll as the test needs it (real seconds).
+    return lambda: ImagetwinClient(**emu.client_kwargs(), max_poll_interval=max_poll_interval)
 
 
 def sample_files(tmp_path: Path, count: int) -> list[Path]:

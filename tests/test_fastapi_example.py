@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from examples.fastapi_service.app import RedactCallbackTokens, Settings, create_app
-from imagetwin_async import ImagetwinClient, RateLimit
+from imagetwin_async import ImagetwinClient
 from imagetwin_async import _uploads as uploads
 from imagetwin_async._callbacks import CallbackReceiver
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome, Scan
@@ -67,15 +67,12 @@ async def service(emu: Emulator, *, max_poll_interval: float) -> AsyncIterator[S
     settings = Settings(api_key=emu.api_key, base_url=emu.url, public_url=url)
 
     def make_client(s: Settings) -> ImagetwinClient:
+        # Timings at the emulator's speed; the fallback poll as the test needs it.
         return ImagetwinClient(
             s.api_key,
             base_url=s.base_url,
-            scan_limit=RateLimit(20, per=1.0),  # the emulator's minute is our second
-            result_limit=RateLimit(60, per=1.0),
-            poll_interval=0.02,
+            speed=emu.clock.speed,
             max_poll_interval=max_poll_interval,
-            backoff_base=0.01,
-            backoff_cap=0.05,
         )
 
     app = create_app(settings, make_client=make_client)

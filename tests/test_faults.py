@@ -11,7 +11,6 @@ import pytest
 from imagetwin_async import (
     AmbiguousSubmission,
     ImagetwinClient,
-    RateLimit,
     ScanResult,
     ServiceUnavailable,
 )
@@ -29,17 +28,7 @@ async def emu(imagetwin_emulator_factory: Factory) -> Emulator:
 
 
 def client_for(emu: Emulator, **options: Any) -> ImagetwinClient:
-    return ImagetwinClient(
-        emu.api_key,
-        base_url=emu.url,
-        scan_limit=RateLimit(20, per=60.0 / SPEED),
-        result_limit=RateLimit(60, per=60.0 / SPEED),
-        poll_interval=1.0 / SPEED,
-        max_poll_interval=10.0 / SPEED,
-        backoff_base=0.01,
-        backoff_cap=0.05,
-        **options,
-    )
+    return ImagetwinClient(**emu.client_kwargs(), **options)
 
 
 def posts(emu: Emulator) -> list[Any]:

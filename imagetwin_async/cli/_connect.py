@@ -3,7 +3,8 @@
 ``open_client(connection)`` yields a configured ``ImagetwinClient``. With ``emulator=True`` it
 first starts an ``Emulator`` in the same event loop (sped up, with its own key), so a new user
 can try every command with no key, and stops it afterwards. ``speed`` scales every client
-timing (rate windows, polls, back-off) to match an emulator that runs faster than real time.
+timing (``ImagetwinClient(speed=...)``: rate windows, polls, back-off) to match an emulator
+that runs faster than real time.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from collections.abc import AsyncIterator
 
 import attrs
 
-from .. import _spec
 from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
-from .._limits import RateLimit
 
 __all__ = [
     "BASE_URL_ENV",
@@ -35,8 +34,6 @@ _EMULATOR_MEDIAN_SCAN = 90.0  # emulated seconds
 _EMULATOR_SPREAD = 0.35  # log-normal sigma: scans finish one by one, not all at once
 # Before the client has seen scans finish, the time-to-go estimate assumes this (real API).
 _TYPICAL_SCAN = 60.0
-# The client's own defaults, divided by the speed factor.
-_POLL_INTERVAL, _MAX_POLL_INTERVAL, _BACKOFF_BASE, _BACKOFF_CAP = 5.0, 60.0, 0.5, 30.0
 
 
 class MissingKey(Exception):
@@ -72,7 +69,9 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
         key = connection.api_key or os.environ.get(API_KEY_ENV)
         if not key:
             raise MissingKey
-        async with _client(key, connection.base_url, connection.speed) as client:
+        async with ImagetwinClient(
+            key, base_url=connection.base_url, speed=connection.speed
+        ) as client:
             yield client
         return
     # Imported here: only --emulator needs the server side (and aiohttp.web).
@@ -83,21 +82,6 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             speed=EMULATOR_SPEED,
             processing_time=LogNormalTime(_EMULATOR_MEDIAN_SCAN, _EMULATOR_SPREAD),
         ) as emulator,
-        _client(emulator.api_key, emulator.url, EMULATOR_SPEED) as client,
+        ImagetwinClient(**emulator.client_kwargs()) as client,
     ):
         yield client
-
-
-def _client(key: str, base_url: str, speed: float) -> ImagetwinClient:
-    scans, scan_window = _spec.SCAN_RATE
-    results, result_window = _spec.RESULT_RATE
-    return ImagetwinClient(
-        key,
-        base_url=base_url,
-        scan_limit=RateLimit(scans, per=scan_window / speed),
-        result_limit=RateLimit(results, per=result_window / speed),
-        poll_interval=_POLL_INTERVAL / speed,
-        max_poll_interval=_MAX_POLL_INTERVAL / speed,
-        backoff_base=_BACKOFF_BASE / speed,
-        backoff_cap=_BACKOFF_CAP / speed,
-    )

@@ -5,7 +5,7 @@
     async with Emulator(speed=60) as emu:          # an emulated minute lasts one real second
         emu.script(Outcome.failed(), file_name="broken.pdf")
         emu.inject_fault("503", endpoint="scan", retry_after=2)
-        ...                                        # point a client at emu.url / emu.api_key
+        client = ImagetwinClient(**emu.client_kwargs())   # its URL, key and speed
         assert emu.counters.scans_billed == 1
 
 It serves the vendor's endpoints under ``/v1``, the report pages outside it, and a JSON
@@ -19,7 +19,13 @@ from __future__ import annotations
 from ._app import build_app
 from ._cli import add_arguments, build_parser, emulator_options, main, serve
 from ._clock import Clock
-from ._emulator import DEFAULT_API_KEY, DEFAULT_RATE_LIMITS, CorruptDocuments, Emulator
+from ._emulator import (
+    DEFAULT_API_KEY,
+    DEFAULT_RATE_LIMITS,
+    ClientKwargs,
+    CorruptDocuments,
+    Emulator,
+)
 from ._faults import Fault, FaultKind
 from ._outcomes import Findings, FixedTime, LogNormalTime, Outcome, ProcessingTime
 from ._ratelimit import Algorithm, FixedWindow, RateLimiter, SlidingWindow, TokenBucket
@@ -32,6 +38,7 @@ __all__ = [
     "DEFAULT_RATE_LIMITS",
     "Algorithm",
     "CallbackRecord",
+    "ClientKwargs",
     "Clock",
     "CorruptDocuments",
     "Counters",

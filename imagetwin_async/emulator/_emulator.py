@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypedDict
 
 from aiohttp import web
 
@@ -26,7 +26,7 @@ from ._ratelimit import Algorithm, RateLimiter, parse_algorithm
 from ._records import CallbackRecord, Counters, Endpoint, RequestRecord
 from ._state import OverviewEntry, Scan, ScanStore
 
-__all__ = ["DEFAULT_API_KEY", "DEFAULT_RATE_LIMITS", "CorruptDocuments", "Emulator"]
+__all__ = ["DEFAULT_API_KEY", "DEFAULT_RATE_LIMITS", "ClientKwargs", "CorruptDocuments", "Emulator"]
 
 DEFAULT_API_KEY = "test-key"
 # Per key and group. Sandbox scans count as scans (they are scan POSTs); the overview has no
@@ -37,6 +37,14 @@ DEFAULT_RATE_LIMITS: Mapping[str, tuple[int, float]] = {
 }
 
 CorruptDocuments = Literal["fail", "reject", "accept"]
+
+
+class ClientKwargs(TypedDict):
+    """What ``ImagetwinClient(**emu.client_kwargs())`` needs: where, which key, how fast."""
+
+    api_key: str
+    base_url: str
+    speed: float
 
 
 class _Unset(Enum):
@@ -67,7 +75,7 @@ class Emulator:
     """A local Imagetwin API server for tests, benchmarks and CI (like stripe-mock or moto).
 
         async with Emulator(speed=60, rate_limit_algorithm="fixed") as emu:
-            client = ImagetwinClient(api_key=emu.api_key, base_url=emu.url)
+            client = ImagetwinClient(**emu.client_kwargs())   # key, URL and speed
             ...  # then assert on emu.requests, emu.scans, emu.counters
 
     All durations (processing times, rate windows, fault delays, Retry-After) are emulated
@@ -184,6 +192,16 @@ class Emulator:
     def api_key(self) -> str:
         """The first configured API key."""
         return next(iter(self.api_keys))
+
+    def client_kwargs(self) -> ClientKwargs:
+        """Keyword arguments for a client of this emulator, its timings matched to its speed.
+
+            async with ImagetwinClient(**emu.client_kwargs()) as client: ...
+
+        ``speed`` divides every wait of the client (rate windows, polls, back-off) as the
+        emulator's clock multiplies time, so a sped-up emulator costs one argument.
+        """
+        return {"api_key": self.api_key, "base_url": self.url, "speed": self.clock.speed}
 
     @property
     def scans(self) -> Mapping[str, Scan]:

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from ._emulator import Emulator
+from ._emulator import ClientKwargs, Emulator
 
 __all__ = ["ThreadedEmulator"]
 
@@ -47,6 +47,10 @@ class ThreadedEmulator:
     @property
     def api_key(self) -> str:
         return self.emulator.api_key
+
+    def client_kwargs(self) -> ClientKwargs:
+        """``ImagetwinClient(**emu.client_kwargs())``: see ``Emulator.client_kwargs``."""
+        return self.emulator.client_kwargs()
 
     def start(self) -> Self:
         started: Future[Emulator] = Future()

@@ -3,8 +3,8 @@
 Registered through the ``pytest11`` entry point, so installing the package is enough::
 
     async def test_scan(imagetwin_emulator):
-        emu = imagetwin_emulator
-        client = ImagetwinClient(api_key=emu.api_key, base_url=emu.url)
+        async with ImagetwinClient(**imagetwin_emulator.client_kwargs()) as client:
+            ...                 # the emulator's URL and key, the client's timings at its speed
 
     @pytest.mark.imagetwin_emulator(speed=60, rate_limit_algorithm="fixed")
     async def test_fast(imagetwin_emulator): ...

@@ -20,6 +20,7 @@ from imagetwin_async import (
     ScanPending,
     ScanResult,
     ScanStarted,
+    Timings,
 )
 
 
@@ -65,3 +66,16 @@ async def main() -> None:
             await client.scan("paper.pdf", block=False)
         except RateLimitBusy as busy:
             print(busy.retry_after)
+
+
+async def against_the_emulator() -> None:
+    from imagetwin_async.emulator import Emulator  # noqa: PLC0415
+
+    async with Emulator(speed=60) as emu, ImagetwinClient(**emu.client_kwargs()) as client:
+        timings: Timings = client.timings
+        print(timings.poll_interval * 60)
+    fast = Timings().scaled(60)
+    async with ImagetwinClient("key", base_url="http://127.0.0.1:8080/v1", timings=fast) as c2:
+        print(c2.timings.scan_limit.per)
+    async with ImagetwinClient("key", base_url="http://127.0.0.1:8080/v1", speed=60) as c3:
+        print(c3.timings.result_limit)
