@@ -22,27 +22,24 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from imagetwin_async._limits import RateLimit
-from tests._servers import (
-    FixedWindowServer,
+from _simulation import (
     Gate,
-    SlidingLogServer,
-    TokenBucketServer,
     aiolimiter_gate,
+    fixed_window_server,
     floor_span,
     limiter_gate,
     pacing_gate,
     rejections,
     run_batch,
+    sliding_log_server,
     span,
+    token_bucket_server,
 )
+
+from imagetwin_async import RateLimit
 
 N, PER, START = 20, 60.0, 1000.0
 
@@ -83,9 +80,9 @@ def main() -> None:
         for label, make_gate in clients():
             requests = run_batch(make_gate, latencies, receipt_at, start=START)
             receipts = [r.receipt for r in requests]
-            fixed = rejections(FixedWindowServer(N, PER, offset=START - PER / 2), receipts)
-            sliding = rejections(SlidingLogServer(N, PER), receipts)
-            bucket = rejections(TokenBucketServer(N, PER), receipts)
+            fixed = rejections(fixed_window_server(N, PER, offset=START - PER / 2), receipts)
+            sliding = rejections(sliding_log_server(N, PER), receipts)
+            bucket = rejections(token_bucket_server(N, PER), receipts)
             took = span(requests)
             print(
                 f"{m:>4}  {label:<20} {took:>8.1f} {took / minimum:>9.4f}"

@@ -2,7 +2,7 @@
 
 Time never passes for real: arithmetic tests drive an injected ``FakeClock``; waiting tests run
 under ``@pytest.mark.looptime`` (the loop's clock fast-forwards to the next timer); the
-property test runs whole batches on fresh looptime loops (see ``_servers.py``).
+property test runs whole batches on fresh looptime loops (see ``benchmarks/_simulation.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,19 @@ import logging
 import random
 
 import pytest
+from _simulation import (
+    Server,
+    aiolimiter_gate,
+    all_servers,
+    fixed_window_server,
+    floor_span,
+    limiter_gate,
+    rejections,
+    run_batch,
+    sliding_log_server,
+    span,
+    token_bucket_server,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,20 +36,6 @@ from imagetwin_async._limits import (
     Slot,
     TokenBucketLimiter,
     WindowLimiter,
-)
-
-from ._servers import (
-    FixedWindowServer,
-    Server,
-    SlidingLogServer,
-    TokenBucketServer,
-    aiolimiter_gate,
-    all_servers,
-    floor_span,
-    limiter_gate,
-    rejections,
-    run_batch,
-    span,
 )
 
 
@@ -432,10 +431,10 @@ def test_window_limiter_is_never_rejected_and_nearly_optimal(
 
     receipts = [r.receipt for r in requests]
     servers: list[Server] = [
-        FixedWindowServer(n, per, offset),
-        SlidingLogServer(n, per),
-        SlidingLogServer(n, per, count_rejected=True),
-        TokenBucketServer(n, per),
+        fixed_window_server(n, per, offset),
+        sliding_log_server(n, per),
+        sliding_log_server(n, per, count_rejected=True),
+        token_bucket_server(n, per),
     ]
     assert {s.name: rejections(s, receipts) for s in servers} == dict.fromkeys(
         (s.name for s in servers), 0
@@ -450,9 +449,9 @@ def test_naive_aiolimiter_is_rejected_by_window_servers() -> None:
     m = 40
     requests = run_batch(aiolimiter_gate(20, 60.0), [0.5] * m, [0.5] * m)
     receipts = [r.receipt for r in requests]
-    assert rejections(SlidingLogServer(20, 60.0), receipts) > 0
-    assert rejections(FixedWindowServer(20, 60.0, offset=1000.0), receipts) > 0
-    assert rejections(TokenBucketServer(20, 60.0), receipts) == 0  # where its semantics fit
+    assert rejections(sliding_log_server(20, 60.0), receipts) > 0
+    assert rejections(fixed_window_server(20, 60.0, offset=1000.0), receipts) > 0
+    assert rejections(token_bucket_server(20, 60.0), receipts) == 0  # where its semantics fit
 
 
 def test_our_limiter_passes_where_aiolimiter_fails() -> None:
@@ -470,7 +469,7 @@ def test_our_limiter_passes_where_aiolimiter_fails() -> None:
 def test_token_bucket_strategy_suits_a_token_bucket_server(n: int, m: int, latency: float) -> None:
     limit = RateLimit(n, per=1.0, strategy="token_bucket")
     requests = run_batch(limiter_gate(limit.build), [latency] * m, [0.5] * m)
-    assert rejections(TokenBucketServer(n, 1.0), [r.receipt for r in requests]) == 0
+    assert rejections(token_bucket_server(n, 1.0), [r.receipt for r in requests]) == 0
 
 
 @pytest.mark.looptime

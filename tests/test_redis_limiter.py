@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from _simulation import fixed_window_server, rejections, sliding_log_server, token_bucket_server
 
 from imagetwin_async import Limiter, RateLimit, RateLimitBusy
 from imagetwin_async.emulator import Emulator
@@ -37,7 +38,6 @@ from imagetwin_async.redis import (
 )
 
 from ._files import png_bytes
-from ._servers import FixedWindowServer, SlidingLogServer, TokenBucketServer, rejections
 
 REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent
@@ -403,11 +403,11 @@ async def test_two_limiters_on_one_key_never_exceed_the_budget(make: Make) -> No
 
     await asyncio.gather(*(request(limiters[i % 2]) for i in range(m)))
     servers = [
-        FixedWindowServer(n, per, offset=receipts[0] - 0.5 * per),
-        FixedWindowServer(n, per, offset=receipts[0] - 0.01),
-        SlidingLogServer(n, per),
-        SlidingLogServer(n, per, count_rejected=True),
-        TokenBucketServer(n, per),
+        fixed_window_server(n, per, offset=receipts[0] - 0.5 * per),
+        fixed_window_server(n, per, offset=receipts[0] - 0.01),
+        sliding_log_server(n, per),
+        sliding_log_server(n, per, count_rejected=True),
+        token_bucket_server(n, per),
     ]
     assert [rejections(server, receipts) for server in servers] == [0] * len(servers)
     rounds = (m - 1) // n
@@ -477,7 +477,7 @@ async def test_four_processes_share_one_key_without_a_429(tmp_path: Path, key: s
     assert len(receipts) == workers * each
     # Key-wide pacing, as the emulator's clock saw it: 20 per emulated minute, and no slower
     # than the window allows (two full windows for 48 scans, plus a loaded machine's slack).
-    assert rejections(SlidingLogServer(20, 60.0), receipts) == 0
+    assert rejections(sliding_log_server(20, 60.0), receipts) == 0
     assert 120.0 <= max(receipts) - min(receipts) <= 120.0 + 60 * LATE
 
 

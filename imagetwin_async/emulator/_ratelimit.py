@@ -52,46 +52,61 @@ class Window(Protocol):
 
 
 class FixedWindow:
-    """At most ``limit`` requests per window ``[k*per, (k+1)*per)`` of absolute time."""
+    """At most ``limit`` requests per window ``[offset + k*per, offset + (k+1)*per)``."""
 
-    __slots__ = ("_count", "_window", "limit", "per")
+    __slots__ = ("_count", "_window", "limit", "offset", "per")
 
-    def __init__(self, limit: int, per: float) -> None:
+    def __init__(self, limit: int, per: float, *, offset: float = 0.0) -> None:
         self.limit = limit
         self.per = per
-        self._window = -1
+        self.offset = offset
+        self._window: int | None = None
         self._count = 0
 
     def acquire(self, now: float) -> float | None:
-        window = math.floor(now / self.per)
+        window = math.floor((now - self.offset) / self.per)
         if window != self._window:
             self._window = window
             self._count = 0
         if self._count < self.limit:
             self._count += 1
             return None
-        return (window + 1) * self.per - now
+        return self.offset + (window + 1) * self.per - now
 
 
 class SlidingWindow:
-    """At most ``limit`` requests in any interval ``(now - per, now]``."""
+    """At most ``limit`` requests in any interval ``(now - per, now]``.
 
-    __slots__ = ("_log", "limit", "per")
+    ``closed``: in any ``[now - per, now]`` instead (a receipt exactly ``per`` ago still
+    counts: the strictest reading). ``count_rejected``: refused attempts are logged too.
+    """
 
-    def __init__(self, limit: int, per: float) -> None:
+    __slots__ = ("_log", "closed", "count_rejected", "limit", "per")
+
+    def __init__(
+        self, limit: int, per: float, *, closed: bool = False, count_rejected: bool = False
+    ) -> None:
         self.limit = limit
         self.per = per
+        self.closed = closed
+        self.count_rejected = count_rejected
         self._log: deque[float] = deque()
 
     def acquire(self, now: float) -> float | None:
         log = self._log
         horizon = now - self.per
-        while log and log[0] <= horizon:
-            log.popleft()
+        if self.closed:
+            while log and log[0] < horizon - _EPSILON:  # float noise is not a violation
+                log.popleft()
+        else:
+            while log and log[0] <= horizon:
+                log.popleft()
         if len(log) < self.limit:
             log.append(now)
             return None
-        return log[0] + self.per - now
+        if self.count_rejected:
+            log.append(now)
+        return max(0.0, log[0] + self.per - now)
 
 
 class TokenBucket:

@@ -38,6 +38,31 @@ def test_sliding_window_does_not_count_rejections() -> None:
     assert window.acquire(10.0) is None
 
 
+def test_a_fixed_window_can_start_anywhere_in_the_minute() -> None:
+    window = FixedWindow(2, 60.0, offset=30.0)  # the calendar minute the server counts
+    assert admitted(window, [31.0, 89.0, 89.5]) == [True, True, False]
+    assert window.acquire(89.5) == pytest.approx(0.5)
+    assert admitted(window, [90.0, 90.0]) == [True, True]
+
+
+def test_a_closed_sliding_window_still_counts_a_request_exactly_per_ago() -> None:
+    # The strictest server reading: [now - per, now], as the limiter tests' simulations use.
+    window = SlidingWindow(1, 10.0, closed=True)
+    assert window.acquire(0.0) is None
+    assert window.acquire(10.0) == pytest.approx(0.0)  # the open reading admits this one
+    assert window.acquire(10.001) is None
+
+
+def test_a_sliding_window_may_log_rejected_attempts_too() -> None:
+    # Some servers count a refused request against the window as well: hammering extends it.
+    window = SlidingWindow(1, 10.0, count_rejected=True)
+    assert window.acquire(0.0) is None
+    assert window.acquire(9.0) is not None
+    assert window.acquire(10.5) is not None  # the refused attempt at 9 is still in the log
+    lenient = SlidingWindow(1, 10.0)
+    assert admitted(lenient, [0.0, 9.0, 10.5]) == [True, False, True]
+
+
 def test_token_bucket_bursts_capacity_then_refills() -> None:
     bucket = TokenBucket(20, 60.0)  # one token every 3 s
     assert admitted(bucket, [0.0] * 20) == [True] * 20

@@ -1,14 +1,16 @@
-"""Pure simulations of the three rate-limit algorithms a server may run, and a batch driver.
+"""A client-side limiter against simulated servers, in simulated time: a batch driver.
 
-A server sees only receipt times, in order, and admits or rejects each. ``run_batch`` pushes M
-requests through a client-side gate on a looptime loop (simulated time, real seconds: none),
-with a latency per request and a receipt somewhere inside it. The benchmark imports this too.
+A server sees only receipt times, in order, and admits or rejects each, by one of the
+emulator's rate-limit windows (``imagetwin_async.emulator._ratelimit``: the same algorithms the
+emulator enforces). ``run_batch`` pushes M requests through a client-side gate on a looptime
+loop (simulated time, real seconds: none), with a latency per request and a receipt somewhere
+inside it. Used by ``limiter_sim.py`` and by the tests (pytest's ``pythonpath`` has this
+directory).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -17,8 +19,7 @@ import attrs
 import looptime
 from aiolimiter import AsyncLimiter
 
-# Float noise in a simulated clock must not count as a violation; real violations are far larger.
-EPSILON = 1e-9
+from imagetwin_async.emulator._ratelimit import FixedWindow, SlidingWindow, TokenBucket
 
 
 class Server(Protocol):
@@ -28,71 +29,38 @@ class Server(Protocol):
 
 
 @attrs.define
-class FixedWindowServer:
+class WindowServer:
+    """A server that admits what one of the emulator's rate-limit windows admits."""
+
+    name: str
+    window: FixedWindow | SlidingWindow | TokenBucket
+
+    def admit(self, t: float) -> bool:
+        return self.window.acquire(t) is None
+
+
+def fixed_window_server(requests: int, per: float, offset: float = 0.0) -> WindowServer:
     """N per calendar window: windows are [offset + k*per, offset + (k+1)*per)."""
-
-    requests: int
-    per: float
-    offset: float = 0.0
-    name: str = "fixed window"
-    _counts: collections.Counter[int] = attrs.field(factory=collections.Counter, init=False)
-
-    def admit(self, t: float) -> bool:
-        window = math.floor((t - self.offset) / self.per)
-        if self._counts[window] >= self.requests:
-            return False
-        self._counts[window] += 1
-        return True
+    return WindowServer("fixed window", FixedWindow(requests, per, offset=offset))
 
 
-@attrs.define
-class SlidingLogServer:
-    """N in any closed window [t - per, t] of accepted receipts (the strict reading)."""
-
-    requests: int
-    per: float
-    count_rejected: bool = False  # some servers log refused attempts too
-    name: str = "sliding log"
-    _log: collections.deque[float] = attrs.field(factory=collections.deque, init=False)
-
-    def admit(self, t: float) -> bool:
-        while self._log and self._log[0] < t - self.per - EPSILON:
-            self._log.popleft()
-        ok = len(self._log) < self.requests
-        if ok or self.count_rejected:
-            self._log.append(t)
-        return ok
+def sliding_log_server(requests: int, per: float, *, count_rejected: bool = False) -> WindowServer:
+    """N in any closed window [t - per, t] of receipts (the strict reading); with
+    ``count_rejected`` refused attempts are logged too, as some servers do."""
+    window = SlidingWindow(requests, per, closed=True, count_rejected=count_rejected)
+    return WindowServer("sliding log", window)
 
 
-@attrs.define
-class TokenBucketServer:
+def token_bucket_server(requests: int, per: float) -> WindowServer:
     """A bucket of N tokens, full at the start, refilled at N/per a second."""
-
-    requests: int
-    per: float
-    name: str = "token bucket"
-    _tokens: float = attrs.field(init=False)
-    _last: float | None = attrs.field(default=None, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._tokens = float(self.requests)
-
-    def admit(self, t: float) -> bool:
-        if self._last is not None:
-            refill = (t - self._last) * self.requests / self.per
-            self._tokens = min(float(self.requests), self._tokens + refill)
-        self._last = t
-        if self._tokens < 1.0 - EPSILON:
-            return False
-        self._tokens -= 1.0
-        return True
+    return WindowServer("token bucket", TokenBucket(requests, per))
 
 
 def all_servers(requests: int, per: float, offset: float = 0.0) -> list[Server]:
     return [
-        FixedWindowServer(requests, per, offset),
-        SlidingLogServer(requests, per),
-        TokenBucketServer(requests, per),
+        fixed_window_server(requests, per, offset),
+        sliding_log_server(requests, per),
+        token_bucket_server(requests, per),
     ]
 
 
