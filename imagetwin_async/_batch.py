@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypedDict
 
 import attrs
 
@@ -45,10 +45,12 @@ from ._uploads import Upload, Uploadable, prepare_upload
 __all__ = [
     "AmbiguousPolicy",
     "BatchItem",
+    "BatchKwargs",
     "BatchOptions",
     "BatchProgress",
     "BatchRunner",
     "BatchServices",
+    "ScanKwargs",
 ]
 
 logger = logging.getLogger("imagetwin_async.batch")
@@ -81,9 +83,30 @@ class BatchProgress:
         return self.finished + self.failed
 
 
+class ScanKwargs(TypedDict, total=False):
+    """The scan options a batch sends with every item (``ImagetwinClient.scan``'s)."""
+
+    min_score: float | None
+    callback_url: str | None
+    exclude_identical_paper: bool | None
+    sandbox: bool
+
+
+class BatchKwargs(ScanKwargs, total=False):
+    """The keyword arguments of ``submit_and_wait`` / ``iter_outcomes``, typed for callers and
+    IDEs; ``BatchOptions`` holds them with their defaults (a test keeps the two the same)."""
+
+    timeout: float | None
+    progress: Callable[[BatchProgress], None] | None
+    submit_concurrency: int
+    journal: str | os.PathLike[str] | Journal | None
+    ambiguous: AmbiguousPolicy
+
+
 @attrs.frozen
 class BatchOptions:
-    """The scan options and limits of one batch (validated once, before anything is sent)."""
+    """The scan options and limits of one batch (validated once, before anything is sent):
+    ``BatchOptions(**kwargs)`` for the ``BatchKwargs`` a caller gave."""
 
     min_score: float | None = None
     callback_url: str | None = None

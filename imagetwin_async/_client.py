@@ -7,25 +7,17 @@ import datetime as dt
 import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, overload
+from typing import Any, Final, Literal, Self, Unpack, overload
 
 import aiohttp
 import attrs
 
 from . import _protocol as protocol
-from ._batch import (
-    AmbiguousPolicy,
-    BatchItem,
-    BatchOptions,
-    BatchProgress,
-    BatchRunner,
-    BatchServices,
-)
+from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
 from ._errors import ConfigurationError, InvalidArgument
-from ._journal import Journal
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._polling import PollScheduler
@@ -292,82 +284,51 @@ class ImagetwinClient:
     # ---- batches ------------------------------------------------------------------------
 
     async def submit_and_wait(
-        self,
-        batch: Iterable[BatchItem],
-        *,
-        min_score: float | None = None,
-        callback_url: str | None = None,
-        exclude_identical_paper: bool | None = None,
-        sandbox: bool = False,
-        timeout: float | None = None,
-        progress: Callable[[BatchProgress], None] | None = None,
-        submit_concurrency: int = 20,
-        journal: str | os.PathLike[str] | Journal | None = None,
-        ambiguous: AmbiguousPolicy = "settle",
+        self, batch: Iterable[BatchItem], **options: Unpack[BatchKwargs]
     ) -> list[ScanOutcome]:
         """Scan every item and wait for every result: one ``ScanOutcome`` per item, in order.
 
+        Keyword arguments (all optional; ``BatchKwargs``)::
+
+            min_score=None, callback_url=None, exclude_identical_paper=None, sandbox=False
+                                    # as for ``scan``, applied to every item
+            timeout=None            # seconds for the whole batch
+            progress=None           # called with a ``BatchProgress`` at every change
+            submit_concurrency=20   # uploads open at once (the scan limiter sets the pace)
+            journal=None            # a path or a ``Journal``: resumable, never paid twice
+            ambiguous="settle"      # "settle" | "report" | "resubmit", see below
+
         Submissions are paced by the scan limiter; results come through the shared poll
         scheduler. One item's failure never loses another's result; ``timeout`` bounds the
-        whole batch (unfinished items get ``PollTimeout`` / ``ScanCancelled``). ``progress``
-        is called with a ``BatchProgress`` at every change. Bad options raise before
-        anything is sent; a bad item becomes that item's ``InvalidUpload`` outcome.
+        whole batch (unfinished items get ``PollTimeout`` / ``ScanCancelled``). Bad options
+        raise before anything is sent; a bad item becomes that item's ``InvalidUpload``
+        outcome.
 
-        ``journal`` (a path, or a ``Journal``) makes the batch resumable: re-run it after a
-        crash and nothing is paid for twice. ``ambiguous`` says what to do with items whose
-        POST an earlier run sent without hearing back: ``"settle"`` (default) asks
-        scan-overview and adopts or resends only where it tells without doubt, reporting
-        the rest as ``AmbiguousSubmission``; ``"report"`` reports them all; ``"resubmit"``
-        sends them again (they may be billed twice).
+        ``journal`` makes the batch resumable: re-run it after a crash and nothing is paid for
+        twice. ``ambiguous`` says what to do with items whose POST an earlier run sent without
+        hearing back: ``"settle"`` (default) asks scan-overview and adopts or resends only
+        where it tells without doubt, reporting the rest as ``AmbiguousSubmission``;
+        ``"report"`` reports them all; ``"resubmit"`` sends them again (they may be billed
+        twice).
         """
-        options = BatchOptions(
-            min_score=min_score,
-            callback_url=callback_url,
-            exclude_identical_paper=exclude_identical_paper,
-            sandbox=sandbox,
-            timeout=timeout,
-            progress=progress,
-            submit_concurrency=submit_concurrency,
-            journal=journal,
-            ambiguous=ambiguous,
-        )
-        return await BatchRunner(self._batch_services(), list(batch), options).run()
+        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        return await runner.run()
 
     def iter_outcomes(
-        self,
-        batch: Iterable[BatchItem],
-        *,
-        min_score: float | None = None,
-        callback_url: str | None = None,
-        exclude_identical_paper: bool | None = None,
-        sandbox: bool = False,
-        timeout: float | None = None,
-        progress: Callable[[BatchProgress], None] | None = None,
-        submit_concurrency: int = 20,
-        journal: str | os.PathLike[str] | Journal | None = None,
-        ambiguous: AmbiguousPolicy = "settle",
+        self, batch: Iterable[BatchItem], **options: Unpack[BatchKwargs]
     ) -> AsyncGenerator[ScanOutcome, None]:
-        """Like ``submit_and_wait``, but yields each outcome as soon as it is known.
+        """Like ``submit_and_wait`` (the same keyword arguments), but yields each outcome as
+        soon as it is known.
 
-        >>> async for outcome in client.iter_outcomes(paths):
+        >>> async for outcome in client.iter_outcomes(paths, min_score=0.5):
         ...     print(outcome.source, outcome.ok)
 
         Leaving the loop early cancels the items still in progress (scans already started go
         on running on the server). To have that happen at once rather than when the iterator
         is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
-        options = BatchOptions(
-            min_score=min_score,
-            callback_url=callback_url,
-            exclude_identical_paper=exclude_identical_paper,
-            sandbox=sandbox,
-            timeout=timeout,
-            progress=progress,
-            submit_concurrency=submit_concurrency,
-            journal=journal,
-            ambiguous=ambiguous,
-        )
-        return BatchRunner(self._batch_services(), list(batch), options).iterate()
+        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        return runner.iterate()
 
     def _batch_services(self) -> BatchServices:
         """What a batch runs on: this client's scan starter, scheduler and scan-overview."""

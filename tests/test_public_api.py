@@ -60,3 +60,21 @@ def test_the_api_key_is_never_in_a_repr() -> None:
 def test_emulator_exports_are_sorted() -> None:
     names = imagetwin_async.emulator.__all__
     assert all(hasattr(imagetwin_async.emulator, n) for n in names)
+
+
+def test_the_batch_keywords_are_listed_once_and_match_their_defaults() -> None:
+    # submit_and_wait / iter_outcomes take **BatchKwargs; BatchOptions holds the defaults.
+    import inspect  # noqa: PLC0415
+
+    import attrs  # noqa: PLC0415
+
+    from imagetwin_async._batch import BatchKwargs, BatchOptions  # noqa: PLC0415
+
+    fields = {f.name for f in attrs.fields(BatchOptions)}
+    assert BatchKwargs.__optional_keys__ == fields and not BatchKwargs.__required_keys__
+    client = imagetwin_async.ImagetwinClient
+    for method in (client.submit_and_wait, client.iter_outcomes):
+        assert list(inspect.signature(method).parameters) == ["self", "batch", "options"]
+    # The signature is **options: the docstring is where a reader finds each keyword.
+    for name in fields:
+        assert f"{name}=" in (client.submit_and_wait.__doc__ or ""), name

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import __version__
-from .._batch import BatchProgress
+from .._batch import BatchKwargs, BatchProgress
 from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
 from .._errors import (
     AmbiguousSubmission,
@@ -418,15 +418,15 @@ def scan(
         err.print(Text(f"skipped {len(found.skipped)} files of other types", style="dim"))
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
-    options = ScanOptions(
+    batch = BatchKwargs(
         min_score=min_score,
         callback_url=callback_url,
         exclude_identical_paper=exclude_identical_paper,
         sandbox=sandbox,
         timeout=timeout,
-        report_dir=report_dir,
         journal=journal,
     )
+    options = ScanOptions(batch, report_dir=report_dir)
     jobs = found.jobs
     state = RunState([job.label for job in jobs])
     started = time.monotonic()

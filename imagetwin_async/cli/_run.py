@@ -10,10 +10,11 @@ import asyncio
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import attrs
 
+from .._batch import BatchKwargs, ScanKwargs
 from .._client import ImagetwinClient
 from .._errors import AuthenticationError, ImagetwinError, ScanFailed, ScanNotFound
 from .._models import ScanPending, ScanResult
@@ -28,28 +29,16 @@ _SUBMIT_CONCURRENCY = 20  # uploads open at once in --no-wait; the limiter sets 
 
 @attrs.frozen
 class ScanOptions:
-    """The ``scan`` command's options that shape requests and waiting."""
+    """The ``scan`` command's options: the batch's, as ``iter_outcomes`` takes them (so the
+    command cannot drift from the client's keywords), and where reports go."""
 
-    min_score: float | None = None
-    callback_url: str | None = None
-    exclude_identical_paper: bool | None = None
-    sandbox: bool = False
-    timeout: float | None = None
+    batch: BatchKwargs = attrs.field(factory=BatchKwargs)
     report_dir: Path | None = None
-    journal: Path | None = None
 
-    def scan_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``ImagetwinClient.scan``."""
-        return {
-            "min_score": self.min_score,
-            "callback_url": self.callback_url,
-            "exclude_identical_paper": self.exclude_identical_paper,
-            "sandbox": self.sandbox,
-        }
-
-    def batch_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``iter_outcomes`` / ``submit_and_wait``."""
-        return {**self.scan_kwargs(), "timeout": self.timeout, "journal": self.journal}
+    def scan_kwargs(self) -> ScanKwargs:
+        """The options ``ImagetwinClient.scan`` takes, for ``--no-wait``."""
+        keys = ScanKwargs.__optional_keys__
+        return cast(ScanKwargs, {k: v for k, v in self.batch.items() if k in keys})
 
 
 @attrs.define
@@ -73,7 +62,8 @@ async def run_scan(
     # iter_outcomes hands back each item object as given: find its job by identity.
     index_of = {id(source): i for i, source in enumerate(sources)}
     progress = state.display.update if state.display is not None else None
-    async for outcome in client.iter_outcomes(sources, progress=progress, **options.batch_kwargs()):
+    batch: BatchKwargs = {**options.batch, "progress": progress}
+    async for outcome in client.iter_outcomes(sources, **batch):
         index = index_of[id(outcome.source)]
         job = jobs[index]
         row = Row(job.label, job.files, outcome.scan_id, outcome.result, outcome.error)

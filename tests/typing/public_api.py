@@ -62,6 +62,9 @@ async def main() -> None:
         await client.download_report(done, Path("reports"))
         state: LimitState = client.limits["scan"]
         print(overview.scans, csv, state.available, state.next_slot_in)
+        # The batch keywords are typed: a misspelt one is an error before anything runs.
+        await client.submit_and_wait(["a.pdf"], min_scor=0.5)  # type: ignore[call-arg]
+        await client.submit_and_wait(["a.pdf"], timeout="soon")  # type: ignore[arg-type]
         try:
             await client.scan("paper.pdf", block=False)
         except RateLimitBusy as busy:
