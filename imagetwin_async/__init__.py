@@ -4,14 +4,16 @@
     >>> async with ImagetwinClient() as client:          # key from IMAGETWIN_API_KEY
     ...     outcomes = await client.submit_and_wait(["a.pdf", "b.docx"])
 
-This module only re-exports; the implementation lives in the private modules.
+This module only re-exports what users use; the implementation lives in the private modules,
+and what advanced code may need is importable from there (``imagetwin_async._polling``'s
+``PollScheduler`` and ``DurationModel``, ``_limits.Slot`` for a custom ``Limiter``, ...).
 """
 
 from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from ._batch import BatchProgress
+from ._batch import AmbiguousPolicy, BatchProgress
 from ._callbacks import CallbackReceiver, CallbackStats
 from ._client import DEFAULT_BASE_URL, ImagetwinClient
 from ._errors import (
@@ -35,7 +37,7 @@ from ._errors import (
     TransportError,
 )
 from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
-from ._limits import Limiter, LimitState, RateLimit, Slot
+from ._limits import Limiter, LimitState, RateLimit
 from ._models import (
     CallbackNotice,
     ScanOutcome,
@@ -45,9 +47,9 @@ from ._models import (
     ScanStarted,
     ScanSummary,
 )
-from ._polling import DurationModel, PollScheduler
+from ._polling import SchedulerStats
 from ._timings import Timings
-from ._uploads import FileContent, Upload, prepare_upload
+from ._uploads import FileContent, NamedFile, Uploadable
 
 try:
     __version__ = _metadata.version("imagetwin-async")
@@ -57,6 +59,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 __all__ = [
     "DEFAULT_BASE_URL",
     "APIError",
+    "AmbiguousPolicy",
     "AmbiguousSubmission",
     "AuthenticationError",
     "BadRequest",
@@ -65,7 +68,6 @@ __all__ = [
     "CallbackReceiver",
     "CallbackStats",
     "ConfigurationError",
-    "DurationModel",
     "FileContent",
     "ImagetwinClient",
     "ImagetwinError",
@@ -77,7 +79,7 @@ __all__ = [
     "JournalLocked",
     "LimitState",
     "Limiter",
-    "PollScheduler",
+    "NamedFile",
     "PollTimeout",
     "RateLimit",
     "RateLimitBusy",
@@ -93,12 +95,11 @@ __all__ = [
     "ScanResult",
     "ScanStarted",
     "ScanSummary",
+    "SchedulerStats",
     "ServerError",
     "ServiceUnavailable",
-    "Slot",
     "Timings",
     "TransportError",
-    "Upload",
+    "Uploadable",
     "__version__",
-    "prepare_upload",
 ]

@@ -5,9 +5,13 @@
     ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
     │   └── InvalidUpload                     a file or option the scan endpoint would reject
     ├── ResponseFormatError                   a response we could not read (carries .path)
+    ├── JournalError                          a batch journal that cannot be used (``_journal``)
+    │   └── JournalLocked                     another process runs a batch on it right now
     ├── TransportError                        the network failed (carries .scan_may_have_started)
-    │   └── AmbiguousSubmission               a scan POST went out and no answer came back:
-    │                                         the scan may exist and be billed; never retried
+    │   ├── AmbiguousSubmission               a scan POST went out and no answer came back:
+    │   │                                     the scan may exist and be billed; never retried
+    │   └── RedisLimiterError                 Redis holding a shared limit is unreachable:
+    │                                         nothing was sent (``imagetwin_async.redis``)
     ├── PollTimeout (TimeoutError)            waited longer than the caller allowed
     ├── ScanCancelled                         a batch item that was cancelled before it finished
     └── APIError                              the server answered with an error status
@@ -23,7 +27,8 @@
 Errors carry data (``status``, ``endpoint``, ``server_message``, ``retry_after``), never the
 API key: the session layer redacts it from anything the server echoes back.
 
-This module imports nothing of ours, so every other module can import it.
+This module imports nothing of ours, so every other module can import it; the two errors
+defined elsewhere live next to what raises them.
 """
 
 from __future__ import annotations

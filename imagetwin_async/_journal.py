@@ -10,7 +10,7 @@ is taken:
 A re-run with the same journal returns ``done`` items without a request, waits for
 ``started`` ones, and sends only what was never sent. An item left in ``sending`` is the
 ambiguous case (the POST may have reached the server, the answer never came back): see
-``settle_ambiguous`` in ``_batch`` for how scan-overview can settle it.
+``BatchRunner._settle`` in ``_batch`` for how scan-overview can settle it.
 
 ``SQLiteJournal`` is the default store (stdlib ``sqlite3`` in WAL mode, every call on one
 worker thread, off the event loop). Another store implements the ``Journal`` protocol.

@@ -12,10 +12,13 @@ the one most likely to have finished since it was last read:
   ``poll_interval`` after it started (at once for a scan we did not see start), later reads
   back off by ``backoff`` up to ``max_poll_interval``; among due scans the longest overdue
   goes first (round robin).
-- Learned: durations of finished scans (the midpoint between the last "still running" and the
-  first "done" read) are fitted with a log-normal. A scan is due when the chance that it has
-  finished since its last read reaches ``target_probability`` (and at the latest
-  ``max_poll_interval`` after that read); among due scans the most likely finished goes first.
+- Learned: each finished scan says only that it ended between its last "still running" read
+  and its first "done" read; ``DurationModel`` fits a log-normal to those intervals as they
+  are (maximum likelihood for interval-censored data, by expectation-maximisation), not to
+  their midpoints, which would drift later with every scan found done at its first read. A
+  scan is due when the chance that it has finished since its last read reaches
+  ``target_probability`` (and at the latest ``max_poll_interval`` after that read); among due
+  scans the most likely finished goes first.
   So new scans are first read near the typical duration, then more often while they are likely
   done, then less often as they run long.
 - A callback (``hint``) makes a scan due at once and first in line.

@@ -14,9 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagetwin_async import (
-    DurationModel,
     ImagetwinError,
-    PollScheduler,
     PollTimeout,
     RateLimit,
     ScanCancelled,
@@ -26,6 +24,7 @@ from imagetwin_async import (
     ScanResult,
     ServiceUnavailable,
 )
+from imagetwin_async._polling import DurationModel, PollScheduler
 
 pytestmark = pytest.mark.looptime
 

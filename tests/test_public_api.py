@@ -78,3 +78,27 @@ def test_the_batch_keywords_are_listed_once_and_match_their_defaults() -> None:
     # The signature is **options: the docstring is where a reader finds each keyword.
     for name in fields:
         assert f"{name}=" in (client.submit_and_wait.__doc__ or ""), name
+
+
+def test_the_drawn_error_trees_name_every_error() -> None:
+    # The trees in _errors' docstring and the README are what a user reads to catch errors.
+    from pathlib import Path  # noqa: PLC0415
+
+    import imagetwin_async._errors  # noqa: PLC0415
+    import imagetwin_async.redis  # noqa: PLC0415 - defines RedisLimiterError
+
+    def subclasses(cls: type) -> set[type]:
+        found = set(cls.__subclasses__())
+        return found.union(*(subclasses(c) for c in found))
+
+    ours = {
+        c.__name__
+        for c in subclasses(imagetwin_async.ImagetwinError)
+        if c.__module__.startswith("imagetwin_async.")
+        and not c.__module__.startswith("imagetwin_async.cli")
+    }
+    assert {"JournalError", "JournalLocked", "RedisLimiterError"} <= ours
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in ours:
+        assert name in (imagetwin_async._errors.__doc__ or ""), name
+        assert f"── {name}" in readme or f" {name} " in readme, name

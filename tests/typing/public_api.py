@@ -7,11 +7,13 @@ import datetime as dt
 from pathlib import Path
 
 from imagetwin_async import (
+    AmbiguousPolicy,
     BatchProgress,
     FileContent,
     ImagetwinClient,
     ImagetwinError,
     LimitState,
+    NamedFile,
     PollTimeout,
     RateLimit,
     RateLimitBusy,
@@ -20,7 +22,9 @@ from imagetwin_async import (
     ScanPending,
     ScanResult,
     ScanStarted,
+    SchedulerStats,
     Timings,
+    Uploadable,
 )
 
 
@@ -82,3 +86,12 @@ async def against_the_emulator() -> None:
         print(c2.timings.scan_limit.per)
     async with ImagetwinClient("key", base_url="http://127.0.0.1:8080/v1", speed=60) as c3:
         print(c3.timings.result_limit)
+
+
+async def scan_everything(
+    client: ImagetwinClient, items: list[Uploadable], upload: NamedFile
+) -> None:
+    policy: AmbiguousPolicy = "report"
+    await client.submit_and_wait([*items, upload], ambiguous=policy, submit_concurrency=5)
+    stats: SchedulerStats = client.scheduler.stats
+    print(stats)
