@@ -49,7 +49,8 @@ T = TypeVar("T")
 State = Literal["sending", "started", "done", "failed"]
 
 _APPLICATION_ID: Final = 0x4954_4A31  # "ITJ1": marks the file as ours
-_SCHEMA_VERSION: Final = 1
+# 1: items; 2: + meta (key/value: the service clock's calibration, the learned durations).
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,
@@ -63,6 +64,7 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_scan_id ON items (scan_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
@@ -107,6 +109,13 @@ class Journal(Protocol):
     async def failed(self, key: str, error: str) -> None: ...
 
     async def forget(self, key: str) -> None: ...
+
+    async def load_meta(self, key: str) -> str | None:
+        """The value last stored under ``key`` (``None`` if none): state a run learned and the
+        next one starts from (the service clock's calibration, the learned scan durations)."""
+        ...
+
+    async def store_meta(self, key: str, value: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -195,6 +204,19 @@ class SQLiteJournal:
     async def forget(self, key: str) -> None:
         await self._write("DELETE FROM items WHERE key = ?", (key,))
 
+    async def load_meta(self, key: str) -> str | None:
+        row = await self._call(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def store_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         def write(db: sqlite3.Connection) -> None:
             with db:  # one transaction, committed (and synced: synchronous=FULL) on exit
@@ -256,8 +278,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")  # a committed step survives a power cut
         if not existed:
             db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        db.executescript(_SCHEMA)
+        # CREATE ... IF NOT EXISTS brings an older schema up to date (1 -> 2 adds meta); the
+        # version is written in the same transaction, so a crash leaves the old or the new.
+        db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
     except sqlite3.DatabaseError as exc:
         db.close()
         raise JournalError(

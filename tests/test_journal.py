@@ -317,3 +317,44 @@ async def test_a_failing_journal_write_never_loses_the_scan_or_hangs(
         again = await client.submit_and_wait(documents(tmp_path, 2), journal=path)
     assert all(o.ok for o in again)
     assert emulator.counters.scans_billed == 2
+
+
+# ---- the meta store and the schema migration ----------------------------------------------
+
+
+async def test_meta_values_survive_a_reopen_and_are_replaced_by_key(tmp_path: Path) -> None:
+    path = tmp_path / "batch.journal"
+    async with await SQLiteJournal.open(path) as journal:
+        assert await journal.load_meta("clock") is None
+        await journal.store_meta("clock", "one")
+        await journal.store_meta("clock", "two")
+        await journal.store_meta("durations", "{}")
+    async with await SQLiteJournal.open(path) as journal:
+        assert await journal.load_meta("clock") == "two"
+        assert await journal.load_meta("durations") == "{}"
+
+
+async def test_a_version_1_journal_is_migrated_keeping_its_items(tmp_path: Path) -> None:
+    path = tmp_path / "old.journal"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA application_id = {0x4954_4A31}")  # "ITJ1": ours
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "CREATE TABLE items (key TEXT PRIMARY KEY, label TEXT NOT NULL, state TEXT NOT NULL, "
+        "sent_at REAL NOT NULL, scan_id TEXT, result TEXT, error TEXT, note TEXT, "
+        "updated_at REAL NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO items VALUES ('k', 'a.pdf', 'started', 1.0, 'id-1', NULL, NULL, NULL, 1)"
+    )
+    db.commit()
+    db.close()
+    async with await SQLiteJournal.open(path) as journal:
+        entries = await journal.entries()
+        await journal.store_meta("clock", "x")
+        assert await journal.load_meta("clock") == "x"
+    assert entries["k"].scan_id == "id-1"
+    assert entries["k"].state == "started"
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    check.close()
