@@ -1,0 +1,293 @@
+"""What a journaled batch does about the runs before it (and its own lost answers).
+
+- **Service time.** Journal records are dated by the service's clock (``_servicetime``): the
+  first read of a run dates it; sends record ``(sent_at, until)``, answers ``answered_at``.
+- **Settling.** Items left "sending" are decided by ``_settlement.decide_settlement`` from a
+  scan-overview read: adopted, sent again (on proof only), waited for, or reported with their
+  candidate scans. Items whose decision needs scan-overview's zone, not yet calibrated, and
+  items whose answer this run lost, are decided once the rest of the batch is done (its scans,
+  now known, calibrate the zone; no other POST is then on its way to blur a window).
+- **Warm limiters.** The journal keeps recent send and answer times (service time), so a run
+  resumed right after a crash counts what its predecessor spent of the rate budget.
+
+    >>> recovery = Recovery(journal, transport.service_clock, client.scan_overview,
+    ...                     request_timeout=300.0, settle_delay=30.0)
+    >>> await recovery.calibrate()
+    >>> decisions = await recovery.settle(await journal.entries())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final, Protocol, runtime_checkable
+
+from ._errors import ImagetwinError
+from ._journal import Journal, JournalEntry, utc_now
+from ._models import ScanOverview
+from ._servicetime import Interval, ServiceClock, ZoneCalibration
+from ._settlement import Decision, ListedScan, Settlement, decide_settlement
+
+__all__ = ["Recovery", "SeedableLimiter"]
+
+logger = logging.getLogger("imagetwin_async.batch")
+
+ZONE_KEY: Final = "service_clock.scan_date_offset"
+RATES_KEY: Final = "rate.recent_answers"
+# Reads of scan-overview while a window may still fill (the overview may list late).
+_MAX_WAITS: Final = 4
+# Known scans used to calibrate scanDate's zone: the latest few are plenty.
+_CALIBRATION_SCANS: Final = 32
+
+ReadOverview = Callable[[dt.date, dt.date], Awaitable[ScanOverview]]
+
+
+@runtime_checkable
+class SeedableLimiter(Protocol):
+    """A limiter that can count requests an earlier process sent (see ``WindowLimiter.seed``)."""
+
+    def seed(self, answered: Iterable[float]) -> None: ...
+
+
+class Recovery:
+    """Service time, settling and warm limiters for one journaled run (see the module)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        clock: ServiceClock,
+        read_overview: ReadOverview,
+        *,
+        request_timeout: float | None,
+        settle_delay: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._read_overview = read_overview
+        self._request_timeout = request_timeout
+        self._settle_delay = settle_delay
+        self._monotonic = monotonic
+        self._sleep = sleep
+        # The run before us had ended by now (we hold the journal): none of its POSTs can
+        # reach the service later than this (plus settle_delay for the overview to list it).
+        self._started = monotonic()
+        self._zone = ZoneCalibration()
+        self._lost: dict[str, float] = {}  # this run's lost answers: key -> when (monotonic)
+
+    @property
+    def zone(self) -> ZoneCalibration:
+        return self._zone
+
+    # ---- service time -----------------------------------------------------------------
+
+    async def calibrate(self) -> None:
+        """Date the service's clock (one scan-overview read, unless an answer did already)
+        and load scanDate's zone as the journal last learned it."""
+        self._zone = ZoneCalibration.loads(await self._journal.load_meta(ZONE_KEY))
+        if not self._clock.calibrated:
+            # Any answer dates the service's clock; the host's date only picks the days.
+            today = dt.datetime.now(dt.UTC).date()
+            with contextlib.suppress(ImagetwinError):
+                await self._read_overview(today - dt.timedelta(days=1), today)
+
+    def send_times(self) -> tuple[float, float | None]:
+        """``(sent_at, until)`` for a POST about to go out (see ``JournalEntry``)."""
+        if not self._clock.calibrated:
+            return utc_now(), None  # not service time: such an entry is never settled alone
+        now = self._clock.at(self._monotonic())
+        timeout = self._request_timeout if self._request_timeout is not None else 3600.0
+        return now.lo, now.hi + timeout
+
+    def answer_time(self) -> float | None:
+        return self._clock.at(self._monotonic()).hi if self._clock.calibrated else None
+
+    def lost(self, key: str) -> None:
+        """This run's POST for ``key`` ended without an answer: its window closes now."""
+        self._lost[key] = self._monotonic()
+
+    # ---- settling ---------------------------------------------------------------------
+
+    def _window(self, entry: JournalEntry) -> Interval | None:
+        if entry.until is None or not self._clock.calibrated:
+            return None
+        ended = self._lost.get(entry.key, self._started)
+        return Interval(entry.sent_at, min(entry.until, self._clock.at(ended).hi))
+
+    async def settle(self, entries: Mapping[str, JournalEntry]) -> dict[str, Decision]:
+        """Decide every entry left "sending"; adoptions and resends are written to the
+        journal here. Waits (``settle_delay`` at most, a few reads) while a window may fill."""
+        pending = {k: e for k, e in entries.items() if e.state == "sending"}
+        if not pending:
+            return {}
+        windows = {key: self._window(entry) for key, entry in pending.items()}
+        decisions: dict[str, Decision] = {}
+        for _ in range(_MAX_WAITS):
+            try:
+                decisions = await self._decide(windows, entries)
+            except ImagetwinError as exc:
+                reason = f"scan-overview could not be read ({exc})"
+                logger.warning("could not settle %d in-doubt item(s): %s", len(pending), reason)
+                return {
+                    k: Decision(Settlement.REPORT, reason, window=w) for k, w in windows.items()
+                }
+            until = [d.wait_until for d in decisions.values() if d.wait_until is not None]
+            if not until:
+                break
+            delay = self._clock.to_monotonic(max(until)) - self._monotonic()
+            logger.info("waiting %.1f s for scan-overview to list in-doubt items", delay)
+            await self._sleep(max(0.0, delay))
+        for key, decision in decisions.items():
+            await self._apply(pending[key], decision)
+        return decisions
+
+    async def _decide(
+        self, windows: Mapping[str, Interval | None], entries: Mapping[str, JournalEntry]
+    ) -> dict[str, Decision]:
+        known = [
+            e
+            for e in entries.values()
+            if e.scan_id and e.answered_at is not None and e.until is not None
+        ]
+        known.sort(key=lambda e: e.answered_at or 0.0)
+        known = known[-_CALIBRATION_SCANS:]
+        spans = [self._zone.naive_span(w) for w in windows.values() if w is not None]
+        spans += [Interval(e.sent_at, e.answered_at or e.sent_at) for e in known]
+        if not spans:  # nothing is dated in service time: any read will do
+            spans = [self._clock.at(self._monotonic())] if self._clock.calibrated else []
+        if spans:
+            first = min(s.lo for s in spans) - 86_400  # the zone startDate counts in is unknown
+            last = max(s.hi for s in spans) + 86_400
+        else:
+            first = last = utc_now()
+        read_at = self._monotonic()
+        overview = await self._read_overview(_day(first), _day(last))
+        listed = [
+            ListedScan(s.scan_id, s.scan_date.replace(tzinfo=dt.UTC).timestamp(), s.api_scan)
+            for s in overview.scans
+        ]
+        by_id = {s.scan_id: s for s in listed}
+        pairs = [
+            (by_id[e.scan_id].naive, Interval(e.sent_at, e.answered_at or e.sent_at))
+            for e in known
+            if e.scan_id in by_id
+        ]
+        if self._zone.learn(pairs) and self._zone.calibrated:
+            with contextlib.suppress(Exception):  # a lost calibration is re-learned next run
+                await self._journal.store_meta(ZONE_KEY, self._zone.dumps())
+        if not self._clock.calibrated:
+            return {
+                key: Decision(
+                    Settlement.REPORT,
+                    "the service's clock could not be dated",
+                    window=window,
+                )
+                for key, window in windows.items()
+            }
+        return decide_settlement(
+            windows,
+            listed,
+            known_ids={e.scan_id for e in entries.values() if e.scan_id},
+            zone=self._zone,
+            read_at=self._clock.at(read_at).lo,
+            lag=self._settle_delay,
+        )
+
+    async def _apply(self, entry: JournalEntry, decision: Decision) -> None:
+        if decision.kind is Settlement.ADOPT:
+            assert decision.scan_id is not None
+            note = f"adopted scan {decision.scan_id} from scan-overview (its answer was lost)"
+            logger.warning("%s: %s", entry.label, note)
+            await self._journal.started(entry.key, decision.scan_id, note)
+        elif decision.kind is Settlement.RESEND:
+            logger.warning(
+                "%s: scan-overview, read after its window closed, lists no scan from its lost "
+                "POST; sending it again",
+                entry.label,
+            )
+            await self._journal.forget(entry.key)
+
+    def hold_until(self, decisions: Mapping[str, Decision]) -> float:
+        """Monotonic time before which no new POST may go out: until then it could land in
+        the window of an item still to be settled this run."""
+        ends = [
+            d.window.hi + self._settle_delay
+            for d in decisions.values()
+            if d.kind is Settlement.UNCALIBRATED and d.window is not None
+        ]
+        if not ends or not self._clock.calibrated:
+            return -math.inf
+        return self._clock.to_monotonic(max(ends))
+
+    # ---- warm limiters ----------------------------------------------------------------
+
+    async def seed(
+        self,
+        entries: Mapping[str, JournalEntry],
+        limiters: Mapping[str, object],
+        loop_time: Callable[[], float],
+    ) -> None:
+        """Count what the runs before spent of the rate budget on every seedable limiter."""
+        if not self._clock.calibrated:
+            return
+        recent: dict[str, list[float]] = {}
+        with contextlib.suppress(Exception):
+            stored = json.loads(await self._journal.load_meta(RATES_KEY) or "{}")
+            recent = {g: [float(t) for t in ts] for g, ts in stored.items()}
+        died = self._clock.at(self._started).hi
+        # Scan POSTs are journaled one by one: answered ones at their answer, the rest (the
+        # service got them no later than the sender died) at that moment.
+        scans = [
+            e.answered_at if e.answered_at is not None else min(e.until or died, died)
+            for e in entries.values()
+            if e.until is not None
+        ]
+        # Other answers after the last stored flush are not in the record: count as many again
+        # as the busiest flush held, at the moment the sender died.
+        for group, times in recent.items():
+            recent[group] = [*times, *([died] * _busiest(times, _FLUSH_EVERY))]
+        recent["scan"] = scans
+        shift = loop_time() - self._monotonic()
+        for group, times in recent.items():
+            limiter = limiters.get(group)
+            if isinstance(limiter, SeedableLimiter) and times:
+                latest = [self._clock.to_monotonic(t) + shift for t in times]
+                limiter.seed(latest)
+
+    async def keep_rates(self, answers: Mapping[str, Iterable[float]]) -> None:
+        """Store recent answer times (service time) every ``_FLUSH_EVERY`` s, for ``seed``."""
+        while True:
+            await self._sleep(_FLUSH_EVERY)
+            if not self._clock.calibrated:
+                continue
+            data = {
+                group: [self._clock.at(m).hi for m in times] for group, times in answers.items()
+            }
+            try:
+                await self._journal.store_meta(RATES_KEY, json.dumps(data))
+            except Exception:  # a full disk costs warm limiters, never the batch
+                logger.debug("could not store recent answer times", exc_info=True)
+
+
+_FLUSH_EVERY: Final = 0.5
+
+
+def _busiest(times: list[float], span: float) -> int:
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] < t - span:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def _day(seconds: float) -> dt.date:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).date()
