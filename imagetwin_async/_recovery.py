@@ -28,17 +28,21 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
+import attrs
+
 from ._errors import ImagetwinError
-from ._journal import Journal, JournalEntry, utc_now
+from ._journal import Journal, JournalEntry, JournalError, utc_now
 from ._models import ScanOverview
+from ._protocol import validate_scan_id
 from ._servicetime import Interval, ServiceClock, ZoneCalibration
 from ._settlement import Decision, ListedScan, Settlement, decide_settlement
 
-__all__ = ["Recovery", "SeedableLimiter"]
+__all__ = ["InDoubt", "Recovery", "SeedableLimiter", "in_doubt", "settle_by_hand"]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
 ZONE_KEY: Final = "service_clock.scan_date_offset"
+DOUBT_KEY: Final = "in_doubt."  # + item key: the last settling's report, for settling by hand
 RATES_KEY: Final = "rate.recent_answers"
 # Reads of scan-overview while a window may still fill (the overview may list late).
 _MAX_WAITS: Final = 4
@@ -206,6 +210,14 @@ class Recovery:
             note = f"adopted scan {decision.scan_id} from scan-overview (its answer was lost)"
             logger.warning("%s: %s", entry.label, note)
             await self._journal.started(entry.key, decision.scan_id, note)
+        elif decision.kind in (Settlement.REPORT, Settlement.UNCALIBRATED):
+            report = {
+                "reason": decision.reason,
+                "candidates": list(decision.candidates),
+                "window": [decision.window.lo, decision.window.hi] if decision.window else None,
+            }
+            with contextlib.suppress(Exception):  # the report is a courtesy; never fatal
+                await self._journal.store_meta(DOUBT_KEY + entry.key, json.dumps(report))
         elif decision.kind is Settlement.RESEND:
             logger.warning(
                 "%s: scan-overview, read after its window closed, lists no scan from its lost "
@@ -277,6 +289,68 @@ class Recovery:
 
 
 _FLUSH_EVERY: Final = 0.5
+
+
+@attrs.frozen
+class InDoubt:
+    """An item whose scan POST may or may not have started a scan, as the journal has it:
+    ``candidates`` (scan ids) and ``window`` (service time, UTC) from the last settling."""
+
+    key: str
+    label: str
+    sent_at: dt.datetime
+    candidates: tuple[str, ...] = ()
+    window: tuple[dt.datetime, dt.datetime] | None = None
+    reason: str = "not settled yet"
+
+
+async def in_doubt(journal: Journal) -> list[InDoubt]:
+    """The journal's in-doubt items, oldest first (what ``imagetwin journal settle`` lists).
+
+    >>> async with await SQLiteJournal.open("sweep.journal") as journal:
+    ...     for item in await in_doubt(journal):
+    ...         print(item.label, item.candidates)
+    """
+    items = []
+    for entry in sorted((await journal.entries()).values(), key=lambda e: e.sent_at):
+        if entry.state != "sending":
+            continue
+        item = InDoubt(entry.key, entry.label, _utc(entry.sent_at))
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            report = json.loads(await journal.load_meta(DOUBT_KEY + entry.key) or "null")
+            if report:
+                window = report.get("window")
+                item = attrs.evolve(
+                    item,
+                    candidates=tuple(str(c) for c in report.get("candidates", ())),
+                    window=(_utc(window[0]), _utc(window[1])) if window else None,
+                    reason=str(report.get("reason", item.reason)),
+                )
+        items.append(item)
+    return items
+
+
+async def settle_by_hand(journal: Journal, key: str, *, adopt: str | None) -> None:
+    """Settle an in-doubt item yourself: ``adopt`` a scan id (its result is then waited for
+    on the next run), or ``adopt=None`` to have the next run send it again (it may be billed
+    twice if it did start a scan). ``JournalError`` if the item is not in doubt or the scan
+    belongs to another item."""
+    entries = await journal.entries()
+    entry = entries.get(key)
+    if entry is None or entry.state != "sending":
+        raise JournalError(f"no item in doubt has the key {key!r}")
+    if adopt is None:
+        await journal.forget(key)
+        return
+    validate_scan_id(adopt)
+    owner = next((e for e in entries.values() if e.scan_id == adopt), None)
+    if owner is not None:
+        raise JournalError(f"scan {adopt} already belongs to {owner.label} in this journal")
+    await journal.started(key, adopt, "adopted by hand (imagetwin journal settle)")
+
+
+def _utc(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def _busiest(times: list[float], span: float) -> int:
