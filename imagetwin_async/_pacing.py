@@ -41,6 +41,7 @@ class UnansweredScans:
         self._spacing = spacing
         self._monotonic = monotonic
         self._out: dict[int, float] = {}  # token -> when it went out (monotonic)
+        self._last_lost = -float("inf")  # when the latest POST whose answer was lost went out
         self._tokens = itertools.count()
         self._changed = asyncio.Event()
 
@@ -54,8 +55,8 @@ class UnansweredScans:
         ``answered``."""
         while True:
             spacing = self._spacing()
-            latest = max(self._out.values(), default=None)
-            wait = 0.0 if latest is None else latest + spacing - self._monotonic()
+            latest = max(self._out.values(), default=self._last_lost)
+            wait = max(latest, self._last_lost) + spacing - self._monotonic()
             if wait <= 0:
                 token = next(self._tokens)
                 self._out[token] = self._monotonic()
@@ -64,10 +65,16 @@ class UnansweredScans:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
 
-    def answered(self, token: int) -> None:
-        """The POST has its answer (or failed): it no longer holds others back."""
-        if self._out.pop(token, None) is not None:
-            self._changed.set()
+    def answered(self, token: int, *, lost: bool = False) -> None:
+        """The POST has its answer (or proof that it started nothing): it no longer holds
+        others back. ``lost``: its answer will never come (it stays in doubt), so the next
+        POST still keeps its distance from it."""
+        sent = self._out.pop(token, None)
+        if sent is None:
+            return
+        if lost:
+            self._last_lost = max(self._last_lost, sent)
+        self._changed.set()
 
     @property
     def unanswered(self) -> int:

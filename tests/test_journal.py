@@ -143,6 +143,23 @@ async def test_a_lost_answer_is_adopted_from_scan_overview_in_the_same_run(
     assert emulator.counters.scans_billed == 3
 
 
+async def test_two_lost_answers_in_a_row_are_told_apart_and_both_adopted(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    # scan-overview dates in whole seconds and names no file: POSTs sent within one second
+    # of a lost one would be indistinguishable, so the next POST keeps its distance.
+    paths = documents(tmp_path, 4)
+    emulator.scan_date_zone = dt.timezone(dt.timedelta(hours=-3))
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        await client.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)
+        emulator.inject_fault("drop-after", endpoint="scan", times=2)
+        outcomes = await client.submit_and_wait(paths, journal=journal, settle_delay=SETTLE)
+    assert all(o.ok for o in outcomes)
+    assert sum(1 for o in outcomes if o.note and "adopted" in o.note) == 2
+    assert set(billed_per_content(emulator).values()) == {1}
+
+
 async def test_a_post_that_never_arrived_is_sent_again_once_the_overview_proves_it(
     emulator: Emulator, tmp_path: Path
 ) -> None:
