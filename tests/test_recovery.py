@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from imagetwin_async import RateLimit, RateLimitBusy
+from imagetwin_async import ImagetwinClient, InvalidArgument, RateLimit, RateLimitBusy
 from imagetwin_async._limits import TokenBucketLimiter, WindowLimiter
 from imagetwin_async._pacing import UnansweredScans
 from imagetwin_async._recovery import SeedableLimiter
@@ -97,3 +97,15 @@ async def test_an_answer_releases_a_post_waiting_for_its_spacing() -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match=">= 1"):
         UnansweredScans(limit=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_unanswered_scans", 0), ("max_unanswered_scans", 1.5), ("settle_delay", -1.0)],
+)
+async def test_bad_settling_options_are_refused_before_anything_is_sent(
+    option: str, value: float
+) -> None:
+    async with ImagetwinClient("key", base_url="http://127.0.0.1:9/v1") as client:
+        with pytest.raises(InvalidArgument, match=option):
+            await client.submit_and_wait([], **{option: value})  # type: ignore[arg-type]
