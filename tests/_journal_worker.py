@@ -22,6 +22,8 @@ import time_machine
 from imagetwin_async import AmbiguousSubmission, ImagetwinClient, RateLimit
 
 SETTLE_DELAY = 0.5  # the emulator lists a scan as soon as it registers it
+# The rate limits' window in seconds (20 scans and 60 reads in it), as the emulator's.
+PER = float(os.environ.get("KILL_TEST_PER", "1.0"))
 
 
 async def main(base_url: str, key: str, journal: str, jump: float, files: list[str]) -> None:
@@ -31,8 +33,8 @@ async def main(base_url: str, key: str, journal: str, jump: float, files: list[s
     async with ImagetwinClient(
         key,
         base_url=base_url,
-        scan_limit=RateLimit(20, per=1.0),
-        result_limit=RateLimit(60, per=1.0),
+        scan_limit=RateLimit(20, per=PER),
+        result_limit=RateLimit(60, per=PER),
         poll_interval=0.05,
         max_poll_interval=0.2,
     ) as client:

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,12 @@ ZONES = [dt.timezone(dt.timedelta(hours=h, minutes=m)) for h, m in ((5, 45), (-3
 
 
 def _start_worker(
-    emu: ThreadedEmulator, journal: Path, files: list[Path], skew: float, jump: float
+    emu: ThreadedEmulator,
+    journal: Path,
+    files: list[Path],
+    skew: float,
+    jump: float,
+    per: float = 1.0,
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -263,7 +269,7 @@ def _start_worker(
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "KILL_TEST_PER": str(per)},
     )
 
 
@@ -376,6 +382,42 @@ def test_sigkill_anywhere_never_costs_a_second_scan(
     assert len(ambiguous) <= kills, "more than one item a kill left in doubt"
     assert len(billed) >= len(finals) - len(ambiguous)
     assert sum(after_kill_429s) == 0, "a resumed run spent a window its predecessor had filled"
+
+
+@pytest.mark.slow
+def test_a_run_resumed_right_after_a_kill_draws_no_429(tmp_path: Path) -> None:
+    """The killed run spent a whole window of scans and reads a moment ago; the re-run, a
+    new process with fresh limiters, must count that spending (from the journal) or the
+    server answers 429."""
+    journal = tmp_path / "sweep.journal"
+    files = _unique_documents(tmp_path / "docs", 0, 30)
+    per = 6.0  # 20 scans and 60 reads in 6 s: wider than a process's start-up
+    with ThreadedEmulator(
+        speed=1.0,
+        processing_time=1.0,
+        rate_limits={"scan": (20, per), "result": (60, per)},
+    ) as threaded:
+        worker = _start_worker(threaded, journal, files, 0.0, 0.0, per)
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while threaded.call(lambda e: e.counters.scans_billed) < 20:  # a window's worth
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)  # polls: reads spend their budget too
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        first = threaded.call(lambda e: len(e.requests))
+        rerun = _start_worker(threaded, journal, files, 0.0, 0.0, per)
+        out, _ = rerun.communicate(timeout=180)
+        answers = threaded.call(lambda e: list(e.requests)[first:])
+        billed = billed_per_content(threaded.emulator)
+    assert rerun.returncode == 0
+    outcomes = json.loads(out.strip().splitlines()[-1])
+    assert all(o["ok"] for o in outcomes), outcomes
+    assert max(billed.values()) == 1
+    rejected = [(r.method, r.path) for r in answers if r.status == 429]
+    assert rejected == [], f"the resumed run drew {len(rejected)} 429s"
 
 
 class FlakyJournal(SQLiteJournal):
