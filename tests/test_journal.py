@@ -176,6 +176,24 @@ async def test_a_post_that_never_arrived_is_sent_again_once_the_overview_proves_
     assert len(billed_per_content(emulator)) == 2
 
 
+async def test_a_resent_item_whose_answer_is_lost_again_is_settled_again(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path, 2)
+    journal = tmp_path / "b.journal"
+    async with client_for(emulator) as client:
+        # A first scan calibrates scan-overview's zone; then the second item's POST is lost
+        # twice (reset on receipt: no scan), and settling must prove it each time.
+        await client.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)
+        emulator.inject_fault("drop-before", endpoint="scan", times=2)
+        outcomes = await asyncio.wait_for(
+            client.submit_and_wait(paths, journal=journal, settle_delay=SETTLE), timeout=60
+        )
+    assert all(o.ok for o in outcomes)
+    assert sorted(billed_per_content(emulator).values()) == [1, 1]
+    assert requests(emulator, "POST") == 4  # 1 + the lost one twice + its resend
+
+
 @pytest.mark.parametrize(("policy", "billed"), [("report", 3), ("resubmit", 4)])
 async def test_the_ambiguous_policy_is_the_callers_choice(
     emulator: Emulator, tmp_path: Path, policy: str, billed: int
