@@ -8,9 +8,11 @@ is taken:
 3. ``done`` / ``failed``: the result (or the scan's failure).
 
 A re-run with the same journal returns ``done`` items without a request, waits for
-``started`` ones, and sends only what was never sent. An item left in ``sending`` is the
-ambiguous case (the POST may have reached the server, the answer never came back): see
-``BatchRunner._settle`` in ``_batch`` for how scan-overview can settle it.
+``started`` ones, and sends only what was never sent. An item left in ``sending`` is in
+doubt (the POST may have reached the server, the answer never came back): ``_settlement``
+is the rule that settles it from scan-overview, ``_recovery`` the code that applies it.
+Times are the *service's* (see ``_servicetime``), never the host's. The ``meta`` table keeps
+what a run learned for the next (scanDate's zone, recent request times, learned durations).
 
 ``SQLiteJournal`` is the default store (stdlib ``sqlite3`` in WAL mode, every call on one
 worker thread, off the event loop). Another store implements the ``Journal`` protocol.
