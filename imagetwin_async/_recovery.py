@@ -85,6 +85,7 @@ class Recovery:
         self._started = monotonic()
         self._zone = ZoneCalibration()
         self._lost: dict[str, float] = {}  # this run's lost answers: key -> when (monotonic)
+        self.waited = 0.0  # seconds the last ``settle`` waited for windows to close
 
     @property
     def zone(self) -> ZoneCalibration:
@@ -133,6 +134,7 @@ class Recovery:
             return {}
         windows = {key: self._window(entry) for key, entry in pending.items()}
         decisions: dict[str, Decision] = {}
+        self.waited = 0.0
         for _ in range(_MAX_WAITS):
             try:
                 decisions = await self._decide(windows, entries)
@@ -148,6 +150,7 @@ class Recovery:
             delay = self._clock.to_monotonic(max(until)) - self._monotonic()
             logger.info("waiting %.1f s for scan-overview to list in-doubt items", delay)
             await self._sleep(max(0.0, delay))
+            self.waited += max(0.0, delay)
         for key, decision in decisions.items():
             await self._apply(pending[key], decision)
         return decisions
@@ -207,7 +210,7 @@ class Recovery:
     async def _apply(self, entry: JournalEntry, decision: Decision) -> None:
         if decision.kind is Settlement.ADOPT:
             assert decision.scan_id is not None
-            note = f"adopted scan {decision.scan_id} from scan-overview (its answer was lost)"
+            note = settled_note(decision, self.waited)
             logger.warning("%s: %s", entry.label, note)
             await self._journal.started(entry.key, decision.scan_id, note)
         elif decision.kind in (Settlement.REPORT, Settlement.UNCALIBRATED):
@@ -289,6 +292,18 @@ class Recovery:
 
 
 _FLUSH_EVERY: Final = 0.5
+
+
+def settled_note(decision: Decision, waited: float) -> str:
+    """What an outcome says about how settling decided it (``ScanOutcome.note``)."""
+    read = (
+        f"read again after waiting {waited:.1f} s for its window to close"
+        if waited > 0
+        else "read after its window closed"
+    )
+    if decision.kind is Settlement.ADOPT:
+        return f"adopted scan {decision.scan_id} from scan-overview (its answer was lost; {read})"
+    return f"sent again: scan-overview, {read}, lists no scan from its lost POST"
 
 
 @attrs.frozen

@@ -174,6 +174,9 @@ async def test_a_post_that_never_arrived_is_sent_again_once_the_overview_proves_
     assert all(o.ok for o in first)
     assert emulator.counters.scans_billed == 2
     assert len(billed_per_content(emulator)) == 2
+    resent = [o.note for o in first if o.note and o.note.startswith("sent again")]
+    assert len(resent) == 1  # the outcome says how it was decided
+    assert "lists no scan from its lost POST" in resent[0]
 
 
 async def test_a_resent_item_whose_answer_is_lost_again_is_settled_again(
