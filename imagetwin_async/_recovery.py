@@ -54,7 +54,11 @@ ReadOverview = Callable[[dt.date, dt.date], Awaitable[ScanOverview]]
 
 @runtime_checkable
 class SeedableLimiter(Protocol):
-    """A limiter that can count requests an earlier process sent (see ``WindowLimiter.seed``)."""
+    """A limiter that can count requests an earlier process sent (see ``WindowLimiter.seed``).
+
+    ``RedisLimiter`` is not one, on purpose: its state lives in Redis, is shared by every
+    process on the key and outlives a crash, so it already counts what the dead run spent.
+    """
 
     def seed(self, answered: Iterable[float]) -> None: ...
 
