@@ -605,25 +605,29 @@ class _Recorder:
 
     async def started(self, key: str, scan_id: str, answered_at: float | None = None) -> None:
         if self._journal is not None and key:
-            write = self._journal.started(key, scan_id, answered_at=answered_at)
-            await _logged("started", write)
+            journal = self._journal
+            await _logged("started", lambda: journal.started(key, scan_id, answered_at=answered_at))
 
     async def finished(self, key: str, result: ScanResult) -> None:
         if self._journal is not None and key:
-            await _logged("finished", self._journal.finished(key, result))
+            journal = self._journal
+            await _logged("finished", lambda: journal.finished(key, result))
 
     async def failed(self, key: str, error: str) -> None:
         if self._journal is not None and key:
-            await _logged("failed", self._journal.failed(key, error))
+            journal = self._journal
+            await _logged("failed", lambda: journal.failed(key, error))
 
     async def forget(self, key: str) -> None:
         if self._journal is not None and key:
-            await _logged("forget", self._journal.forget(key))
+            journal = self._journal
+            await _logged("forget", lambda: journal.forget(key))
 
 
-async def _logged(step: str, write: Awaitable[None]) -> None:
+async def _logged(step: str, write: Callable[[], Awaitable[None]]) -> None:
     try:
-        await write
+        # Called in here: a store whose method does not even take the call fails here too.
+        await write()
     except Exception:  # any store's failure, not only ours (JournalError)
         logger.exception("the journal could not record %s for an item", step)
 

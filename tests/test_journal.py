@@ -444,7 +444,9 @@ def test_a_run_resumed_right_after_a_kill_draws_no_429(tmp_path: Path) -> None:
 class FlakyJournal(SQLiteJournal):
     """A journal whose "started" writes fail, as on a full disk."""
 
-    async def started(self, key: str, scan_id: str, note: str | None = None) -> None:
+    async def started(
+        self, key: str, scan_id: str, note: str | None = None, answered_at: float | None = None
+    ) -> None:
         raise JournalError("database or disk is full")
 
 
