@@ -257,9 +257,11 @@ class Recovery:
         if not self._clock.calibrated:
             return
         recent: dict[str, list[float]] = {}
+        flushed = -math.inf
         with contextlib.suppress(Exception):
             stored = json.loads(await self._journal.load_meta(RATES_KEY) or "{}")
-            recent = {g: [float(t) for t in ts] for g, ts in stored.items()}
+            recent = {g: [float(t) for t in ts] for g, ts in stored["groups"].items()}
+            flushed = float(stored["at"])
         died = self._clock.at(self._started).hi
         # Scan POSTs are journaled one by one: answered ones at their answer, the rest (the
         # service got them no later than the sender died) at that moment.
@@ -268,10 +270,13 @@ class Recovery:
             for e in entries.values()
             if e.until is not None
         ]
-        # Other answers after the last stored flush are not in the record: count as many again
-        # as the busiest flush held, at the moment the sender died.
+        # Other answers after the last stored flush are not in the record: count them at the
+        # busiest rate the record shows, for the whole time from that flush to the sender's
+        # death, as if all came at its death (the safe side).
+        unrecorded = max(1.0, (died - flushed) / _FLUSH_EVERY) if flushed > -math.inf else 1.0
         for group, times in recent.items():
-            recent[group] = [*times, *([died] * _busiest(times, _FLUSH_EVERY))]
+            missing = math.ceil(_busiest(times, _FLUSH_EVERY) * unrecorded)
+            recent[group] = [*times, *([died] * missing)]
         recent["scan"] = scans
         shift = loop_time() - self._monotonic()
         for group, times in recent.items():
@@ -287,7 +292,11 @@ class Recovery:
             if not self._clock.calibrated:
                 continue
             data = {
-                group: [self._clock.at(m).hi for m in times] for group, times in answers.items()
+                "at": self._clock.at(self._monotonic()).hi,
+                "groups": {
+                    group: [self._clock.at(m).hi for m in times]
+                    for group, times in answers.items()
+                },
             }
             try:
                 await self._journal.store_meta(RATES_KEY, json.dumps(data))
