@@ -262,7 +262,9 @@ class BatchRunner:
                 await self._recovery.calibrate()
                 self._entries = await self._journal.entries()
                 await self._recovery.seed(self._entries, services.limiters, loop.time)
-                keeper = loop.create_task(self._recovery.keep_rates(services.answer_times))
+                keeper = loop.create_task(
+                    self._recovery.keep_rates(services.answer_times, services.limiters)
+                )
                 if self._options.ambiguous == "settle":
                     self._decisions = await self._recovery.settle(self._entries)
                     self._hold_until = self._recovery.hold_until(self._decisions)

@@ -32,6 +32,7 @@ import attrs
 
 from ._errors import ImagetwinError
 from ._journal import Journal, JournalEntry, JournalError, utc_now
+from ._limits import Limiter
 from ._models import ScanOverview
 from ._protocol import validate_scan_id
 from ._servicetime import Interval, ServiceClock, ZoneCalibration
@@ -258,10 +259,12 @@ class Recovery:
             return
         recent: dict[str, list[float]] = {}
         flushed = -math.inf
+        in_flight: dict[str, int] = {}
         with contextlib.suppress(Exception):
             stored = json.loads(await self._journal.load_meta(RATES_KEY) or "{}")
             recent = {g: [float(t) for t in ts] for g, ts in stored["groups"].items()}
             flushed = float(stored["at"])
+            in_flight = {g: int(n) for g, n in stored.get("in_flight", {}).items()}
         died = self._clock.at(self._started).hi
         # Scan POSTs are journaled one by one: answered ones at their answer, the rest (the
         # service got them no later than the sender died) at that moment.
@@ -276,6 +279,7 @@ class Recovery:
         unrecorded = max(1.0, (died - flushed) / _FLUSH_EVERY) if flushed > -math.inf else 1.0
         for group, times in recent.items():
             missing = math.ceil(_busiest(times, _FLUSH_EVERY) * unrecorded)
+            missing += in_flight.get(group, 0)
             recent[group] = [*times, *([died] * missing)]
         recent["scan"] = scans
         shift = loop_time() - self._monotonic()
@@ -285,8 +289,11 @@ class Recovery:
                 latest = [self._clock.to_monotonic(t) + shift for t in times]
                 limiter.seed(latest)
 
-    async def keep_rates(self, answers: Mapping[str, Iterable[float]]) -> None:
-        """Store recent answer times (service time) every ``_FLUSH_EVERY`` s, for ``seed``."""
+    async def keep_rates(
+        self, answers: Mapping[str, Iterable[float]], limiters: Mapping[str, object]
+    ) -> None:
+        """Store recent answer times (service time) and the requests in flight every
+        ``_FLUSH_EVERY`` s, for ``seed``."""
         while True:
             await self._sleep(_FLUSH_EVERY)
             if not self._clock.calibrated:
@@ -296,6 +303,12 @@ class Recovery:
                 "groups": {
                     group: [self._clock.at(m).hi for m in times]
                     for group, times in answers.items()
+                },
+                # Requests on their way have no answer time yet, but the service may count them.
+                "in_flight": {
+                    group: limiter.snapshot().in_flight
+                    for group, limiter in limiters.items()
+                    if isinstance(limiter, Limiter)
                 },
             }
             try:
