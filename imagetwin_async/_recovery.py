@@ -90,6 +90,7 @@ class Recovery:
         self._started = monotonic()
         self._zone = ZoneCalibration()
         self._lost: dict[str, float] = {}  # this run's lost answers: key -> when (monotonic)
+        self._inherited: dict[str, list[float]] = {}  # the runs before: answer times
         self.waited = 0.0  # seconds the last ``settle`` waited for windows to close
 
     @property
@@ -266,10 +267,12 @@ class Recovery:
             flushed = float(stored["at"])
             in_flight = {g: int(n) for g, n in stored.get("in_flight", {}).items()}
         died = self._clock.at(self._started).hi
-        # Scan POSTs are journaled one by one: answered ones at their answer, the rest (the
-        # service got them no later than the sender died) at that moment.
+        # A request that never had its answer may still have been counted a little after its
+        # sender died (a server working through its queue): as late as settling allows.
+        late = died + self._settle_delay
+        # Scan POSTs are journaled one by one: answered ones at their answer, the rest then.
         scans = [
-            e.answered_at if e.answered_at is not None else min(e.until or died, died)
+            e.answered_at if e.answered_at is not None else min(e.until or late, late)
             for e in entries.values()
             if e.until is not None
         ]
@@ -279,9 +282,11 @@ class Recovery:
         unrecorded = max(1.0, (died - flushed) / _FLUSH_EVERY) if flushed > -math.inf else 1.0
         for group, times in recent.items():
             missing = math.ceil(_busiest(times, _FLUSH_EVERY) * unrecorded)
-            missing += in_flight.get(group, 0)
-            recent[group] = [*times, *([died] * missing)]
+            unanswered = in_flight.get(group, 0)
+            recent[group] = [*times, *([died] * missing), *([late] * unanswered)]
         recent["scan"] = scans
+        # Kept for this run's own flushes: a run killed soon after must pass them on.
+        self._inherited = {group: sorted(times)[-_KEPT:] for group, times in recent.items()}
         shift = loop_time() - self._monotonic()
         for group, times in recent.items():
             limiter = limiters.get(group)
@@ -298,12 +303,15 @@ class Recovery:
             await self._sleep(_FLUSH_EVERY)
             if not self._clock.calibrated:
                 continue
+            own = {group: [self._clock.at(m).hi for m in times] for group, times in answers.items()}
+            groups = {
+                group: sorted([*self._inherited.get(group, []), *own.get(group, [])])[-_KEPT:]
+                for group in {*own, *self._inherited}
+                if group != "scan"  # scans are journaled item by item
+            }
             data = {
                 "at": self._clock.at(self._monotonic()).hi,
-                "groups": {
-                    group: [self._clock.at(m).hi for m in times]
-                    for group, times in answers.items()
-                },
+                "groups": groups,
                 # Requests on their way have no answer time yet, but the service may count them.
                 "in_flight": {
                     group: limiter.snapshot().in_flight
@@ -318,6 +326,7 @@ class Recovery:
 
 
 _FLUSH_EVERY: Final = 0.5
+_KEPT: Final = 128  # answer times kept per group: more than any window's budget (60 reads)
 
 
 def settled_note(decision: Decision, waited: float) -> str:
