@@ -1,6 +1,7 @@
 """Batch throughput: how close a batch's submissions come to the rate limit, and 429s drawn.
 
     python benchmarks/batch_throughput.py [--quick] [--sizes 60 600] [--speed S] [--jobs 12]
+                                          [--journal] [--max-unanswered K]
 
 For each server algorithm (fixed calendar minute, sliding 60 s log, token bucket of 20) and
 each batch size N, one fresh emulator (20 scans and 60 result reads a minute) serves N
@@ -37,6 +38,9 @@ ALGORITHMS = ("fixed", "sliding", "token_bucket")
 PROCESSING = LogNormalTime(median=30.0, sigma=0.5)
 WARM_UP = 5.0  # real seconds for every worker to start and warm up before the first run
 STAGGER = 0.25  # real seconds between the starts of runs that share the machine
+# Set from the command line before the worker processes fork.
+JOURNAL = False  # --journal: our batches keep a journal
+MAX_UNANSWERED: dict[str, int] = {}  # --max-unanswered K: bound on scan POSTs awaiting answers
 
 
 def floor_span(n: int) -> float:
@@ -46,7 +50,12 @@ def floor_span(n: int) -> float:
 async def run_ours(emu: Emulator, paths: list[Path], speed: float) -> tuple[int, float]:
     """(ok outcomes, emulated second the batch returned)."""
     async with ImagetwinClient(**emu.client_kwargs()) as client:
-        outcomes = await client.submit_and_wait(paths)
+        if not JOURNAL:
+            outcomes = await client.submit_and_wait(paths, **MAX_UNANSWERED)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                journal = Path(tmp) / "batch.journal"
+                outcomes = await client.submit_and_wait(paths, journal=journal, **MAX_UNANSWERED)
     return sum(o.ok for o in outcomes), emu.clock.now()
 
 
@@ -208,4 +217,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--poll-every", type=float, default=10.0, help="the naive client's poll interval (s)"
     )
-    main(parser.parse_args())
+    parser.add_argument("--journal", action="store_true", help="our batches keep a journal")
+    parser.add_argument("--max-unanswered", type=int, help="our max_unanswered_scans")
+    arguments = parser.parse_args()
+    JOURNAL = arguments.journal
+    if arguments.max_unanswered:
+        MAX_UNANSWERED["max_unanswered_scans"] = arguments.max_unanswered
+    main(arguments)

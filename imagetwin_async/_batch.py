@@ -22,7 +22,8 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final, Literal, Protocol, TypedDict
 
 import attrs
@@ -31,15 +32,20 @@ from ._errors import (
     AmbiguousSubmission,
     AuthenticationError,
     ImagetwinError,
+    InvalidArgument,
     PollTimeout,
     ScanCancelled,
     ScanFailed,
     ScanNotFound,
 )
-from ._journal import Journal, JournalEntry, open_journal, utc_now
+from ._journal import Journal, JournalEntry, open_journal
 from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
+from ._pacing import UnansweredScans
 from ._protocol import Request, build_scan_request, nothing_started
+from ._recovery import Recovery, settled_note
+from ._servicetime import ServiceClock
 from ._session import BeforeSend
+from ._settlement import Decision, Settlement
 from ._uploads import Upload, Uploadable, prepare_upload
 
 __all__ = [
@@ -60,8 +66,12 @@ AmbiguousPolicy = Literal["settle", "report", "resubmit"]
 _DEFAULT_SUBMIT_CONCURRENCY: Final = 20
 # Items checked ahead of submission at once (threads: page counting and hashing read files).
 _PREPARE_AHEAD: Final = 4
-# Clock difference we allow between our wall clock and the server's scan dates.
-_CLOCK_SKEW: Final = 30.0
+# Scan POSTs on their way at once: a crash leaves at most this many items in doubt. Measured
+# (benchmarks/batch_throughput.py, README): 4 costs nothing against the rate limit.
+_DEFAULT_MAX_UNANSWERED: Final = 4
+# How long after a POST's connection ended the service may still register its scan or leave
+# it out of scan-overview: settling waits this long before it believes an empty window.
+_DEFAULT_SETTLE_DELAY: Final = 30.0
 
 
 @attrs.frozen
@@ -101,6 +111,8 @@ class BatchKwargs(ScanKwargs, total=False):
     submit_concurrency: int
     journal: str | os.PathLike[str] | Journal | None
     ambiguous: AmbiguousPolicy
+    max_unanswered_scans: int
+    settle_delay: float
 
 
 @attrs.frozen
@@ -117,6 +129,8 @@ class BatchOptions:
     submit_concurrency: int = _DEFAULT_SUBMIT_CONCURRENCY
     journal: str | os.PathLike[str] | Journal | None = None
     ambiguous: AmbiguousPolicy = "settle"
+    max_unanswered_scans: int = _DEFAULT_MAX_UNANSWERED
+    settle_delay: float = _DEFAULT_SETTLE_DELAY
 
     def request(self) -> Request:
         return build_scan_request(
@@ -142,13 +156,19 @@ class BatchServices:
     ``start_scan``: one scan POST through the scan limiter (``ScanStarter.start``). ``wait``:
     a scan's result through the shared poll scheduler. ``overview``: scan-overview's JSON
     between two times, to settle ambiguous items. ``request_deadline``: how late after it was
-    sent a POST may still reach the server (``Timings.request_deadline``).
+    sent a POST may still reach the server (``Timings.request_deadline``). ``service_clock``:
+    the service's clock as the transport's answers date it; ``answer_times``: recent answer
+    times (monotonic) per endpoint group; ``limiters``: the client's, per group (a resumed
+    journal seeds them).
     """
 
     start_scan: StartScan
     wait: Callable[[str], Awaitable[ScanResult]]
     overview: Callable[[dt.datetime, dt.datetime], Awaitable[ScanOverview]]
     request_deadline: float
+    service_clock: ServiceClock = attrs.field(factory=ServiceClock)
+    answer_times: Mapping[str, Iterable[float]] = attrs.field(factory=dict)
+    limiters: Mapping[str, object] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -177,6 +197,10 @@ class BatchRunner:
     ) -> None:
         if options.ambiguous not in ("settle", "report", "resubmit"):
             raise ValueError("ambiguous must be 'settle', 'report' or 'resubmit'")
+        if not (isinstance(options.max_unanswered_scans, int) and options.max_unanswered_scans > 0):
+            raise InvalidArgument("max_unanswered_scans must be a whole number >= 1")
+        if not options.settle_delay >= 0:
+            raise InvalidArgument("settle_delay must be >= 0 seconds")
         self._services = services
         self._items = list(items)
         self._options = options
@@ -188,6 +212,15 @@ class BatchRunner:
         self._entries: dict[str, JournalEntry] = {}
         self._gate = asyncio.Semaphore(max(1, options.submit_concurrency))
         self._deadline: float | None = None
+        self._recovery: Recovery | None = None
+        self._pacing = UnansweredScans(options.max_unanswered_scans, self._spacing)
+        # Settling: decisions of this run, new POSTs held until in-doubt windows closed, and
+        # items waiting to be settled once nothing else of the batch is in progress.
+        self._decisions: dict[str, Decision] = {}
+        self._hold_until = -float("inf")
+        self._active = len(self._items)
+        self._late: dict[str, asyncio.Future[Decision]] = {}
+        self._late_task: asyncio.Task[None] | None = None
 
     async def run(self) -> list[ScanOutcome]:
         outcomes: list[ScanOutcome | None] = [None] * len(self._items)
@@ -214,12 +247,28 @@ class BatchRunner:
             self._record = _Recorder(self._journal)
         tasks: list[asyncio.Task[None]] = []
         preparer: asyncio.Task[None] | None = None
+        keeper: asyncio.Task[None] | None = None
         finished = False
         try:
             if self._journal is not None:
+                services = self._services
+                self._recovery = Recovery(
+                    self._journal,
+                    services.service_clock,
+                    self._read_overview,
+                    request_timeout=services.request_deadline,
+                    settle_delay=self._options.settle_delay,
+                )
+                await self._recovery.calibrate()
                 self._entries = await self._journal.entries()
+                await self._recovery.seed(self._entries, services.limiters, loop.time)
+                keeper = loop.create_task(
+                    self._recovery.keep_rates(services.answer_times, services.limiters)
+                )
                 if self._options.ambiguous == "settle":
-                    await self._settle()
+                    self._decisions = await self._recovery.settle(self._entries)
+                    self._hold_until = self._recovery.hold_until(self._decisions)
+                    self._entries = await self._journal.entries()
             done: asyncio.Queue[tuple[int, ScanOutcome]] = asyncio.Queue()
             prepared = [loop.create_future() for _ in self._items]
             preparer = loop.create_task(self._prepare_all(prepared))
@@ -232,7 +281,8 @@ class BatchRunner:
                 yield await done.get()
             finished = True
         finally:
-            running = [*tasks, *([preparer] if preparer else [])]
+            extra = [t for t in (preparer, keeper, self._late_task) if t is not None]
+            running = [*tasks, *extra]
             for task in running:
                 task.cancel()
             try:
@@ -336,6 +386,19 @@ class BatchRunner:
         prep = await prepared
         state.key = prep.key
         entry = self._entries.get(prep.key) if self._journal is not None else None
+        decision = self._decisions.get(prep.key)
+        resent: str | None = None
+        if entry is not None and entry.state == "sending" and decision is not None:
+            if decision.kind is Settlement.UNCALIBRATED:
+                decision = await self._settle_late(prep.key)
+            if decision.kind is Settlement.ADOPT and decision.scan_id:
+                entry = attrs.evolve(entry, state="started", scan_id=decision.scan_id)
+                entry = attrs.evolve(entry, note=self._note(decision))
+            elif decision.kind is Settlement.RESEND:
+                entry, resent = None, self._note(decision)
+            else:
+                prep.upload.close()
+                return ScanOutcome(item, None, error=_ambiguous_error(entry, decision))
         known = _known_outcome(item, entry, self._options.ambiguous)
         if known is not None:
             prep.upload.close()
@@ -347,7 +410,8 @@ class BatchRunner:
             note = entry.note or "resumed from the journal"
         else:
             try:
-                state.scan_id = await self._send(prep, state)
+                state.scan_id, note = await self._send(item, prep, state)
+                note = note or resent
             finally:
                 prep.upload.close()
         state.counted = True
@@ -356,16 +420,47 @@ class BatchRunner:
         await self._record.finished(prep.key, result)
         return ScanOutcome(item, state.scan_id, result=result, note=note)
 
-    async def _send(self, prep: _Prepared, state: _ItemState) -> str:
+    async def _send(
+        self, item: BatchItem, prep: _Prepared, state: _ItemState
+    ) -> tuple[str, str | None]:
+        """POST the item (again, if settling proves its lost POST started nothing): its new
+        scan id, and a note when settling decided what became of a lost answer."""
+        note: str | None = None
+        while True:
+            try:
+                return await self._send_once(prep, state), note
+            except AmbiguousSubmission as exc:
+                if self._recovery is None or self._options.ambiguous != "settle" or not prep.key:
+                    raise
+                self._recovery.lost(prep.key)
+                decision = await self._settle_late(prep.key)
+                if decision.kind is Settlement.ADOPT and decision.scan_id:
+                    return decision.scan_id, self._note(decision)
+                if decision.kind is not Settlement.RESEND:
+                    raise _ambiguous_error(None, decision, label=prep.label) from exc
+                note = self._note(decision)
+                logger.warning("%s: %s", prep.label, note)
+                # The upload was closed with the lost POST: open the item afresh.
+                prep = attrs.evolve(prep, upload=await asyncio.to_thread(prepare_upload, item))
+
+    async def _send_once(self, prep: _Prepared, state: _ItemState) -> str:
         """POST the item, recording each step in the journal; its new scan id."""
-        async with self._gate:
+        async with self._gate, self._pacing.slot():
             if self._stop_submitting is not None:
                 raise self._stop_submitting
-            journal = self._journal
+            # New POSTs wait until every window still to be settled this run has closed.
+            if (hold := self._hold_until - time.monotonic()) > 0:
+                await asyncio.sleep(hold)
+            journal, recovery = self._journal, self._recovery
+            token: int | None = None
 
             async def before_send() -> None:
-                if journal is not None:
-                    await journal.sending(prep.key, prep.label, utc_now())
+                nonlocal token
+                if token is None:
+                    token = await self._pacing.before_send()
+                if journal is not None and recovery is not None:
+                    sent_at, until = recovery.send_times()
+                    await journal.sending(prep.key, prep.label, sent_at, until)
                 state.on_the_wire = True
 
             try:
@@ -376,74 +471,79 @@ class BatchRunner:
                 if state.on_the_wire and nothing_started(exc):
                     await self._record.forget(prep.key)
                 # Otherwise the journal keeps "sending", and the next run settles it.
+                elif token is not None:
+                    self._pacing.answered(token, lost=True)
                 state.on_the_wire = False
                 raise
+            finally:
+                if token is not None:
+                    self._pacing.answered(token)
             # (Cancelled mid-upload, on_the_wire stays set: the time-out says "may have started".)
             state.on_the_wire = False
         # Recorded, but not at the price of the scan id: a failed write leaves "sending",
         # which the next run settles through scan-overview.
-        await self._record.started(prep.key, started.scan_id)
+        answered_at = recovery.answer_time() if recovery is not None else None
+        await self._record.started(prep.key, started.scan_id, answered_at)
         return started.scan_id
 
-    # ---- settling ambiguous items through scan-overview -------------------------------
+    async def _read_overview(self, start: dt.date, end: dt.date) -> ScanOverview:
+        def midnight(day: dt.date) -> dt.datetime:
+            return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
-    async def _settle(self) -> None:
-        """Decide what became of items left in "sending" by an earlier run.
+        return await self._services.overview(midnight(start), midnight(end))
 
-        Settled without doubt only: an item adopts a scan when exactly one API scan that no
-        journal entry claims lies in its window (sent_at - skew .. sent_at + request timeout
-        + skew) and in no other unsettled item's window; an item whose window holds no such
-        scan never reached the server and is sent again. Anything else stays ambiguous.
+    def _note(self, decision: Decision) -> str:
+        return settled_note(decision, self._recovery.waited if self._recovery else 0.0)
 
-        The rule assumes the journal's runs are the only API scans on this key in that window;
-        where other processes scan with the same key at the same time, use "report".
-        """
-        assert self._journal is not None
-        pending = [e for e in self._entries.values() if e.state == "sending"]
-        if not pending:
-            return
-        span = self._services.request_deadline + _CLOCK_SKEW
-        windows = {e.key: (e.sent_at - _CLOCK_SKEW, e.sent_at + span) for e in pending}
-        first = min(lo for lo, _ in windows.values())
-        last = max(hi for _, hi in windows.values())
+    def _spacing(self) -> float:
+        """Seconds between POSTs awaiting an answer, for scan-overview to tell them apart:
+        its dates are whole seconds, and our reading of the service's clock is this fuzzy."""
+        if self._recovery is None:
+            return 0.0
+        clock = self._services.service_clock.offset
+        zone = self._recovery.zone.offset if self._recovery.zone.calibrated else None
+        fuzz = (clock.width() if clock is not None else 1.0) + (zone.width() if zone else 1.0)
+        return 1.0 + fuzz + 0.1
+
+    async def _settle_late(self, key: str) -> Decision:
+        """Settle ``key`` once nothing else of the batch is in progress (its scans are then
+        known, none is on its way): see ``_recovery``."""
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._late[key] = future
+        self._active -= 1
         try:
-            overview = await self._services.overview(
-                dt.datetime.fromtimestamp(first, dt.UTC), dt.datetime.fromtimestamp(last, dt.UTC)
-            )
-        except ImagetwinError as exc:
-            logger.warning("could not settle %d ambiguous item(s): %s", len(pending), exc)
+            self._maybe_settle_late()
+            return await future
+        finally:
+            self._active += 1
+            self._late.pop(key, None)
+
+    def _maybe_settle_late(self) -> None:
+        if self._active > 0 or all(f.done() for f in self._late.values()):
             return
-        claimed = {e.scan_id for e in self._entries.values() if e.scan_id}
-        unclaimed = [s for s in overview.scans if s.api_scan and s.scan_id not in claimed]
+        if self._late_task is not None and not self._late_task.done():
+            return
+        self._late_task = asyncio.get_running_loop().create_task(self._run_late_settle())
 
-        def inside(key: str, when: float) -> bool:
-            lo, hi = windows[key]
-            return lo <= when <= hi
-
-        # We hold the journal's lock, so the run that sent these is over (finished or dead):
-        # any of its POSTs that reached the server was received by now and is listed.
-        for entry in pending:
-            mine = [s for s in unclaimed if inside(entry.key, s.scan_date.timestamp())]
-            if not mine:
-                logger.warning(
-                    "%s: scan-overview shows no scan from its lost POST; sending it again",
-                    entry.label,
+    async def _run_late_settle(self) -> None:
+        waiting = {key: future for key, future in self._late.items() if not future.done()}
+        assert self._journal is not None
+        assert self._recovery is not None
+        try:
+            # Every item in doubt takes part (an earlier one's scan may lie in a window of
+            # this run's): a scan is adopted only if no other in-doubt item could own it.
+            decisions = await self._recovery.settle(await self._journal.entries())
+        except Exception as exc:  # a failing journal or overview: report, never guess
+            logger.warning("could not settle in-doubt items: %s", exc)
+            decisions = {}
+        for key, future in waiting.items():
+            if not future.done():
+                future.set_result(
+                    decisions.get(key)
+                    or Decision(Settlement.REPORT, "it could not be settled in this run")
                 )
-                await self._journal.forget(entry.key)
-                del self._entries[entry.key]
-            elif len(mine) == 1 and not any(
-                inside(other.key, mine[0].scan_date.timestamp())
-                for other in pending
-                if other is not entry
-            ):
-                scan = mine[0]
-                note = f"adopted scan {scan.scan_id} from scan-overview (its answer was lost)"
-                logger.warning("%s: %s", entry.label, note)
-                await self._journal.started(entry.key, scan.scan_id, note)
-                self._entries[entry.key] = attrs.evolve(
-                    entry, state="started", scan_id=scan.scan_id, note=note
-                )
-                unclaimed.remove(scan)
+        # An item whose answer was lost while this ran waits for the next round.
+        asyncio.get_running_loop().call_soon(self._maybe_settle_late)
 
     # ---- bookkeeping ------------------------------------------------------------------
 
@@ -455,6 +555,8 @@ class BatchRunner:
         *,
         ran: bool,
     ) -> None:
+        self._active -= 1
+        self._maybe_settle_late()
         running = -1 if ran else 0  # it was counted as running once it had a scan id
         if outcome.ok:
             self._count(finished=1, running=running)
@@ -503,26 +605,31 @@ class _Recorder:
     def __init__(self, journal: Journal | None) -> None:
         self._journal = journal
 
-    async def started(self, key: str, scan_id: str) -> None:
+    async def started(self, key: str, scan_id: str, answered_at: float | None = None) -> None:
         if self._journal is not None and key:
-            await _logged("started", self._journal.started(key, scan_id))
+            journal = self._journal
+            await _logged("started", lambda: journal.started(key, scan_id, answered_at=answered_at))
 
     async def finished(self, key: str, result: ScanResult) -> None:
         if self._journal is not None and key:
-            await _logged("finished", self._journal.finished(key, result))
+            journal = self._journal
+            await _logged("finished", lambda: journal.finished(key, result))
 
     async def failed(self, key: str, error: str) -> None:
         if self._journal is not None and key:
-            await _logged("failed", self._journal.failed(key, error))
+            journal = self._journal
+            await _logged("failed", lambda: journal.failed(key, error))
 
     async def forget(self, key: str) -> None:
         if self._journal is not None and key:
-            await _logged("forget", self._journal.forget(key))
+            journal = self._journal
+            await _logged("forget", lambda: journal.forget(key))
 
 
-async def _logged(step: str, write: Awaitable[None]) -> None:
+async def _logged(step: str, write: Callable[[], Awaitable[None]]) -> None:
     try:
-        await write
+        # Called in here: a store whose method does not even take the call fails here too.
+        await write()
     except Exception:  # any store's failure, not only ours (JournalError)
         logger.exception("the journal could not record %s for an item", step)
 
@@ -561,11 +668,36 @@ def _timed_out(state: _ItemState) -> ImagetwinError:
     return ScanCancelled("the batch timed out before this item was submitted")
 
 
-def _ambiguous_error(entry: JournalEntry) -> AmbiguousSubmission:
-    when = dt.datetime.fromtimestamp(entry.sent_at, dt.UTC).isoformat(timespec="seconds")
+def _ambiguous_error(
+    entry: JournalEntry | None, decision: Decision | None = None, *, label: str = ""
+) -> AmbiguousSubmission:
+    label = entry.label if entry is not None else label
+    window = None
+    if decision is not None and decision.window is not None:
+        window = (
+            dt.datetime.fromtimestamp(decision.window.lo, dt.UTC),
+            dt.datetime.fromtimestamp(decision.window.hi, dt.UTC),
+        )
+    if window is not None:
+        when = f"sent between {window[0]:%Y-%m-%d %H:%M:%S} and {window[1]:%H:%M:%S} UTC"
+    elif entry is not None:
+        when = "sent at " + dt.datetime.fromtimestamp(entry.sent_at, dt.UTC).isoformat(
+            timespec="seconds"
+        )
+    else:
+        when = "sent"
+    candidates = decision.candidates if decision is not None else ()
+    why = f" ({decision.reason})" if decision is not None else ""
+    which = (
+        f"It may have started one of these scans: {', '.join(candidates)}."
+        if candidates
+        else "scan-overview lists no scan it can have started, but cannot prove it yet."
+    )
     return AmbiguousSubmission(
-        f"{entry.label}: sent at {when} with no answer, and scan-overview could not tell "
-        "whether it started a scan. Check scan_overview, or re-run with ambiguous='resubmit' "
-        "to send it again (it may be billed twice).",
+        f"{label}: {when} (service time) with no answer, and scan-overview could not tell "
+        f"whether it started a scan{why}. {which} Settle it with `imagetwin journal settle`, "
+        "or re-run with ambiguous='resubmit' to send it again (it may be billed twice).",
         endpoint="POST /scan",
+        candidates=candidates,
+        window=window,
     )

@@ -297,6 +297,8 @@ class ImagetwinClient:
             submit_concurrency=20   # uploads open at once (the scan limiter sets the pace)
             journal=None            # a path or a ``Journal``: resumable, never paid twice
             ambiguous="settle"      # "settle" | "report" | "resubmit", see below
+            max_unanswered_scans=4  # scan POSTs awaiting an answer at once (items in doubt)
+            settle_delay=30.0       # how late scan-overview may list a lost POST's scan
 
         Submissions are paced by the scan limiter; results come through the shared poll
         scheduler. One item's failure never loses another's result; ``timeout`` bounds the
@@ -309,7 +311,8 @@ class ImagetwinClient:
         hearing back: ``"settle"`` (default) asks scan-overview and adopts or resends only
         where it tells without doubt, reporting the rest as ``AmbiguousSubmission``;
         ``"report"`` reports them all; ``"resubmit"`` sends them again (they may be billed
-        twice).
+        twice). A crash leaves at most ``max_unanswered_scans`` items in doubt; settling
+        waits ``settle_delay`` after a lost POST before it believes an empty window.
         """
         runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
         return await runner.run()
@@ -337,6 +340,9 @@ class ImagetwinClient:
             wait=self._scheduler.wait,
             overview=self.scan_overview,
             request_deadline=self.timings.request_deadline,
+            service_clock=self._transport.service_clock,
+            answer_times=self._transport.answer_times,
+            limiters={"scan": self._scan_limiter, "result": self._result_limiter},
         )
 
 

@@ -33,6 +33,8 @@ defined elsewhere live next to what raises them.
 
 from __future__ import annotations
 
+import datetime as dt
+
 __all__ = [
     "APIError",
     "AmbiguousSubmission",
@@ -121,11 +123,23 @@ class AmbiguousSubmission(TransportError):
     """A scan POST may have started a (billed) scan, but no scan id came back.
 
     Nothing retries it for you: look the scan up with ``scan_overview`` or resubmit knowingly.
-    With a journal, ``submit_and_wait`` reports the item with this error until told otherwise.
+    With a journal, ``submit_and_wait`` reports the item with this error until told otherwise,
+    with the scans it may have started (``candidates``, ids from scan-overview) and the time
+    its POST may have registered in (``window``, the service's clock, UTC): settle it by hand
+    with ``imagetwin journal settle``.
     """
 
-    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        candidates: tuple[str, ...] = (),
+        window: tuple[dt.datetime, dt.datetime] | None = None,
+    ) -> None:
         super().__init__(message, endpoint=endpoint, scan_may_have_started=True)
+        self.candidates = candidates
+        self.window = window
 
 
 class PollTimeout(ImagetwinError, TimeoutError):

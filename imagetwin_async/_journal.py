@@ -8,9 +8,11 @@ is taken:
 3. ``done`` / ``failed``: the result (or the scan's failure).
 
 A re-run with the same journal returns ``done`` items without a request, waits for
-``started`` ones, and sends only what was never sent. An item left in ``sending`` is the
-ambiguous case (the POST may have reached the server, the answer never came back): see
-``BatchRunner._settle`` in ``_batch`` for how scan-overview can settle it.
+``started`` ones, and sends only what was never sent. An item left in ``sending`` is in
+doubt (the POST may have reached the server, the answer never came back): ``_settlement``
+is the rule that settles it from scan-overview, ``_recovery`` the code that applies it.
+Times are the *service's* (see ``_servicetime``), never the host's. The ``meta`` table keeps
+what a run learned for the next (scanDate's zone, recent request times, learned durations).
 
 ``SQLiteJournal`` is the default store (stdlib ``sqlite3`` in WAL mode, every call on one
 worker thread, off the event loop). Another store implements the ``Journal`` protocol.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import sqlite3
@@ -28,9 +31,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Final, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
+import filelock
 
 from ._convert import structure, unstructure
 from ._errors import ImagetwinError
@@ -49,13 +53,16 @@ T = TypeVar("T")
 State = Literal["sending", "started", "done", "failed"]
 
 _APPLICATION_ID: Final = 0x4954_4A31  # "ITJ1": marks the file as ours
-_SCHEMA_VERSION: Final = 1
+# 1: items; 2: + meta (key/value: the service clock's calibration, the learned durations).
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,
     label      TEXT NOT NULL,
     state      TEXT NOT NULL CHECK (state IN ('sending', 'started', 'done', 'failed')),
     sent_at    REAL NOT NULL,
+    until      REAL,
+    answered_at REAL,
     scan_id    TEXT,
     result     TEXT,
     error      TEXT,
@@ -63,7 +70,17 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_scan_id ON items (scan_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# Set while a process has the journal open, cleared by ``close``: found set with no -wal file
+# beside the journal, it means the file was copied without its log.
+_OPEN_KEY: Final = "journal.open"
+_MARK_OPEN: Final = "INSERT OR REPLACE INTO meta (key, value) VALUES ('journal.open', '1');"
+_MIGRATIONS: Final = {
+    # to 2: items are dated in the service's time, and a meta store (see _SCHEMA_VERSION).
+    2: "ALTER TABLE items ADD COLUMN until REAL; ALTER TABLE items ADD COLUMN answered_at REAL; "
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);",
+}
 
 
 class JournalError(ImagetwinError):
@@ -76,7 +93,13 @@ class JournalLocked(JournalError):
 
 @attrs.frozen
 class JournalEntry:
-    """One item's record. ``sent_at`` is UTC seconds since the epoch, taken before the POST."""
+    """One item's record, dated in the *service's* time (seconds since the epoch by the API's
+    clock, learned from its answers; see ``_servicetime``), never the host's.
+
+    ``sent_at``: no later than the POST went out; ``until``: no earlier than the last moment
+    the POST could still reach the service (``None``: not known, e.g. recorded by version 1);
+    ``answered_at``: no earlier than the answer came back.
+    """
 
     key: str
     label: str
@@ -86,6 +109,8 @@ class JournalEntry:
     result: ScanResult | None = None
     error: str | None = None
     note: str | None = None
+    until: float | None = None
+    answered_at: float | None = None
 
 
 @runtime_checkable
@@ -98,15 +123,26 @@ class Journal(Protocol):
 
     async def entries(self) -> dict[str, JournalEntry]: ...
 
-    async def sending(self, key: str, label: str, sent_at: float) -> None: ...
+    async def sending(
+        self, key: str, label: str, sent_at: float, until: float | None = None
+    ) -> None: ...
 
-    async def started(self, key: str, scan_id: str, note: str | None = None) -> None: ...
+    async def started(
+        self, key: str, scan_id: str, note: str | None = None, answered_at: float | None = None
+    ) -> None: ...
 
     async def finished(self, key: str, result: ScanResult) -> None: ...
 
     async def failed(self, key: str, error: str) -> None: ...
 
     async def forget(self, key: str) -> None: ...
+
+    async def load_meta(self, key: str) -> str | None:
+        """The value last stored under ``key`` (``None`` if none): state a run learned and the
+        next one starts from (the service clock's calibration, the learned scan durations)."""
+        ...
+
+    async def store_meta(self, key: str, value: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -123,7 +159,9 @@ class SQLiteJournal:
     by SIGKILL) keeps two processes from running one journal at once.
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, lock: IO[bytes]) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, lock: filelock.BaseFileLock
+    ) -> None:
         self.path = path
         self._db = connection
         self._lock = lock
@@ -139,7 +177,7 @@ class SQLiteJournal:
         try:
             db = await asyncio.to_thread(_connect, target)
         except BaseException:
-            lock.close()
+            lock.release()
             raise
         # From here on the connection lives on the journal's own thread.
         return cls(target, db, lock)
@@ -156,26 +194,32 @@ class SQLiteJournal:
     async def entries(self) -> dict[str, JournalEntry]:
         rows = await self._call(
             lambda db: db.execute(
-                "SELECT key, label, state, sent_at, scan_id, result, error, note FROM items"
+                "SELECT key, label, state, sent_at, scan_id, result, error, note, until, "
+                "answered_at FROM items"
             ).fetchall()
         )
         return {row[0]: _entry(row, self.path) for row in rows}
 
-    async def sending(self, key: str, label: str, sent_at: float) -> None:
+    async def sending(
+        self, key: str, label: str, sent_at: float, until: float | None = None
+    ) -> None:
         await self._write(
-            "INSERT INTO items (key, label, state, sent_at, updated_at) "
-            "VALUES (?, ?, 'sending', ?, ?) "
+            "INSERT INTO items (key, label, state, sent_at, until, updated_at) "
+            "VALUES (?, ?, 'sending', ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET state = 'sending', sent_at = excluded.sent_at, "
+            "until = excluded.until, answered_at = NULL, "
             "scan_id = NULL, result = NULL, error = NULL, note = NULL, "
             "updated_at = excluded.updated_at",
-            (key, label, sent_at, time.time()),
+            (key, label, sent_at, until, time.time()),
         )
 
-    async def started(self, key: str, scan_id: str, note: str | None = None) -> None:
+    async def started(
+        self, key: str, scan_id: str, note: str | None = None, answered_at: float | None = None
+    ) -> None:
         await self._write(
             "UPDATE items SET state = 'started', scan_id = ?, note = COALESCE(?, note), "
-            "updated_at = ? WHERE key = ?",
-            (scan_id, note, time.time(), key),
+            "answered_at = COALESCE(?, answered_at), updated_at = ? WHERE key = ?",
+            (scan_id, note, answered_at, time.time(), key),
         )
 
     async def finished(self, key: str, result: ScanResult) -> None:
@@ -195,6 +239,19 @@ class SQLiteJournal:
     async def forget(self, key: str) -> None:
         await self._write("DELETE FROM items WHERE key = ?", (key,))
 
+    async def load_meta(self, key: str) -> str | None:
+        row = await self._call(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def store_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         def write(db: sqlite3.Connection) -> None:
             with db:  # one transaction, committed (and synced: synchronous=FULL) on exit
@@ -204,12 +261,18 @@ class SQLiteJournal:
 
     async def close(self) -> None:
         """Close the database and release the lock. Idempotent."""
-        if self._lock.closed:
+        if not self._lock.is_locked:
             return
+
+        def close(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("UPDATE meta SET value = '0' WHERE key = ?", (_OPEN_KEY,))
+            db.close()  # the last connection: checkpoints the log into the file, removes it
+
         with contextlib.suppress(JournalError):
-            await self._call(lambda db: db.close())
+            await self._call(close)
         self._thread.shutdown(wait=True)
-        self._lock.close()
+        self._lock.release()
 
     async def __aenter__(self) -> SQLiteJournal:
         return self
@@ -227,39 +290,80 @@ async def open_journal(journal: str | os.PathLike[str] | Journal) -> tuple[Journ
     raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
 
 
-def _take_lock(path: Path) -> IO[bytes]:
-    import fcntl  # noqa: PLC0415 - POSIX only: imported here so the SDK still loads elsewhere
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = (path.parent / f"{path.name}.lock").open("ab")
+def _take_lock(path: Path) -> filelock.BaseFileLock:
+    # An OS lock (flock / LockFileEx), released by the OS when the process dies, even by
+    # SIGKILL. Never a "soft" lock file, which a killed process would leave behind for ever;
+    # the file itself stays (unlinking a locked file lets a third process lock another inode).
+    if not path.parent.is_dir():  # never created silently: a typo must not make a tree
+        raise JournalError(
+            f"cannot open the journal {path}: the directory {path.parent} does not exist"
+        )
+    lock = filelock.FileLock(
+        path.parent / f"{path.name}.lock",
+        timeout=0,
+        thread_local=False,  # taken on one worker thread, released on another
+        preserve_lock_file=True,
+    )
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+        lock.acquire()
+    except filelock.Timeout:
         raise JournalLocked(
             f"{path} is in use by another process: two runs of one journal could pay for a "
             "scan twice. Wait for it to finish, or use another journal."
         ) from None
+    except OSError as exc:
+        raise _directory_error(path, exc) from exc
     return lock
 
 
+def _directory_error(path: Path, exc: OSError) -> JournalError:
+    folder = path.parent
+    if not folder.is_dir():
+        return JournalError(
+            f"cannot open the journal {path}: the directory {folder} does not exist"
+        )
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return JournalError(
+            f"cannot open the journal {path}: the directory {folder} is read-only (the journal "
+            "writes its lock and log files beside it)"
+        )
+    return JournalError(f"cannot open the journal {path}: {exc.strerror or exc}")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    existed = path.exists() and path.stat().st_size > 0
+    wal = path.with_name(f"{path.name}-wal")
+    had_wal = wal.exists()
     try:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {path}: {exc}") from exc
     try:
-        if existed:
-            _check(db, path)
+        version = _check(db, path)
+        if version and not had_wal:
+            _check_log(db, path)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")  # a committed step survives a power cut
-        if not existed:
-            db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        db.executescript(_SCHEMA)
+        # One transaction: marked as ours, schema and version all land, or none does (a
+        # creation cut short by a full disk leaves an empty database, which the next open
+        # takes as new rather than as "not a journal").
+        steps = [f"PRAGMA application_id = {_APPLICATION_ID};", _SCHEMA] if not version else []
+        steps += [_MIGRATIONS[v] for v in range(version + 1, _SCHEMA_VERSION + 1) if version]
+        db.executescript(
+            f"BEGIN; {' '.join(steps)} PRAGMA user_version = {_SCHEMA_VERSION}; "
+            f"{_MARK_OPEN} COMMIT;"
+        )
+        # The "left open" mark must reach the main file, not only the log: a copy made
+        # without the log then still says that the log mattered.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.DatabaseError as exc:
         db.close()
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise JournalError(
+                f"the journal {path} is read-only: a journal must record each step before the "
+                "next is taken"
+            ) from exc
+        if isinstance(exc, sqlite3.OperationalError) and "disk" in str(exc):
+            raise JournalError(f"cannot write the journal {path}: {exc}") from exc
         raise JournalError(
             f"{path} is not a readable imagetwin journal ({exc}); nothing was changed. "
             "Move it aside to start afresh (scans it recorded would then be paid again)."
@@ -270,29 +374,52 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _check(db: sqlite3.Connection, path: Path) -> None:
+def _check_log(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a journal left open by a run (so its log mattered) whose log is not beside it."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        return  # schema 1: no mark kept
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (_OPEN_KEY,)).fetchone()
+    if row is not None and row[0] == "1":
+        wal = f"{path.name}-wal"
+        raise JournalError(
+            f"{path} was last used by a run that did not close it, and its write-ahead log "
+            f"{wal} is not beside it: the journal was copied or moved without its -wal file, "
+            f"so its latest steps are missing. Copy {wal} along with it (and stop any run "
+            "still using the original); nothing was changed."
+        )
+
+
+def _check(db: sqlite3.Connection, path: Path) -> int:
+    """The journal's schema version; 0 for an empty database (new, or whose creation was cut
+    short), which is safe to make into a journal."""
+    (tables,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    if tables == 0 and app_id in (0, _APPLICATION_ID):
+        return 0
     if app_id != _APPLICATION_ID:
         raise JournalError(
             f"{path} is an SQLite file but not an imagetwin journal; refusing to touch it"
         )
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > _SCHEMA_VERSION:
         raise JournalError(f"{path} was written by a newer imagetwin_async (schema {version})")
     (verdict,) = db.execute("PRAGMA quick_check").fetchone()
     if verdict != "ok":
         raise JournalError(f"{path} is damaged ({verdict}); nothing was changed")
+    return max(version, 1)
 
 
 def _entry(row: tuple[Any, ...], path: Path) -> JournalEntry:
-    key, label, state, sent_at, scan_id, result, error, note = row
+    key, label, state, sent_at, scan_id, result, error, note, until, answered_at = row
     parsed: ScanResult | None = None
     if result is not None:
         try:
             parsed = structure(json.loads(result), ScanResult)
         except (ValueError, ImagetwinError) as exc:
             raise JournalError(f"{path}: the result stored for {label} is damaged") from exc
-    return JournalEntry(key, label, state, sent_at, scan_id, parsed, error, note)
+    return JournalEntry(
+        key, label, state, sent_at, scan_id, parsed, error, note, until, answered_at
+    )
 
 
 def utc_now() -> float:

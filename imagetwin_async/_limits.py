@@ -25,7 +25,7 @@ import heapq
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Literal, Protocol, Self, final, runtime_checkable
 
@@ -392,6 +392,20 @@ class WindowLimiter(_LimiterBase):
                 return t - now
         return None
 
+    def seed(self, answered: Iterable[float]) -> None:
+        """Count requests another process sent, by when their answers came (on this limiter's
+        clock, possibly in the past): each keeps a slot cooling as if sent from here. A batch
+        resumed after a crash seeds from its journal so that it does not spend a window its
+        predecessor already filled."""
+        recent = sorted(answered, reverse=True)[: len(self._idle)]
+        idle = sorted(self._idle)  # longest-free first: those slots take the seeded uses
+        for index, when in enumerate(recent):
+            idle[index] = max(idle[index], when + self._hold)
+        heapq.heapify(idle)
+        self._idle = idle
+        if self._waiters:
+            self._dispatch()
+
     # -- granting and releasing --------------------------------------------------------
 
     def _grant(self) -> tuple[Slot, float]:
@@ -573,6 +587,13 @@ class TokenBucketLimiter(_LimiterBase):
 
     def _release(self) -> None:
         self._in_flight -= 1
+
+    def seed(self, answered: Iterable[float]) -> None:
+        """Requests another process sent (answer times on this limiter's clock): any within
+        the last ``per`` empty the bucket, which then refills from now (aiolimiter's level
+        cannot be set, and an empty bucket is the safe side)."""
+        if any(when > self._now() - self._period for when in answered):
+            self._drain_pending = True
 
     async def acquire(self, *, block: bool = True) -> Slot:
         now = self._now()

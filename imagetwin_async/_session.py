@@ -8,6 +8,7 @@ limiters are consulted: a slot is held for each attempt from send to answer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -37,6 +38,7 @@ from ._protocol import (
     parse_retry_after,
     retry_decision,
 )
+from ._servicetime import ServiceClock
 
 __all__ = ["ApiKey", "BeforeSend", "RawResponse", "RetryPolicy", "Transport"]
 
@@ -49,6 +51,7 @@ BeforeSend = Callable[[], Awaitable[None]]
 
 _REDACTED = "[redacted]"
 _CHUNK = 256 * 1024
+_ANSWER_LOG = 128  # > any per-window request budget the API has (60 reads a minute)
 
 
 class ApiKey:
@@ -151,6 +154,13 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        # Every answer's Date header dates the service's clock (journals keep service time).
+        self.service_clock = ServiceClock()
+        # Recent answer times (monotonic) per group: a journal keeps them so that a run resumed
+        # after a crash knows how much of the rate budget its predecessor spent.
+        self.answer_times: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=_ANSWER_LOG)
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -292,6 +302,9 @@ class Transport:
         finally:
             if slot is not None:
                 slot.release()
+        received = time.monotonic()
+        self.service_clock.observe(sent, received, headers.get("Date"))
+        self.answer_times[request.group].append(received)
         logger.debug(
             "%s /%s -> %d (attempt %d, waited %.3fs for a slot, answered in %.3fs)",
             request.method,

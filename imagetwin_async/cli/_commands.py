@@ -44,6 +44,7 @@ from ._connect import (
 )
 from ._discover import PathError, discover
 from ._exitcodes import ExitCode
+from ._journal import journal
 from ._messages import Message, describe, hint_for, missing_key
 from ._output import OutputFormat, Row, exit_code, print_overview, print_rows
 from ._progress import BatchDisplay, estimate_seconds_left
@@ -693,3 +694,6 @@ def emulator(args: tuple[str, ...]) -> int:
         _show(err, Message(f"cannot serve on {ns.host}:{ns.port}: {exc}"))
         return ExitCode.ERROR
     return ExitCode.CLEAN
+
+
+cli.add_command(journal)

@@ -227,8 +227,10 @@ class _Api:
         export_format = query.get("exportFormat", "json")
         if export_format not in {"json", "csv"}:
             return error(400, f"exportFormat must be json or csv, got {export_format!r}.")
+        zone = self.emu.scan_date_zone
         rows = [
-            row.as_json() for row in self.emu.store.overview(self.emu.api_keys[key], start, end)
+            row.as_json(zone)
+            for row in self.emu.store.overview(self.emu.api_keys[key], start, end, zone)
         ]
         if export_format == "json":
             return web.json_response(

@@ -9,7 +9,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from types import TracebackType
 from typing import Literal, Self, TypedDict
@@ -100,6 +100,7 @@ class Emulator:
         callback_timeout: float = 5.0,
         time_source: Callable[[], float] = time.monotonic,
         start_time: float | None = None,
+        scan_date_zone: tzinfo = UTC,
     ) -> None:
         self.host = host
         self.port = port
@@ -107,6 +108,8 @@ class Emulator:
         self.clock = Clock(speed, source=time_source, start_time=start_time)
         self.limiter = RateLimiter(parse_algorithm(rate_limit_algorithm), rate_limits)
         self.retry_after = retry_after
+        # The zone scan-overview writes its zone-less scanDate in (the reference says UTC).
+        self.scan_date_zone = scan_date_zone
         self.processing_time = _processing_time(processing_time)
         self.seed = seed
         self.corrupt_documents: CorruptDocuments = corrupt_documents

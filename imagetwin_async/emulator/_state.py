@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from enum import StrEnum
 
 from .. import _spec
@@ -65,10 +65,12 @@ class OverviewEntry:
     free_of_charge: bool = False
     api_scan: bool = False
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self, zone: tzinfo = UTC) -> dict[str, object]:
         return {
             "scanId": self.scan_id,
-            "scanDate": self.scan_date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            # Zone-less, as the reference shows it: in UTC unless the emulator was told
+            # otherwise (Emulator(scan_date_zone=...)), so clients cannot count on UTC.
+            "scanDate": self.scan_date.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"),
             "user": self.user,
             "freeOfCharge": self.free_of_charge,
             "apiScan": self.api_scan,
@@ -132,14 +134,16 @@ class ScanStore:
         for scan in sandbox_scans():
             self.add(scan)
 
-    def overview(self, user: str, start: date, end: date) -> list[OverviewEntry]:
-        """Rows of ``user`` whose UTC date lies in ``[start, end]``, oldest first."""
+    def overview(
+        self, user: str, start: date, end: date, zone: tzinfo = UTC
+    ) -> list[OverviewEntry]:
+        """Rows of ``user`` whose date (in ``zone``) lies in ``[start, end]``, oldest first."""
         rows = [
             OverviewEntry(s.scan_id, s.scan_date, s.user, free_of_charge=False, api_scan=True)
             for s in self.scans.values()
             if s.billed and s.user == user
         ]
         rows.extend(entry for entry in self.history if entry.user == user)
-        rows = [r for r in rows if start <= r.scan_date.astimezone(UTC).date() <= end]
+        rows = [r for r in rows if start <= r.scan_date.astimezone(zone).date() <= end]
         rows.sort(key=lambda r: r.scan_date)
         return rows

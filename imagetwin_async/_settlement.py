@@ -1,0 +1,235 @@
+"""The settling rule: what became of scan POSTs whose answer never came back.
+
+A journaled batch records each item's intent before its POST goes out. An item left at that
+step after a crash (or a lost answer) may or may not have started a billed scan. The only
+evidence is scan-overview: scan ids and zone-less, whole-second dates, no file names.
+
+``decide_settlement`` is the rule, a pure function of that evidence:
+
+- **adopt** a scan when, in every way the listed scans can be shared out among the items in
+  doubt, this item gets that same scan;
+- **resend** only when, in every way, it gets none, *and* its window is closed (no POST of it
+  can still register) *and* the overview was read at least ``lag`` after that;
+- **wait** while a window is still open or the overview may not list it yet;
+- **report** otherwise (with the scans it may have started and its window, in service time),
+  and while scan-overview's zone is not calibrated. Missing evidence never resends.
+
+The rule assumes that, inside the windows, every API scan on the key that the journal does
+not know came from one of the items in doubt (no other client scanning with the same key at
+that moment). If more scans are listed than items could have made, nothing is decided.
+
+    >>> from imagetwin_async._servicetime import Interval, ZoneCalibration
+    >>> zone = ZoneCalibration(Interval(0.0, 0.0))  # scanDate is exactly UTC
+    >>> decisions = decide_settlement(
+    ...     {"a.pdf": Interval(100.0, 105.0)},
+    ...     [ListedScan("s1", naive=102.0)],
+    ...     known_ids=set(),
+    ...     zone=zone,
+    ...     read_at=200.0,
+    ...     lag=10.0,
+    ... )
+    >>> decisions["a.pdf"].kind, decisions["a.pdf"].scan_id
+    (<Settlement.ADOPT: 'adopt'>, 's1')
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping, Sequence
+from typing import Final
+
+import attrs
+
+from ._servicetime import Interval, ZoneCalibration
+
+__all__ = ["Decision", "ListedScan", "Settlement", "decide_settlement"]
+
+# Ways of sharing scans out that we try before calling a tangle undecidable (each in-doubt
+# item is one POST; with the unanswered POSTs bounded, a tangle holds a handful of items).
+_MAX_STEPS: Final = 20_000
+
+
+class Settlement(enum.Enum):
+    ADOPT = "adopt"  # the item started exactly this scan: wait for its result
+    RESEND = "resend"  # proven: the item started no scan; send it again
+    WAIT = "wait"  # a window is still open, or the overview may not list it yet
+    REPORT = "report"  # cannot tell: the user decides (candidates and window attached)
+    UNCALIBRATED = "uncalibrated"  # scanDate's zone is unknown yet: report until it is known
+
+
+@attrs.frozen
+class ListedScan:
+    """One row of scan-overview: ``naive`` is its ``scanDate`` read as if it were UTC."""
+
+    scan_id: str
+    naive: float
+    api_scan: bool = True
+
+
+@attrs.frozen
+class Decision:
+    """What to do with one in-doubt item, and why (``reason`` is for the user)."""
+
+    kind: Settlement
+    reason: str
+    scan_id: str | None = None  # ADOPT: the scan
+    candidates: tuple[str, ...] = ()  # REPORT / UNCALIBRATED: scans it may have started
+    window: Interval | None = None  # service time the POST may have registered in
+    wait_until: float | None = None  # WAIT: service time after which to read again
+
+
+def decide_settlement(
+    windows: Mapping[str, Interval | None],
+    scans: Sequence[ListedScan],
+    *,
+    known_ids: Collection[str],
+    zone: ZoneCalibration,
+    read_at: float,
+    lag: float,
+) -> dict[str, Decision]:
+    """Decide every in-doubt item at once (their windows can share scans).
+
+    ``windows``: per item, the service-time interval its POST may have registered a scan in
+    (``None``: unknown, e.g. recorded before service time was kept); ``scans``: the overview
+    read (covering every window); ``known_ids``: scan ids the journal already holds;
+    ``read_at``: service time no later than when the overview read was sent; ``lag``: how long
+    after registering a scan the overview may still not list it.
+    """
+    unclaimed = [s for s in scans if s.api_scan and s.scan_id not in known_ids]
+    dates = {s.scan_id: zone.service_time(s.naive) for s in unclaimed}
+
+    def possible(window: Interval | None) -> list[str]:
+        return [s.scan_id for s in unclaimed if window is None or dates[s.scan_id].overlaps(window)]
+
+    if not zone.calibrated:
+        return {
+            key: Decision(
+                Settlement.UNCALIBRATED,
+                "scan-overview's dates carry no zone and no scan the journal knows has "
+                "calibrated them yet",
+                candidates=tuple(possible(window)),
+                window=window,
+            )
+            for key, window in windows.items()
+        }
+    open_until = [w.hi + lag for w in windows.values() if w is not None and read_at < w.hi + lag]
+    if open_until:
+        until = max(open_until)
+        return {
+            key: Decision(
+                Settlement.WAIT,
+                "its window is still open, or too recent for scan-overview to list it",
+                window=window,
+                wait_until=until,
+            )
+            for key, window in windows.items()
+        }
+    fits = {key: set(possible(window)) for key, window in windows.items()}
+    decisions: dict[str, Decision] = {}
+    for items, listed in _tangles(fits):
+        shares = _shares(items, listed, fits)
+        for key in items:
+            decisions[key] = _decide(key, windows[key], shares, fits[key])
+    return decisions
+
+
+def _tangles(fits: Mapping[str, set[str]]) -> list[tuple[list[str], list[str]]]:
+    """Items and scans in groups that share no scan with another group."""
+    groups: list[tuple[list[str], list[str]]] = []
+    seen: set[str] = set()
+    for start in fits:
+        if start in seen:
+            continue
+        items, scans, todo = [start], set(fits[start]), [start]
+        seen.add(start)
+        while todo:
+            todo.pop()
+            for other, its in fits.items():
+                if other not in seen and its & scans:
+                    seen.add(other)
+                    items.append(other)
+                    todo.append(other)
+                    scans |= its
+        groups.append((items, sorted(scans)))
+    return groups
+
+
+def _shares(
+    items: list[str], scans: list[str], fits: Mapping[str, set[str]]
+) -> dict[str, set[str | None]] | None:
+    """For each item, what it gets across every way of giving each listed scan to exactly
+    one item whose window allows it (an item makes at most one scan); ``None`` when no such
+    way exists or there are too many to try."""
+    outcomes: dict[str, set[str | None]] = {key: set() for key in items}
+    owner: dict[str, str] = {}
+    steps = 0
+    found = False
+
+    def place(index: int) -> bool:
+        nonlocal steps, found
+        steps += 1
+        if steps > _MAX_STEPS:
+            return False
+        if index == len(scans):
+            found = True
+            taken = {item: scan for scan, item in owner.items()}
+            for key in items:
+                outcomes[key].add(taken.get(key))
+            return True
+        scan = scans[index]
+        used = set(owner.values())
+        for key in items:
+            if key not in used and scan in fits[key]:
+                owner[scan] = key
+                if not place(index + 1):
+                    return False
+                del owner[scan]
+        return True
+
+    if not place(0) or not found:
+        return None
+    return outcomes
+
+
+def _decide(
+    key: str,
+    window: Interval | None,
+    shares: Mapping[str, set[str | None]] | None,
+    fits: set[str],
+) -> Decision:
+    candidates = tuple(sorted(fits))
+    if shares is None:
+        return Decision(
+            Settlement.REPORT,
+            "scan-overview lists scans that these items cannot account for together (another "
+            "client on this key?) or too many ways to share them out",
+            candidates=candidates,
+            window=window,
+        )
+    gets = shares[key]
+    if window is None:
+        return Decision(
+            Settlement.REPORT,
+            "its send time was not recorded in service time",
+            candidates=tuple(sorted(s for s in gets if s is not None)) or candidates,
+        )
+    if gets == {None}:
+        return Decision(
+            Settlement.RESEND,
+            "scan-overview, read after its window closed, lists no scan it can have started",
+            window=window,
+        )
+    if len(gets) == 1:
+        (scan,) = gets
+        return Decision(
+            Settlement.ADOPT,
+            "the only scan in scan-overview it can have started",
+            scan_id=scan,
+            window=window,
+        )
+    return Decision(
+        Settlement.REPORT,
+        "scan-overview cannot tell which scan, if any, it started",
+        candidates=tuple(sorted(s for s in gets if s is not None)),
+        window=window,
+    )

@@ -1,0 +1,252 @@
+"""The settling rule and the service clock, without a loop or a server.
+
+Adversaries named: a client clock minutes off or jumping mid-run (only monotonic durations and
+the service's Date headers count), a scan-overview whose dates are in an unannounced zone and
+whole seconds, an overview that lists scans late, and answers arriving in any order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from imagetwin_async._servicetime import Interval, ServiceClock, ZoneCalibration
+from imagetwin_async._settlement import (
+    ListedScan,
+    Settlement,
+    decide_settlement,
+)
+
+UTC_ZONE = ZoneCalibration(Interval(0.0, 0.0))
+
+
+def http_date(seconds: float) -> str:
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(int(seconds), dt.UTC), True)
+
+
+def decide(
+    windows: dict[str, Interval | None],
+    scans: list[ListedScan],
+    *,
+    known: set[str] | None = None,
+    zone: ZoneCalibration = UTC_ZONE,
+    read_at: float = 1000.0,
+    lag: float = 5.0,
+) -> dict[str, tuple[Settlement, str | None]]:
+    out = decide_settlement(
+        windows, scans, known_ids=known or set(), zone=zone, read_at=read_at, lag=lag
+    )
+    return {k: (d.kind, d.scan_id) for k, d in out.items()}
+
+
+def test_one_scan_in_one_window_is_adopted() -> None:
+    got = decide({"a": Interval(100, 104)}, [ListedScan("s1", 102)])
+    assert got == {"a": (Settlement.ADOPT, "s1")}
+
+
+def test_an_empty_closed_window_is_resent_but_an_open_one_waits() -> None:
+    assert decide({"a": Interval(100, 104)}, []) == {"a": (Settlement.RESEND, None)}
+    waiting = decide_settlement(
+        {"a": Interval(100, 104)}, [], known_ids=(), zone=UTC_ZONE, read_at=107.0, lag=5.0
+    )
+    assert waiting["a"].kind is Settlement.WAIT
+    assert waiting["a"].wait_until == 109.0  # the overview may list a scan up to lag late
+
+
+def test_a_scan_the_journal_knows_is_nobody_elses_candidate() -> None:
+    got = decide({"a": Interval(100, 104)}, [ListedScan("mine", 101)], known={"mine"})
+    assert got == {"a": (Settlement.RESEND, None)}
+
+
+def test_web_scans_are_not_candidates() -> None:
+    got = decide({"a": Interval(100, 104)}, [ListedScan("web", 101, api_scan=False)])
+    assert got == {"a": (Settlement.RESEND, None)}
+
+
+def test_two_items_two_scans_ordered_by_their_windows_are_each_adopted() -> None:
+    # a's scan can only be a's (b was sent later); b's window holds both, but one is a's.
+    got = decide(
+        {"a": Interval(100, 110), "b": Interval(103, 110)},
+        [ListedScan("s1", 100), ListedScan("s2", 105)],
+    )
+    assert got == {"a": (Settlement.ADOPT, "s1"), "b": (Settlement.ADOPT, "s2")}
+
+
+def test_one_scan_two_overlapping_windows_is_reported_with_the_candidate() -> None:
+    out = decide_settlement(
+        {"a": Interval(100, 110), "b": Interval(101, 110)},
+        [ListedScan("s1", 105)],
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+    )
+    assert {d.kind for d in out.values()} == {Settlement.REPORT}
+    assert out["a"].candidates == ("s1",)
+    assert out["a"].window == Interval(100, 110)
+
+
+def test_more_scans_than_items_decides_nothing() -> None:
+    got = decide({"a": Interval(100, 110)}, [ListedScan("s1", 101), ListedScan("s2", 102)])
+    assert got == {"a": (Settlement.REPORT, None)}
+
+
+def test_an_uncalibrated_zone_never_adopts_or_resends() -> None:
+    out = decide_settlement(
+        {"a": Interval(100, 104)},
+        [ListedScan("s1", 102 + 3600)],
+        known_ids=(),
+        zone=ZoneCalibration(),
+        read_at=10_000.0,
+        lag=5.0,
+    )
+    assert out["a"].kind is Settlement.UNCALIBRATED
+    assert out["a"].candidates == ("s1",)  # listed an hour "later": any zone allows it
+
+
+def test_an_unknown_window_is_reported_never_resent() -> None:
+    assert decide({"a": None}, []) == {"a": (Settlement.REPORT, None)}
+
+
+def test_the_zone_is_learned_from_known_scans_and_named() -> None:
+    zone = ZoneCalibration()
+    # Listed in UTC+02:00: a scan sent in [1000, 1000.4] service time shows 7200 s later.
+    zone.learn([(8200.0, Interval(1000.0, 1000.4)), (9300.0, Interval(2099.5, 2100.2))])
+    assert zone.calibrated
+    assert zone.offset is not None
+    assert zone.offset.lo <= 7200.0 <= zone.offset.hi
+    assert zone.zone_name() == "UTC+02:00"
+    assert ZoneCalibration.loads(zone.dumps()).offset == zone.offset
+    assert ZoneCalibration.loads("not json").offset is None
+
+
+def test_the_service_clock_narrows_and_survives_a_jump_of_the_service() -> None:
+    clock = ServiceClock()
+    assert not clock.observe(0.0, 1.0, "garbage")
+    for mono in (10.0, 10.3, 10.6, 10.9, 11.2):
+        clock.observe(mono, mono + 0.05, http_date(5000.0 + mono))
+    assert clock.at(12.0).lo <= 5012.0 <= clock.at(12.0).hi
+    assert clock.at(12.0).width() < 0.5  # whole-second dates, narrowed by their phases
+    clock.observe(20.0, 20.1, http_date(9000.0))  # the service's clock was set
+    assert clock.jumps == 1
+    assert clock.at(20.05).lo <= 9000.5 <= clock.at(20.05).hi
+
+
+# ---- the property: nothing registered is ever resent; nothing adopted is another's ----
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[object, ...]:
+    offset = draw(st.floats(-1e6, 1e6))  # service time - client monotonic time
+    wall_skew = draw(st.floats(-900, 900))  # the client's wall clock: must not matter
+    jump = draw(st.floats(-900, 900))  # ... nor its jump mid-run
+    zone = draw(st.integers(-48, 56)) * 900.0  # scanDate's zone, quarter hours
+    rtt = draw(st.floats(0.001, 2.0))
+    n = draw(st.integers(1, 6))
+    sends = sorted(draw(st.lists(st.floats(0, 30), min_size=n, max_size=n)))
+    registered = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    delays = draw(st.lists(st.floats(0, 1.5), min_size=n, max_size=n))
+    known_count = draw(st.integers(1, 4))
+    known_at = draw(st.lists(st.floats(-50, 40), min_size=known_count, max_size=known_count))
+    died = max(sends) + draw(st.floats(0, 3))
+    lag = draw(st.floats(0, 5))
+    true_lag = draw(st.floats(0, 1)) * lag
+    read_delay = draw(st.floats(-3, 20))  # read too early, too
+    answers = draw(st.lists(st.floats(-60, 60), min_size=1, max_size=12))
+    order = draw(st.permutations(list(range(n))))
+    return (
+        offset,
+        wall_skew,
+        jump,
+        zone,
+        rtt,
+        sends,
+        registered,
+        delays,
+        known_at,
+        died,
+        lag,
+        true_lag,
+        read_delay,
+        answers,
+        order,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_no_item_that_registered_a_scan_is_ever_resent(world: tuple[object, ...]) -> None:
+    (
+        offset,
+        _wall_skew,
+        _jump,
+        zone,
+        rtt,
+        sends,
+        registered,
+        delays,
+        known_at,
+        died,
+        lag,
+        true_lag,
+        read_delay,
+        answers,
+        order,
+    ) = world
+    assert isinstance(offset, float) and isinstance(zone, float) and isinstance(rtt, float)
+    assert isinstance(sends, list) and isinstance(registered, list) and isinstance(delays, list)
+    assert isinstance(known_at, list) and isinstance(answers, list) and isinstance(order, list)
+    assert isinstance(died, float) and isinstance(lag, float) and isinstance(true_lag, float)
+    assert isinstance(read_delay, float)
+
+    def service(mono: float) -> float:
+        return mono + offset
+
+    # The client learns the service's clock from Date headers only (its wall clock, skewed
+    # and jumping, is never read).
+    clock = ServiceClock()
+    for at in answers:
+        clock.observe(at, at + rtt, http_date(service(at + rtt / 2)))
+
+    def naive(service_time: float) -> float:
+        return float(int(service_time + zone))  # listed in the zone, whole seconds
+
+    # Known scans (sent and answered) calibrate the zone.
+    calibration = ZoneCalibration()
+    listed: list[ListedScan] = []
+    pairs = []
+    for i, at in enumerate(known_at):
+        reg = at + rtt / 2
+        pairs.append((naive(service(reg)), Interval(clock.at(at).lo, clock.at(at + rtt).hi)))
+        listed.append(ListedScan(f"known{i}", naive(service(reg))))
+    calibration.learn(pairs)
+    # The items in doubt: their windows run from the send to the process's death.
+    windows: dict[str, Interval | None] = {}
+    truth: dict[str, str | None] = {}
+    read_mono = died + read_delay
+    for i in order:
+        key = f"item{i}"
+        windows[key] = Interval(clock.at(sends[i]).lo, clock.at(died).hi)
+        reg = min(sends[i] + delays[i], died)
+        truth[key] = f"scan{i}" if registered[i] else None
+        if registered[i] and reg + true_lag <= read_mono:  # the overview lists it late
+            listed.append(ListedScan(f"scan{i}", naive(service(reg))))
+    decisions = decide_settlement(
+        windows,
+        listed,
+        known_ids={f"known{i}" for i in range(len(known_at))},
+        zone=calibration,
+        read_at=clock.at(read_mono).lo,
+        lag=lag,
+    )
+    for key, decision in decisions.items():
+        event(decision.kind.value)
+        if decision.kind is Settlement.RESEND:
+            assert truth[key] is None, "an item that registered a scan would be paid twice"
+        if decision.kind is Settlement.ADOPT:
+            assert decision.scan_id == truth[key], "adopted another item's scan"
+        if decision.kind is Settlement.WAIT:
+            assert decision.wait_until is not None
