@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
 from ._limits import Limiter, LimitState, RateLimit
+from ._modelstore import FileModelStore, JournalModelStore, ModelStore
 from ._models import (
     CallbackNotice,
     ScanOutcome,
@@ -69,6 +70,7 @@ __all__ = [
     "CallbackStats",
     "ConfigurationError",
     "FileContent",
+    "FileModelStore",
     "ImagetwinClient",
     "ImagetwinError",
     "InvalidArgument",
@@ -77,8 +79,10 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalLocked",
+    "JournalModelStore",
     "LimitState",
     "Limiter",
+    "ModelStore",
     "NamedFile",
     "PollTimeout",
     "RateLimit",

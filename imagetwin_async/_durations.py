@@ -298,7 +298,7 @@ class DurationModel:
 
     # ---- state across runs --------------------------------------------------------------
 
-    def state(self, *, limit: int = 100) -> str:
+    def state(self, *, limit: int = 50) -> str:
         """The last ``limit`` observations as JSON, to start another model warm."""
         recent = list(self._obs)[-limit:]
         rows = [
@@ -313,22 +313,28 @@ class DurationModel:
 
         Anything malformed raises ``ValueError`` and leaves the model as it was.
         """
-        data = json.loads(state) if isinstance(state, str) else state
-        if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION:
-            raise ValueError("not a duration model state of a known version")
-        rows = data.get("observations")
-        if not isinstance(rows, list):
-            # One error type for any bad state, whatever is wrong with it.
-            raise ValueError("a duration model state needs a list of observations")  # noqa: TRY004
-        parsed = [_parse_row(row, weight) for row in rows[-self._window :]]
+        try:
+            parsed = self._parse_state(state, weight)
+        except ValueError as exc:
+            raise ValueError(f"not a usable duration model state: {exc}") from None
         for obs in parsed:
             self._obs.append(obs)
             if len(self._obs) > self._window:
                 self._obs.popleft()
         if parsed:
             self._refit()
-            self._ready = len(self._obs) >= self._min_samples
+            self._ready = self._ready or len(self._obs) >= self._min_samples
         return len(parsed)
+
+    def _parse_state(self, state: str | Mapping[str, Any], weight: float) -> list[list[float]]:
+        data = json.loads(state) if isinstance(state, str) else state
+        if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION:
+            raise ValueError("not a duration model state of a known version")
+        rows = data.get("observations")
+        if not isinstance(rows, list):
+            # One error type for any bad state, whatever is wrong with it.
+            raise ValueError("a state needs a list of observations")  # noqa: TRY004
+        return [_parse_row(row, weight) for row in rows[-self._window :]]
 
 
 def _finite(value: float) -> float | None:

@@ -55,10 +55,11 @@ from ._errors import (
     ServiceUnavailable,
     TransportError,
 )
+from ._limits import Limiter, RateLimit
 from ._models import ScanPending, ScanResult
 from ._modelstore import ModelStore
 
-__all__ = ["DurationModel", "PollScheduler", "ScanFeatures", "SchedulerStats"]
+__all__ = ["DurationModel", "PollScheduler", "ScanFeatures", "SchedulerStats", "read_rate_of"]
 
 logger = logging.getLogger("imagetwin_async.polling")
 
@@ -624,6 +625,25 @@ class PollScheduler:
                 future.set_result(outcome)
             else:
                 future.set_exception(outcome)
+
+
+def read_rate_of(limit: RateLimit | Limiter) -> float | None:
+    """Reads a second the scheduler may pace itself at: the limit's ``requests / (per +
+    margin)``; None (no pacing) for ``RateLimit.unlimited()`` or a limit that says nothing."""
+    if isinstance(limit, RateLimit):
+        if limit.strategy == "unlimited":
+            return None
+        return limit.requests / (limit.per + limit.margin)
+    inner = getattr(limit, "limit", None)  # our own limiters keep the RateLimit they enforce
+    if isinstance(inner, RateLimit):
+        return read_rate_of(inner)
+    try:
+        state = limit.snapshot()
+    except Exception:  # a custom limiter that cannot tell: do not pace
+        return None
+    if state.requests >= 2**40 or state.per <= 0:
+        return None
+    return state.requests / state.per
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
