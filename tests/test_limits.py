@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import tracemalloc
 
 import pytest
 from _simulation import (
@@ -494,8 +495,6 @@ async def test_a_waiter_behind_one_cancelled_in_the_same_tick_is_still_woken() -
 
 
 def test_a_huge_limit_costs_no_memory_until_used() -> None:
-    import tracemalloc
-
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

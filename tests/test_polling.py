@@ -9,6 +9,7 @@ import random
 import statistics
 from collections import deque
 
+import looptime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -354,8 +355,6 @@ def test_a_stream_never_draws_more_reads_than_the_budget(
 ) -> None:
     # A bulk job of any shape against the vendor's 60 reads a minute, the scheduler learning
     # (or starting warm) and pacing itself: no 60 s window ever holds more than 60 reads.
-    import looptime
-
     async def run() -> list[float]:
         limit = RateLimit(60, per=60.0)
         endpoint = FakeEndpoint(limit)
