@@ -73,6 +73,7 @@ _CANDIDATES: Final = 15
 # Loop timers may fire a hair before their deadline (looptime rounds to microseconds): a scan
 # this close to its due time is due, or the picker would re-arm for a sliver for ever.
 _CLOCK_SLACK: Final = 1e-5
+_SQRT2: Final = math.sqrt(2.0)
 # The read threshold falls by _STEP at each read made while the budget idled (the pacing
 # bucket full) and climbs back by _STEP at each read that had to wait for it, between
 # min_probability and target_probability.
@@ -446,7 +447,12 @@ class PollScheduler:
         """P(finished since its last read | running then): the score of a learned scan."""
         if not watch.learned:
             return -1.0  # unknown: after every scan the model can speak for
-        p = lognormal_cdf(now - watch.started, self._location(watch), self.model.sigma)
+        mu = watch.mu if watch.version == self.model.version else self._location(watch)
+        age = now - watch.started
+        if age <= 0.0:
+            return 0.0
+        # The log-normal CDF inline: this runs for every candidate of every decision.
+        p = 0.5 * math.erfc((mu - math.log(age)) / (self.model.sigma * _SQRT2))
         before = watch.done_before
         return (p - before) / max(1.0 - before, 1e-12)
 
