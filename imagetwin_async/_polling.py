@@ -150,7 +150,7 @@ class PollScheduler:
         min_probability: float | None = None,
         concurrency: int = 4,
         read_rate: float | None = None,
-        read_burst: int = 4,
+        read_burst: int = 10,
         model: DurationModel | None = None,
         model_store: ModelStore | None = None,
         clock: Callable[[], float] | None = None,
