@@ -14,6 +14,7 @@ dynamic, beats it at the same mean reads (the relaxed problem's optimum is a low
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 
 from _common import header, table
@@ -62,7 +63,7 @@ def frontier(
             i = nxt[i]
             schedule.append(grid[i])
         first = schedule[0]
-        gaps = ", ".join(f"{b - a:.0f}" for a, b in zip(schedule, schedule[1:], strict=False))
+        gaps = ", ".join(f"{b - a:.0f}" for a, b in itertools.pairwise(schedule))
         rows.append([lam, reads[0], delay[0], first, f"{cdf(first):.2f}", gaps])
     return rows
 
