@@ -108,6 +108,18 @@ def lognormal(median: float = 60.0, sigma: float = 0.5) -> Draw:
     return draw
 
 
+def sized(median_per_page: float = 20.0, sigma: float = 0.3) -> Draw:
+    """Documents of 1 to 40 pages whose durations grow with them (median 20 s a page, as the
+    emulator's ``LogNormalTime(20, 0.3, page_exponent=1)`` makes them)."""
+
+    def draw(rng: random.Random, _: int) -> tuple[float, ScanFeatures | None]:
+        pages = rng.choice([1, 2, 3, 5, 8, 12, 20, 40])
+        duration = rng.lognormvariate(math.log(median_per_page * pages), sigma)
+        return duration, ScanFeatures(pages=pages, size=pages * 150_000)
+
+    return draw
+
+
 async def _ours(
     n: int, gap: float, draw: Draw, seed: int, model: DurationModel | None, use_features: bool
 ) -> SimResult:

@@ -205,13 +205,18 @@ def simulated(seeds: int, everies: list[float]) -> list[list[object]]:
     rows: list[list[object]] = []
     cases = [("short job, cold", 120, False), ("short job, warm", 120, True)]
     cases.append(("30-min stream, cold", 600, False))
+    # Sized documents (1-40 pages, ~20 s a page): the model told the pages, and not told.
+    cases.append(("sized docs, pages known", 120, True))
+    cases.append(("sized docs, pages unknown", 120, False))
     for label, n, warm in cases:
         started = time.process_time()
         ratios, ours_means, naive_means, reads, limited = [], [], [], [], 0
+        docs = label.startswith("sized")
         for seed in range(seeds):
-            model = sim.warm_model(seed=1000 + seed) if warm else None
-            ours = sim.ours(n, seed=seed, model=model)
-            _, naive = sim.best_naive(n, everies, seed=seed)
+            draw = sim.sized() if docs else sim.lognormal()
+            model = sim.warm_model(seed=1000 + seed) if warm and not docs else None
+            ours = sim.ours(n, seed=seed, model=model, draw=draw, use_features=warm or not docs)
+            _, naive = sim.best_naive(n, everies, seed=seed, draw=draw)
             ratios.append(ours.mean / naive.mean)
             ours_means.append(ours.mean)
             naive_means.append(naive.mean)
