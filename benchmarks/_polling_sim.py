@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 import attrs
 import looptime
 
-from imagetwin_async import PollScheduler, RateLimit, ScanPending, ScanResult
+from imagetwin_async import RateLimit, ScanPending, ScanResult
 from imagetwin_async._durations import DurationModel, ScanFeatures
+from imagetwin_async._polling import PollScheduler
 
 LATENCY = 0.05
 READS = (60, 60.0)

@@ -32,16 +32,8 @@ import aiohttp
 from _common import header, pdf_bytes, table
 from emulator_throughput import start_emulator
 
-from imagetwin_async import (
-    DurationModel,
-    FileContent,
-    ImagetwinClient,
-    PollScheduler,
-    RateLimit,
-    ScanPending,
-    ScanResult,
-)
-from imagetwin_async._polling import _Watch
+from imagetwin_async import FileContent, ImagetwinClient, RateLimit, ScanPending, ScanResult
+from imagetwin_async._polling import DurationModel, PollScheduler, _Watch
 
 # ---- (a) client CPU per request ---------------------------------------------------------
 

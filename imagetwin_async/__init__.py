@@ -38,7 +38,6 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
 from ._limits import Limiter, LimitState, RateLimit
-from ._modelstore import FileModelStore, JournalModelStore, ModelStore
 from ._models import (
     CallbackNotice,
     ScanOutcome,
@@ -48,6 +47,7 @@ from ._models import (
     ScanStarted,
     ScanSummary,
 )
+from ._modelstore import FileModelStore, JournalModelStore, ModelStore
 from ._polling import SchedulerStats
 from ._timings import Timings
 from ._uploads import FileContent, NamedFile, Uploadable

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagetwin_async import DurationModel
-from imagetwin_async._durations import Prior, ScanFeatures
+from imagetwin_async._durations import DurationModel, Prior, ScanFeatures
 
 
 def lognormal_intervals(

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagetwin_async import DurationModel, FileModelStore, PollScheduler, ScanPending, ScanResult
+from imagetwin_async import FileModelStore, ScanPending, ScanResult
+from imagetwin_async._durations import DurationModel
 from imagetwin_async._modelstore import JournalModelStore, ModelStore, default_cache_path
+from imagetwin_async._polling import PollScheduler
 
 pytestmark = pytest.mark.looptime
 

@@ -27,7 +27,8 @@ import redis
 import redis.asyncio
 from _simulation import fixed_window_server, rejections, sliding_log_server, token_bucket_server
 
-from imagetwin_async import DurationModel, Limiter, RateLimit, RateLimitBusy
+from imagetwin_async import Limiter, RateLimit, RateLimitBusy
+from imagetwin_async._durations import DurationModel
 from imagetwin_async.emulator import Emulator
 from imagetwin_async.redis import (
     RedisLimiter,
