@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry, open_journal, utc_now
 from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
+from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._protocol import Request, build_scan_request, nothing_started
 from ._session import BeforeSend
 from ._uploads import Upload, Uploadable, prepare_upload
@@ -142,13 +143,23 @@ class BatchServices:
     ``start_scan``: one scan POST through the scan limiter (``ScanStarter.start``). ``wait``:
     a scan's result through the shared poll scheduler. ``overview``: scan-overview's JSON
     between two times, to settle ambiguous items. ``request_deadline``: how late after it was
-    sent a POST may still reach the server (``Timings.request_deadline``).
+    sent a POST may still reach the server (``Timings.request_deadline``). ``durations``: the
+    scheduler, to start from the durations a journal kept (when the journal has a meta store).
     """
 
     start_scan: StartScan
     wait: Callable[[str], Awaitable[ScanResult]]
     overview: Callable[[dt.datetime, dt.datetime], Awaitable[ScanOverview]]
     request_deadline: float
+    durations: WarmStart | None = None
+
+
+class WarmStart(Protocol):
+    """The poll scheduler's side of keeping learned durations in a batch's journal."""
+
+    async def warm_start(self, store: ModelStore) -> bool: ...
+
+    async def save_model(self, store: ModelStore | None = None) -> None: ...
 
 
 @attrs.define
@@ -212,6 +223,9 @@ class BatchRunner:
         if self._options.journal is not None:
             self._journal, owned = await open_journal(self._options.journal)
             self._record = _Recorder(self._journal)
+        durations = self._journal_durations()
+        if durations is not None:
+            await durations[0].warm_start(durations[1])
         tasks: list[asyncio.Task[None]] = []
         preparer: asyncio.Task[None] | None = None
         finished = False
@@ -239,11 +253,27 @@ class BatchRunner:
                 # return_exceptions: whatever one task died of, every task is awaited.
                 await asyncio.gather(*running, return_exceptions=True)
             finally:
-                if self._journal is not None:
-                    if not finished:
-                        self._log_resume_hint()
-                    if owned:
-                        await self._journal.close()
+                await self._end_journal(owned=owned, finished=finished, durations=durations)
+
+    async def _end_journal(
+        self, *, owned: bool, finished: bool, durations: tuple[WarmStart, ModelStore] | None
+    ) -> None:
+        if self._journal is None:
+            return
+        if not finished:
+            self._log_resume_hint()
+        if durations is not None:
+            await durations[0].save_model(durations[1])
+        if owned:
+            await self._journal.close()
+
+    def _journal_durations(self) -> tuple[WarmStart, ModelStore] | None:
+        # A journal with a meta store keeps what the scheduler learned: a resumed batch (or
+        # the next batch on the same journal) polls well from its first scan.
+        scheduler, journal = self._services.durations, self._journal
+        if scheduler is None or journal is None or not isinstance(journal, MetaStore):
+            return None
+        return scheduler, JournalModelStore(journal)
 
     async def _prepare_all(self, prepared: list[asyncio.Future[_Prepared]]) -> None:
         # Several items are checked (and hashed) at once in threads, so the first burst of

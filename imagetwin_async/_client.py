@@ -344,6 +344,7 @@ class ImagetwinClient:
             wait=self._scheduler.wait,
             overview=self.scan_overview,
             request_deadline=self.timings.request_deadline,
+            durations=self._scheduler,
         )
 
 

@@ -303,12 +303,29 @@ class PollScheduler:
                 self._model_changed()
             return bool(taken)
 
-    async def save_model(self) -> None:
-        """Write what the model has learned to ``model_store`` (errors are logged)."""
-        if self.model_store is None or not self.model.observations:
+    async def warm_start(self, store: ModelStore) -> bool:
+        """Start the model from ``store`` if it has learned nothing yet in this process (a
+        batch's journal, say); a damaged state is logged and ignored."""
+        if self.model.ready:
+            return False
+        try:
+            state = await store.load()
+            taken = self.model.restore(state) if state is not None else 0
+        except Exception as exc:  # a damaged store must never stop a batch
+            logger.warning("ignoring the stored duration model: %s", exc)
+            return False
+        if taken:
+            self._model_changed()
+        return bool(taken)
+
+    async def save_model(self, store: ModelStore | None = None) -> None:
+        """Write what the model has learned to ``store`` (default ``model_store``); errors
+        are logged."""
+        store = store if store is not None else self.model_store
+        if store is None or not self.model.observations:
             return
         try:
-            await self.model_store.save(self.model.state())
+            await store.save(self.model.state())
         except Exception as exc:  # losing a cache must not fail a run
             logger.warning("could not save the duration model: %s", exc)
 
