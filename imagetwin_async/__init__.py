@@ -47,6 +47,7 @@ from ._models import (
     ScanStarted,
     ScanSummary,
 )
+from ._modelstore import FileModelStore, JournalModelStore, ModelStore
 from ._polling import SchedulerStats
 from ._timings import Timings
 from ._uploads import FileContent, NamedFile, Uploadable
@@ -69,6 +70,7 @@ __all__ = [
     "CallbackStats",
     "ConfigurationError",
     "FileContent",
+    "FileModelStore",
     "ImagetwinClient",
     "ImagetwinError",
     "InvalidArgument",
@@ -77,8 +79,10 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalLocked",
+    "JournalModelStore",
     "LimitState",
     "Limiter",
+    "ModelStore",
     "NamedFile",
     "PollTimeout",
     "RateLimit",

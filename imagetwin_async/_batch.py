@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry, open_journal
 from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
+from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._pacing import UnansweredScans
 from ._protocol import Request, build_scan_request, nothing_started
 from ._recovery import Recovery, settled_note
@@ -159,7 +160,8 @@ class BatchServices:
     sent a POST may still reach the server (``Timings.request_deadline``). ``service_clock``:
     the service's clock as the transport's answers date it; ``answer_times``: recent answer
     times (monotonic) per endpoint group; ``limiters``: the client's, per group (a resumed
-    journal seeds them).
+    journal seeds them). ``durations``: the scheduler, to start from the durations a journal
+    kept (when the journal has a meta store).
     """
 
     start_scan: StartScan
@@ -169,6 +171,15 @@ class BatchServices:
     service_clock: ServiceClock = attrs.field(factory=ServiceClock)
     answer_times: Mapping[str, Iterable[float]] = attrs.field(factory=dict)
     limiters: Mapping[str, object] = attrs.field(factory=dict)
+    durations: WarmStart | None = None
+
+
+class WarmStart(Protocol):
+    """The poll scheduler's side of keeping learned durations in a batch's journal."""
+
+    async def warm_start(self, store: ModelStore) -> bool: ...
+
+    async def save_model(self, store: ModelStore | None = None) -> None: ...
 
 
 @attrs.define
@@ -245,6 +256,9 @@ class BatchRunner:
         if self._options.journal is not None:
             self._journal, owned = await open_journal(self._options.journal)
             self._record = _Recorder(self._journal)
+        durations = self._journal_durations()
+        if durations is not None:
+            await durations[0].warm_start(durations[1])
         tasks: list[asyncio.Task[None]] = []
         preparer: asyncio.Task[None] | None = None
         keeper: asyncio.Task[None] | None = None
@@ -289,11 +303,27 @@ class BatchRunner:
                 # return_exceptions: whatever one task died of, every task is awaited.
                 await asyncio.gather(*running, return_exceptions=True)
             finally:
-                if self._journal is not None:
-                    if not finished:
-                        self._log_resume_hint()
-                    if owned:
-                        await self._journal.close()
+                await self._end_journal(owned=owned, finished=finished, durations=durations)
+
+    async def _end_journal(
+        self, *, owned: bool, finished: bool, durations: tuple[WarmStart, ModelStore] | None
+    ) -> None:
+        if self._journal is None:
+            return
+        if not finished:
+            self._log_resume_hint()
+        if durations is not None:
+            await durations[0].save_model(durations[1])
+        if owned:
+            await self._journal.close()
+
+    def _journal_durations(self) -> tuple[WarmStart, ModelStore] | None:
+        # A journal with a meta store keeps what the scheduler learned: a resumed batch (or
+        # the next batch on the same journal) polls well from its first scan.
+        scheduler, journal = self._services.durations, self._journal
+        if scheduler is None or journal is None or not isinstance(journal, MetaStore):
+            return None
+        return scheduler, JournalModelStore(journal)
 
     async def _prepare_all(self, prepared: list[asyncio.Future[_Prepared]]) -> None:
         # Several items are checked (and hashed) at once in threads, so the first burst of

@@ -20,7 +20,8 @@ from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServ
 from ._errors import ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
-from ._polling import PollScheduler
+from ._modelstore import ModelStore
+from ._polling import PollScheduler, read_rate_of
 from ._scanning import ScanStarter
 from ._session import ApiKey, RetryPolicy, Transport
 from ._timings import Timings
@@ -53,6 +54,8 @@ class ImagetwinClient:
     (defaults: ``Timings()``, the vendor's limits and a 5 s first poll). ``scan_limit`` /
     ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one shared through Redis, say).
     Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open).
+    ``model_store`` (a ``ModelStore``, e.g. ``FileModelStore()``) keeps what the poll scheduler
+    learned about scan durations across runs, so the next run polls well from its first scan.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class ImagetwinClient:
         session: aiohttp.ClientSession | None = None,
         timings: Timings | None = None,
         speed: float = 1.0,
+        model_store: ModelStore | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -114,6 +118,9 @@ class ImagetwinClient:
             self.get_result,
             poll_interval=t.poll_interval,
             max_poll_interval=t.max_poll_interval,
+            # Paced at the result budget, so its reads never pile into one window.
+            read_rate=read_rate_of(self._result_limiter),
+            model_store=model_store,
         )
         self._starter = ScanStarter(self._transport, self._scheduler)
 
@@ -343,6 +350,7 @@ class ImagetwinClient:
             service_clock=self._transport.service_clock,
             answer_times=self._transport.answer_times,
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
+            durations=self._scheduler,
         )
 
 

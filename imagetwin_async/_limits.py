@@ -42,12 +42,13 @@ __all__ = [
     "Slot",
     "Strategy",
     "TokenBucketLimiter",
+    "UnlimitedLimiter",
     "WindowLimiter",
 ]
 
 log = logging.getLogger("imagetwin_async.limits")
 
-Strategy = Literal["window", "token_bucket"]
+Strategy = Literal["window", "token_bucket", "unlimited"]
 Clock = Callable[[], float]
 
 # Loop timers may fire a hair before their deadline (asyncio runs handles due within the clock's
@@ -59,6 +60,8 @@ _CLOCK_SLACK: Final = 1e-5
 _MARGIN_FRACTION: Final = 1 / 300  # 0.2 s a minute
 _BACKOFF_BASE_FRACTION: Final = 1 / 20  # 3 s a minute: one evenly paced request interval
 _BACKOFF_CAP_FRACTION: Final = 1.0  # 60 s a minute: one whole window clears any window count
+# What ``RateLimit.unlimited()`` reports as its request count (snapshots, logs).
+_UNLIMITED_REQUESTS: Final = 2**62
 
 
 def _check_number(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -95,9 +98,9 @@ def _validate_non_negative(_: RateLimit, attribute: attrs.Attribute[float], valu
 
 
 def _validate_strategy(_: RateLimit, __: attrs.Attribute[str], value: str) -> None:
-    if value not in ("window", "token_bucket"):
+    if value not in ("window", "token_bucket", "unlimited"):
         raise ConfigurationError(
-            f"RateLimit.strategy must be 'window' or 'token_bucket', got {value!r}"
+            f"RateLimit.strategy must be 'window', 'token_bucket' or 'unlimited', got {value!r}"
         )
 
 
@@ -118,6 +121,10 @@ class RateLimit:
     ``strategy``: ``"window"`` (default) is safe against any server algorithm. ``"token_bucket"``
     uses ``aiolimiter`` (burst N, then one every ``(per + margin)/N`` s): faster for a server
     *known* to be a token bucket, rejected by fixed-window and sliding-log servers.
+
+    ``"unlimited"`` (spelt ``RateLimit.unlimited()``) sets no client-side limit, for tests and
+    emulators: every acquire is granted at once; only a 429's pause holds requests back.
+    A huge ``RateLimit(10**9)`` works too (slots cost nothing until used) but still counts.
 
     ``backoff_base`` / ``backoff_cap``: full-jitter back-off after a 429 without Retry-After
     (defaults ``per/20`` and ``per``: 3 s doubling up to 60 s a minute).
@@ -149,6 +156,14 @@ class RateLimit:
                 f"backoff_base ({self.backoff_base!r})"
             )
 
+    @classmethod
+    def unlimited(cls, *, per: float = 60.0) -> RateLimit:
+        """No client-side limit (tests, emulators): acquires never wait, except out a 429.
+
+        client = ImagetwinClient(base_url=emu.url, result_limit=RateLimit.unlimited())
+        """
+        return cls(_UNLIMITED_REQUESTS, per=per, strategy="unlimited")
+
     def build(
         self,
         *,
@@ -164,6 +179,8 @@ class RateLimit:
         """
         if self.strategy == "token_bucket":
             return TokenBucketLimiter(self, name=name, clock=clock, rng=rng)
+        if self.strategy == "unlimited":
+            return UnlimitedLimiter(self, name=name, clock=clock, rng=rng)
         return WindowLimiter(self, name=name, clock=clock, rng=rng)
 
 
@@ -352,43 +369,55 @@ class WindowLimiter(_LimiterBase):
         super().__init__(limit, name=name, clock=clock, rng=rng)
         self._size = limit.requests
         self._hold = limit.per + limit.margin
-        # Free times of the slots not in flight (a min-heap); -inf: never used.
-        self._idle: list[float] = [-math.inf] * limit.requests
+        # Slots are counted, not stored: ``_free`` are free now (never used, or cooled down),
+        # ``_cooling`` holds the free-again times of released slots still cooling (a min-heap,
+        # no larger than the requests answered within one window), the rest are in flight.
+        # So ``RateLimit(10**6)`` costs nothing until used, and an acquire does not walk slots.
+        self._free = limit.requests
+        self._cooling: list[float] = []
         self._in_flight = 0
         self._capacity = AdaptiveCapacity(limit.requests, limit.per)
-        # A waiter's future gets its slot and the slot's previous free time (to undo the grant
-        # if the waiter is cancelled before it could use it).
-        self._waiters: collections.deque[asyncio.Future[tuple[Slot, float]]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Slot]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._queued = 0  # futures in _waiters neither granted nor cancelled-and-handled
 
     # -- the arithmetic, at any time t (no releases assumed) ------------------------------
 
+    def _cool(self, now: float) -> None:
+        # Slots whose time has come are free: O(log n) each, once per slot use.
+        cooling = self._cooling
+        while cooling and cooling[0] <= now + _CLOCK_SLACK:
+            heapq.heappop(cooling)
+            self._free += 1
+
     def _available(self, t: float) -> int:
         if t + _CLOCK_SLACK < self._paused_until:
             return 0
-        cooling = sum(1 for free_at in self._idle if free_at > t + _CLOCK_SLACK)
-        return max(0, self._capacity.at(t) - self._in_flight - cooling)
+        self._cool(t)
+        return max(0, self._capacity.at(t) - self._in_flight - len(self._cooling))
 
     def _time_until(self, now: float, need: int) -> float | None:
         """Seconds until ``need`` slots are free at once, or None if answers must come first."""
         if need > self._size:
             return None
-        # Free slots only change when a cooling slot frees, a pause ends or capacity steps up:
-        # try those instants in order, counting the slots still cooling at each.
-        cooling = sorted(free_at for free_at in self._idle if free_at > now + _CLOCK_SLACK)
-        candidates = {now, self._paused_until, *cooling}
+        self._cool(now)
+        cooling = self._cooling
+        # Free slots only change when a cooling slot frees, a pause ends or capacity steps up.
+        # Within each stretch of constant capacity, the wait is for the r-th cooling slot.
+        starts = [now]
         step = self._capacity.next_increase_at(now)
         while step is not None:
-            candidates.add(step)
+            starts.append(step)
             step = self._capacity.next_increase_at(step)
-        freed = 0
-        for t in sorted(c for c in candidates if c >= now):
-            while freed < len(cooling) and cooling[freed] <= t + _CLOCK_SLACK:
-                freed += 1
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else math.inf
+            missing = need + self._in_flight + len(cooling) - self._capacity.at(start)
+            if missing > len(cooling):
+                continue  # not even with every cooling slot free: wait for more capacity
+            t = start if missing <= 0 else max(start, _kth_smallest(cooling, missing))
             if t + _CLOCK_SLACK < self._paused_until:
-                continue
-            if self._capacity.at(t) - self._in_flight - (len(cooling) - freed) >= need:
+                t = self._paused_until
+            if t < end:
                 return t - now
         return None
 
@@ -397,35 +426,40 @@ class WindowLimiter(_LimiterBase):
         clock, possibly in the past): each keeps a slot cooling as if sent from here. A batch
         resumed after a crash seeds from its journal so that it does not spend a window its
         predecessor already filled."""
-        recent = sorted(answered, reverse=True)[: len(self._idle)]
-        idle = sorted(self._idle)  # longest-free first: those slots take the seeded uses
+        now = self._now()
+        self._cool(now)
+        # Every slot not in flight, longest-free first: those take the most recent seeded uses.
+        idle = [now] * self._free + sorted(self._cooling)
+        recent = sorted(answered, reverse=True)[: len(idle)]
         for index, when in enumerate(recent):
             idle[index] = max(idle[index], when + self._hold)
-        heapq.heapify(idle)
-        self._idle = idle
+        cooling = [t for t in idle if t > now + _CLOCK_SLACK]
+        heapq.heapify(cooling)
+        self._cooling = cooling
+        self._free = len(idle) - len(cooling)
         if self._waiters:
             self._dispatch()
 
     # -- granting and releasing --------------------------------------------------------
 
-    def _grant(self) -> tuple[Slot, float]:
-        previous = heapq.heappop(self._idle)  # the longest-free slot; _available said it is free
+    def _grant(self) -> Slot:
+        self._free -= 1  # _available said one is free (and _cool counted it)
         self._in_flight += 1
-        return Slot(self._release), previous
+        return Slot(self._release)
 
     def _release(self) -> None:
         # The answer is in: the server received the request at some earlier moment, so one
         # ``per`` (plus margin) from now that receipt has left every window that could hold it.
         self._in_flight -= 1
-        heapq.heappush(self._idle, self._now() + self._hold)
+        heapq.heappush(self._cooling, self._now() + self._hold)
         # No slot frees now (this one cools first), but the wake-up time may be earlier than
         # the one armed while every slot was in flight with no known free time.
         self._dispatch()
 
-    def _undo_grant(self, slot: Slot, previous: float) -> None:
+    def _undo_grant(self, slot: Slot) -> None:
         if slot._forget():  # nothing was sent with it: the slot is as free as before
             self._in_flight -= 1
-            heapq.heappush(self._idle, previous)
+            self._free += 1
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters in order, then sleep until the next one can be served."""
@@ -469,8 +503,7 @@ class WindowLimiter(_LimiterBase):
         now = self._now()
         ahead = self._queued
         if ahead == 0 and self._available(now) > 0:
-            slot, _ = self._grant()
-            return slot
+            return self._grant()
         if not block:
             wait = self._time_until(now, ahead + 1)
             raise self._busy(f"no request slot free ({self._why_wait(now, ahead)})", wait)
@@ -482,7 +515,7 @@ class WindowLimiter(_LimiterBase):
                 "for an answer" if wait is None else f"~{wait:.3f} s",
                 self._why_wait(now, ahead),
             )
-        fut: asyncio.Future[tuple[Slot, float]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._queued += 1
         if ahead == 0 or self._timer is None:
@@ -490,7 +523,7 @@ class WindowLimiter(_LimiterBase):
             # a waiter cancelled this tick): arm the wake-up. Cheap, and no waiter is stranded.
             self._dispatch()
         try:
-            slot, _previous = await fut
+            slot = await fut
         except asyncio.CancelledError:
             if fut.cancelled():
                 self._queued -= 1
@@ -499,7 +532,7 @@ class WindowLimiter(_LimiterBase):
                 self._dispatch()
             else:
                 # Granted and cancelled in the same tick: give the unused slot back.
-                self._undo_grant(*fut.result())
+                self._undo_grant(fut.result())
                 self._dispatch()
             raise
         log.debug("%s: acquire waited %.3f s", self.name, self._now() - now)
@@ -535,6 +568,11 @@ class WindowLimiter(_LimiterBase):
     def __repr__(self) -> str:
         waiting = self._queued
         return f"<WindowLimiter {self.name!r} in_flight={self._in_flight} waiting={waiting}>"
+
+
+def _kth_smallest(heap: list[float], k: int) -> float:
+    # heap[0] is the common case (one slot short); nsmallest is O(n log k) for the rest.
+    return heap[0] if k == 1 else heapq.nsmallest(k, heap)[-1]
 
 
 class TokenBucketLimiter(_LimiterBase):
@@ -648,3 +686,53 @@ class TokenBucketLimiter(_LimiterBase):
 
     def __repr__(self) -> str:
         return f"<TokenBucketLimiter {self.name!r} in_flight={self._in_flight}>"
+
+
+class UnlimitedLimiter(_LimiterBase):
+    """No client-side limit: ``RateLimit.unlimited().build()``, for tests and emulators.
+
+        limiter = RateLimit.unlimited().build(name="GET /result")
+        async with await limiter.acquire(): await send()   # never waits, unless paused
+
+    A 429 still pauses every acquire (Retry-After, else the back-off): the server's word on
+    its own limit is kept even when we set none.
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        name: str = "",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(limit, name=name or "unlimited", clock=clock, rng=rng)
+        self._in_flight = 0
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    async def acquire(self, *, block: bool = True) -> Slot:
+        while (pause := self._paused_until - self._now()) > 0:
+            if not block:
+                raise self._busy(f"paused after a 429 for {pause:.3f} s", pause)
+            await asyncio.sleep(pause)
+        self._in_flight += 1
+        return Slot(self._release)
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        return self._pause(retry_after, self._now())
+
+    def snapshot(self) -> LimitState:
+        paused = max(0.0, self._paused_until - self._now())
+        return LimitState(
+            requests=self.limit.requests,
+            per=self.limit.per,
+            available=0 if paused else self.limit.requests,
+            in_flight=self._in_flight,
+            next_slot_in=paused,
+            paused_for=paused,
+        )
+
+    def __repr__(self) -> str:
+        return f"<UnlimitedLimiter {self.name!r} in_flight={self._in_flight}>"

@@ -5,26 +5,31 @@ read next, one read at a time through the client's result limiter (so the schedu
 exceed the budget, however many scans wait), and hands each result to every waiter of that
 scan.
 
-Which scan? Each scan has a *due* time, and among the scans that are due the scheduler reads
-the one most likely to have finished since it was last read:
+Which scan? Each scan has a *due* time, kept in a heap, and callbacks (``hint``) have a queue
+of their own that is served first. A decision costs O(log n) whatever n:
 
-- Cold (fewer than ``min_samples`` durations seen): the first read of a scan comes
-  ``poll_interval`` after it started (at once for a scan we did not see start), later reads
-  back off by ``backoff`` up to ``max_poll_interval``; among due scans the longest overdue
-  goes first (round robin).
-- Learned: each finished scan says only that it ended between its last "still running" read
-  and its first "done" read; ``DurationModel`` fits a log-normal to those intervals as they
-  are (maximum likelihood for interval-censored data, by expectation-maximisation), not to
-  their midpoints, which would drift later with every scan found done at its first read. A
-  scan is due when the chance that it has finished since its last read reaches
-  ``target_probability`` (and at the latest ``max_poll_interval`` after that read); among due
-  scans the most likely finished goes first.
-  So new scans are first read near the typical duration, then more often while they are likely
-  done, then less often as they run long.
+- Cold (fewer than ``min_samples`` durations seen and nothing restored): the first read of a
+  scan comes ``poll_interval`` after it started (at once for a scan we did not see start),
+  later reads back off by ``backoff`` up to ``max_poll_interval``: a geometric search for a
+  time scale nobody told us. Among due scans the longest overdue goes first (the top of the
+  heap).
+- Learned: durations of finished scans are fitted with a log-normal (``DurationModel``, per
+  scan features when the client knows them). A scan is due when the chance that it finished
+  since its last read reaches a threshold ``p`` (and at the latest ``max_poll_interval``
+  after that read); among the few due scans at the top of the heap, the most likely finished
+  goes first. Reading when that chance reaches ``p`` is close to the schedule that minimises
+  the mean delay for a given number of reads (a dynamic programme over the read times gives
+  a first read at the 0.30 quantile and then reads each ~0.33 likely to find the scan done,
+  for 3 reads a scan). ``p`` follows the load: while reads wait for the budget it rises
+  (fewer, better-placed reads), while the budget idles it falls towards
+  ``min_probability`` (results sooner, at more reads a scan).
 - A callback (``hint``) makes a scan due at once and first in line.
 
 Scans started with a callback URL are read only at ``max_poll_interval`` until the callback
 comes: the callback does the waiting, polling is the safety net.
+
+The model can start warm: ``model_store`` (a ``ModelStore``) is read before the first wait
+and written when the scheduler closes (and every so often while it runs).
 """
 
 from __future__ import annotations
@@ -32,16 +37,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import itertools
 import logging
 import math
-import statistics
 from collections import deque
 from collections.abc import Awaitable, Callable
+from statistics import NormalDist
 from typing import Final
 
 import attrs
 
+from ._durations import DurationModel, ScanFeatures, conditional_quantile, lognormal_cdf
 from ._errors import (
     ImagetwinError,
     PollTimeout,
@@ -50,9 +55,11 @@ from ._errors import (
     ServiceUnavailable,
     TransportError,
 )
+from ._limits import Limiter, RateLimit
 from ._models import ScanPending, ScanResult
+from ._modelstore import ModelStore
 
-__all__ = ["DurationModel", "PollScheduler", "SchedulerStats"]
+__all__ = ["DurationModel", "PollScheduler", "ScanFeatures", "SchedulerStats", "read_rate_of"]
 
 logger = logging.getLogger("imagetwin_async.polling")
 
@@ -60,124 +67,20 @@ PollFn = Callable[[str], Awaitable[ScanResult | ScanPending]]
 
 # Errors that say "try again later" rather than "this scan is lost": keep watching.
 _TRANSIENT: Final = (TransportError, RateLimited, ServiceUnavailable)
-# How many due scans to weigh per read: bounds the work per read with 10,000 scans waiting.
-_CANDIDATES: Final = 256
-_MIN_SIGMA: Final = 0.05
-
-
-def _normal_pdf(x: float) -> float:
-    return 0.0 if math.isinf(x) else math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-def _normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-def _truncated_moments(mu: float, sigma: float, low: float, high: float) -> tuple[float, float]:
-    """Mean and variance of N(mu, sigma^2) restricted to [low, high]."""
-    alpha, beta = (low - mu) / sigma, (high - mu) / sigma
-    mass = _normal_cdf(beta) - _normal_cdf(alpha)
-    if mass < 1e-12:  # an exact observation, or all the mass beyond one end: take that end
-        return (high if beta < 0 else low if not math.isinf(low) else high), 0.0
-    pdf_a, pdf_b = _normal_pdf(alpha), _normal_pdf(beta)
-    tail_a = 0.0 if math.isinf(alpha) else alpha * pdf_a
-    tail_b = 0.0 if math.isinf(beta) else beta * pdf_b
-    ratio = (pdf_a - pdf_b) / mass
-    variance = sigma * sigma * max(1.0 + (tail_a - tail_b) / mass - ratio * ratio, 0.0)
-    return mu + sigma * ratio, variance
-
-
-class DurationModel:
-    """Learns how long scans take: a log-normal fitted to recent durations.
-
-    >>> model = DurationModel()
-    >>> for seconds in (50, 60, 70, 55, 65): model.observe(seconds)
-    >>> round(model.cdf(60.0), 1)
-    0.5
-
-    A poller never sees a scan end: it sees it still running at one read and finished at the
-    next, so most observations are intervals, ``observe(low, high)``. Fitting their midpoints
-    (or the finishing read) biases the fit: every scan found done at its first read collapses
-    onto that read's age, the fitted median creeps later, the first read with it, and so on.
-    The fit is the maximum-likelihood log-normal for interval-censored data, by a few rounds of
-    expectation-maximisation started from the previous fit.
-    """
-
-    def __init__(self, *, window: int = 200, min_samples: int = 5) -> None:
-        # Each observation as (log low, log high); low is -inf for "before the first read".
-        self._intervals: deque[tuple[float, float]] = deque(maxlen=window)
-        self._min_samples = min_samples
-        self._fit: tuple[float, float] | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._fit is not None
-
-    @property
-    def fit(self) -> tuple[float, float] | None:
-        """(mu, sigma) of log-seconds, or None before ``min_samples`` observations."""
-        return self._fit
-
-    def observe(self, low: float, high: float | None = None) -> None:
-        """A scan took between ``low`` and ``high`` seconds (exactly ``low`` if no ``high``).
-
-        ``low`` is its age at the last read that found it running (0: none did), ``high``
-        its age when the read that found it finished was answered.
-        """
-        high = low if high is None else high
-        log_low = math.log(low) if low > 0 else -math.inf
-        log_high = max(math.log(max(high, 1e-6)), log_low)
-        self._intervals.append((log_low, log_high))
-        if len(self._intervals) >= self._min_samples:
-            self._fit = self._refit()
-
-    def _refit(self) -> tuple[float, float]:
-        intervals = self._intervals
-        if self._fit is None:
-            points = [high if math.isinf(low) else (low + high) / 2 for low, high in intervals]
-            mu = statistics.fmean(points)
-            sigma = max(statistics.pstdev(points, mu), _MIN_SIGMA)
-        else:
-            mu, sigma = self._fit
-        for _ in range(30):
-            first = second = 0.0
-            for low, high in intervals:
-                mean, variance = _truncated_moments(mu, sigma, low, high)
-                first += mean
-                second += variance + mean * mean
-            new_mu = first / len(intervals)
-            # A floor on sigma keeps a run of identical durations from making the model certain.
-            new_sigma = max(math.sqrt(max(second / len(intervals) - new_mu**2, 0.0)), _MIN_SIGMA)
-            converged = abs(new_mu - mu) < 1e-4 and abs(new_sigma - sigma) < 1e-4
-            mu, sigma = new_mu, new_sigma
-            if converged:
-                break
-        return mu, sigma
-
-    def cdf(self, seconds: float) -> float:
-        """P(duration <= seconds) under the fitted model (0.0 before it has a fit)."""
-        if self._fit is None or seconds <= 0:
-            return 0.0
-        mu, sigma = self._fit
-        return 0.5 * math.erfc(-(math.log(seconds) - mu) / (sigma * math.sqrt(2.0)))
-
-    def quantile_after(self, seconds: float, probability: float) -> float:
-        """The age by which a scan still running at ``seconds`` has finished with
-        ``probability`` (conditional quantile), by bisection on the CDF."""
-        assert self._fit is not None
-        start = self.cdf(seconds)
-        goal = start + probability * (1.0 - start)
-        if goal >= 1.0 - 1e-12:
-            return math.inf
-        low, high = max(seconds, 0.0), max(seconds, 1.0)
-        while self.cdf(high) < goal:
-            high *= 2.0
-            if high > 1e12:
-                return math.inf
-        for _ in range(50):
-            mid = (low + high) / 2.0
-            low, high = (mid, high) if self.cdf(mid) < goal else (low, mid)
-        return high
+# How many heap entries to weigh per decision once the model is learned: the top four levels
+# of the heap hold the earliest due scans; the most likely finished among them goes first.
+_CANDIDATES: Final = 15
+# Loop timers may fire a hair before their deadline (looptime rounds to microseconds): a scan
+# this close to its due time is due, or the picker would re-arm for a sliver for ever.
+_CLOCK_SLACK: Final = 1e-5
+_SQRT2: Final = math.sqrt(2.0)
+# The read threshold falls by _STEP at each read made while the budget idled (the pacing
+# bucket full) and climbs back by _STEP at each read that had to wait for it, between
+# min_probability and target_probability.
+_MIN_PROBABILITY: Final = 0.1
+_STEP: Final = 0.01
+# Save the learned model every this many finished scans (besides on close).
+_SAVE_EVERY: Final = 100
 
 
 @attrs.define
@@ -196,14 +99,31 @@ class _Watch:
     started: float  # loop time the scan started (or was first seen)
     known_start: bool  # did we see it start? only then is its duration worth learning
     expect_callback: bool = False
+    features: ScanFeatures | None = None
     waiters: set[asyncio.Future[ScanResult]] = attrs.field(factory=set)
     last_read: float | None = None
     seen_running: float | None = None  # when a read last answered "still running"
     reads: int = 0
     due: float = 0.0
+    key: int = 0  # matches the heap entry that is current; older entries are stale
     gap: float = 0.0  # the cold schedule's current gap
     hinted: bool = False
     reading: bool = False
+    active: bool = True  # still watched (someone waits, no outcome yet)
+    learned: bool = False  # scheduled from the model (not the cold schedule)
+    mu: float = 0.0  # the model's location for this scan, at model version `version`
+    version: int = -1
+    done_before: float = 0.0  # P(duration <= age at the last read), for the chance score
+
+
+def _expire(future: asyncio.Future[ScanResult], scan_id: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            PollTimeout(
+                f"scan {scan_id} did not finish within {timeout} s (it may still finish)",
+                scan_id=scan_id,
+            )
+        )
 
 
 class PollScheduler:
@@ -214,6 +134,9 @@ class PollScheduler:
 
     ``poll`` reads one result (the client's rate-limited ``get_result``). ``concurrency``
     bounds the reads in flight at once; the limiter inside ``poll`` bounds their rate.
+    ``target_probability`` is where the read threshold ``p`` starts (and its value when the
+    budget is just used up); ``min_probability`` is the lowest it goes while reads are to
+    spare. ``model_store`` keeps what was learned across runs.
     """
 
     def __init__(
@@ -224,30 +147,55 @@ class PollScheduler:
         max_poll_interval: float = 60.0,
         backoff: float = 1.5,
         target_probability: float = 0.3,
+        min_probability: float | None = None,
         concurrency: int = 4,
+        read_rate: float | None = None,
+        read_burst: int = 10,
         model: DurationModel | None = None,
+        model_store: ModelStore | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._poll = poll
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self._backoff = backoff
-        self._target = target_probability
+        self._target = self._max_target = target_probability
+        self._min_target = (
+            min(_MIN_PROBABILITY, target_probability)
+            if min_probability is None
+            else min_probability
+        )
+        self._z = NormalDist().inv_cdf(target_probability)
         self._concurrency = asyncio.Semaphore(concurrency)
+        # Pacing: a token bucket of ``read_burst`` refilled at ``read_rate``. Reads spread
+        # evenly never pile into one window of a windowed budget and starve the next, so a
+        # read that comes late says the demand is above the budget, not that a burst passed.
+        self._rate = read_rate if read_rate is not None and read_rate > 0 else None
+        self._burst = float(max(read_burst, 1))
+        self._tokens = self._burst
+        self._tokens_at = -math.inf
         self.model = model or DurationModel()
+        self.model_store = model_store
+        self._store_loaded = model_store is None
+        self._load_lock: asyncio.Lock | None = None
         self._clock = clock
         self._watches: dict[str, _Watch] = {}
-        self._started: dict[str, float] = {}  # scans we saw start, before anyone waits
+        self._started: dict[str, tuple[float, ScanFeatures | None]] = {}  # seen to start
         self._expect_callback: set[str] = set()
         # Callbacks for scans that started but nobody waits for yet (the waiter is a moment
         # late, as in a web handler that answers before it waits): read them at once later.
         self._early_hints: set[str] = set()
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._wake = asyncio.Event()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._hints: deque[_Watch] = deque()
+        self._keys = 0
+        self._waker: asyncio.Future[None] | None = None
+        self._sleep_until = math.inf  # when the picker wakes by itself
         self._task: asyncio.Task[None] | None = None
         self._reads: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._was_ready = self.model.ready
+        self._since_save = 0
+        self._saving: asyncio.Task[None] | None = None
         self.stats = SchedulerStats()
 
     # ---- public ---------------------------------------------------------------------------
@@ -260,14 +208,24 @@ class PollScheduler:
         """How many scans are being polled."""
         return len(self._watches)
 
-    def note_started(self, scan_id: str, *, expect_callback: bool = False) -> None:
-        """Record that ``scan_id`` started now, so its age (and duration) is known."""
+    def note_started(
+        self,
+        scan_id: str,
+        *,
+        expect_callback: bool = False,
+        features: ScanFeatures | None = None,
+    ) -> None:
+        """Record that ``scan_id`` started now, so its age (and duration) is known.
+
+        ``features`` (pages, images, bytes of the upload) let the model predict this scan's
+        duration from scans like it.
+        """
         if len(self._started) > 100_000:  # started but never waited for: forget the oldest
             oldest = next(iter(self._started))
             del self._started[oldest]
             self._early_hints.discard(oldest)
             self._expect_callback.discard(oldest)
-        self._started[scan_id] = self._now_or_zero()
+        self._started[scan_id] = (self._now_or_zero(), features)
         if expect_callback:
             self._expect_callback.add(scan_id)
 
@@ -275,22 +233,30 @@ class PollScheduler:
         """The scan's result once it has finished; ``PollTimeout`` after ``timeout`` s."""
         if self._closed:
             raise ScanCancelled("the client is closed")
-        future: asyncio.Future[ScanResult] = asyncio.get_running_loop().create_future()
+        if not self._store_loaded:
+            await self.load_model()
+        loop = asyncio.get_running_loop()
+        # The waiter's own future is all it needs: each waiter has one, so cancelling one
+        # waiter cancels only its future, and a timer (not a wrapper task) times it out.
+        future: asyncio.Future[ScanResult] = loop.create_future()
         watch = self._watch(scan_id)
         watch.waiters.add(future)
+        timer = (
+            None if timeout is None else loop.call_later(timeout, _expire, future, scan_id, timeout)
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise PollTimeout(
-                f"scan {scan_id} did not finish within {timeout} s (it may still finish)",
-                scan_id=scan_id,
-            ) from None
+            return await future
         finally:
+            if timer is not None:
+                timer.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a timeout that lost to a cancellation is no leak
+            else:
+                future.cancel()
             watch.waiters.discard(future)
-            future.cancel()
-            if not watch.waiters and self._watches.get(scan_id) is watch:
+            if not watch.waiters and watch.active:
                 # Nobody waits any more: stop polling it.
-                del self._watches[scan_id]
+                self._forget(watch)
 
     def hint(self, scan_id: str) -> bool:
         """Read ``scan_id`` as soon as a read is free (a callback said it ended).
@@ -306,9 +272,62 @@ class PollScheduler:
             self._early_hints.add(scan_id)
             return True
         self.stats.hints += 1
-        watch.hinted = True
-        self._push(watch, self.now())
+        if not watch.hinted:
+            watch.hinted = True
+            if not watch.reading:
+                self._hints.append(watch)
+                self._wake(-math.inf)
         return True
+
+    async def load_model(self) -> bool:
+        """Start the model from ``model_store`` (once; later calls do nothing).
+
+        A state that cannot be read or parsed is logged and ignored: the model starts cold.
+        """
+        if self._store_loaded or self.model_store is None:
+            return False
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if self._store_loaded:
+                return False
+            self._store_loaded = True
+            try:
+                state = await self.model_store.load()
+                taken = self.model.restore(state) if state is not None else 0
+            except Exception as exc:  # a damaged store must never stop anyone's wait
+                logger.warning("ignoring the stored duration model: %s", exc)
+                return False
+            if taken:
+                logger.debug("duration model started warm from %d observations", taken)
+                self._model_changed()
+            return bool(taken)
+
+    async def warm_start(self, store: ModelStore) -> bool:
+        """Start the model from ``store`` if it has learned nothing yet in this process (a
+        batch's journal, say); a damaged state is logged and ignored."""
+        if self.model.ready:
+            return False
+        try:
+            state = await store.load()
+            taken = self.model.restore(state) if state is not None else 0
+        except Exception as exc:  # a damaged store must never stop a batch
+            logger.warning("ignoring the stored duration model: %s", exc)
+            return False
+        if taken:
+            self._model_changed()
+        return bool(taken)
+
+    async def save_model(self, store: ModelStore | None = None) -> None:
+        """Write what the model has learned to ``store`` (default ``model_store``); errors
+        are logged."""
+        store = store if store is not None else self.model_store
+        if store is None or not self.model.observations:
+            return
+        try:
+            await store.save(self.model.state())
+        except Exception as exc:  # losing a cache must not fail a run
+            logger.warning("could not save the duration model: %s", exc)
 
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
@@ -320,12 +339,21 @@ class PollScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for watch in self._watches.values():
+            watch.active = False
             for future in watch.waiters:
                 if not future.done():
                     future.set_exception(ScanCancelled("the client was closed"))
         self._watches.clear()
         self._heap.clear()
+        self._hints.clear()
         self._task = None
+        if self._saving is not None:
+            with contextlib.suppress(Exception):
+                await self._saving
+            self._saving = None
+        if self._since_save:
+            self._since_save = 0
+            await self.save_model()
         # Closed is a pause, not an end: a client used again (a second ``async with``) waits
         # for its new scans as before.
         self._closed = False
@@ -343,87 +371,141 @@ class PollScheduler:
         if watch is not None:
             return watch
         now = self.now()
-        started = self._started.pop(scan_id, None)
+        seen = self._started.pop(scan_id, None)
         watch = _Watch(
             scan_id,
-            started=started if started is not None else now,
-            known_start=started is not None,
+            started=seen[0] if seen is not None else now,
+            known_start=seen is not None,
             expect_callback=scan_id in self._expect_callback,
+            features=seen[1] if seen is not None else None,
         )
         self._expect_callback.discard(scan_id)
+        self._watches[scan_id] = watch
         if scan_id in self._early_hints:
             self._early_hints.discard(scan_id)
             watch.hinted = True
-        self._watches[scan_id] = watch
-        self._schedule(watch, now)
+            self._hints.append(watch)
+            self._wake(-math.inf)
+        else:
+            self._schedule(watch, now)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="imagetwin-poll")
         return watch
 
+    def _forget(self, watch: _Watch) -> None:
+        watch.active = False
+        if self._watches.get(watch.scan_id) is watch:
+            del self._watches[watch.scan_id]
+
+    def _location(self, watch: _Watch) -> float:
+        model = self.model
+        if watch.version != model.version:
+            watch.mu = model.location(watch.features)
+            watch.version = model.version
+        return watch.mu
+
     def _schedule(self, watch: _Watch, now: float) -> None:
         """Set the scan's next due time from what we know."""
         if watch.hinted:
-            due = now
-        elif watch.expect_callback:
+            self._hints.append(watch)
+            self._wake(-math.inf)
+            return
+        if watch.expect_callback:
             due = (watch.last_read or watch.started) + self.max_poll_interval
+        elif self.model.ready and watch.known_start:
+            watch.learned = True
+            mu, sigma = self._location(watch), self.model.sigma
+            if watch.last_read is None:
+                # Before the first read the model knows better than max_poll_interval:
+                # reading a scan that surely still runs only spends the budget.
+                first = max(math.exp(mu + sigma * self._z), self.poll_interval)
+                due = watch.started + first
+                watch.done_before = 0.0
+            else:
+                age = watch.last_read - watch.started
+                next_age = conditional_quantile(mu, sigma, age, self._target)
+                gap = min(max(next_age - age, self.poll_interval / 4), self.max_poll_interval)
+                due = watch.last_read + gap
+                watch.done_before = lognormal_cdf(age, mu, sigma)
         elif watch.last_read is None:
             # A scan we did not see start may be long finished: read it at once.
-            due = watch.started + self._first_delay() if watch.known_start else now
+            due = watch.started + self.poll_interval if watch.known_start else now
             watch.gap = self.poll_interval
-        elif self.model.ready and watch.known_start:
-            age = watch.last_read - watch.started
-            next_age = self.model.quantile_after(age, self._target)
-            gap = min(max(next_age - age, self.poll_interval / 4), self.max_poll_interval)
-            due = watch.last_read + gap
         else:
             watch.gap = min(watch.gap * self._backoff, self.max_poll_interval)
             due = watch.last_read + watch.gap
         self._push(watch, due)
 
-    def _first_delay(self) -> float:
-        if not self.model.ready:
-            return self.poll_interval
-        # max_poll_interval bounds the gap between two reads; before the first read the model
-        # knows better: reading a scan that surely still runs only spends the budget.
-        return max(self.model.quantile_after(0.0, self._target), self.poll_interval)
-
     def _push(self, watch: _Watch, due: float) -> None:
+        self._keys += 1
+        watch.key = self._keys
         watch.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), watch.scan_id))
-        self._wake.set()
+        heapq.heappush(self._heap, (due, self._keys, watch))
+        self._wake(due)
+
+    def _wake(self, due: float) -> None:
+        # Only a due time earlier than the picker's own wake-up needs it to look again.
+        if due < self._sleep_until and self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+
+    def _model_changed(self) -> None:
+        """The model became usable: move every cold-scheduled scan onto the learned schedule
+        (once; a scan on a long cold back-off would otherwise keep it)."""
+        if not self.model.ready:
+            return
+        self._was_ready = True
+        now = self._now_or_zero()
+        for watch in self._watches.values():
+            if watch.learned or watch.reading or watch.hinted or not watch.known_start:
+                continue
+            self._schedule(watch, now)
+
+    def _chance(self, watch: _Watch, now: float) -> float:
+        """P(finished since its last read | running then): the score of a learned scan."""
+        if not watch.learned:
+            return -1.0  # unknown: after every scan the model can speak for
+        mu = watch.mu if watch.version == self.model.version else self._location(watch)
+        age = now - watch.started
+        if age <= 0.0:
+            return 0.0
+        # The log-normal CDF inline: this runs for every candidate of every decision.
+        p = 0.5 * math.erfc((mu - math.log(age)) / (self.model.sigma * _SQRT2))
+        before = watch.done_before
+        return (p - before) / max(1.0 - before, 1e-12)
 
     def _pick(self, now: float) -> _Watch | float | None:
         """The scan to read now, or the time the next one falls due (None: nothing watched)."""
-        due: list[_Watch] = []
-        while self._heap and len(due) < _CANDIDATES:
-            when, _, scan_id = self._heap[0]
-            watch = self._watches.get(scan_id)
-            if watch is None or watch.due != when or watch.reading:
-                heapq.heappop(self._heap)  # stale entry: rescheduled, finished or being read
-                continue
-            if when > now:
+        hints = self._hints
+        while hints:
+            watch = hints.popleft()
+            if watch.active and watch.hinted and not watch.reading:
+                watch.key = -1  # its heap entry, if any, is stale now
+                return watch
+        heap = self._heap
+        while heap:
+            due, key, watch = heap[0]
+            if key == watch.key and watch.active and not watch.reading:
                 break
-            heapq.heappop(self._heap)
-            due.append(watch)
-        if not due:
-            return self._heap[0][0] if self._heap else None
-        best = max(due, key=lambda w: self._priority(w, now))
-        for watch in due:
-            if watch is not best:
-                heapq.heappush(self._heap, (watch.due, next(self._seq), watch.scan_id))
+            heapq.heappop(heap)  # stale: rescheduled, finished or being read
+        else:
+            return None
+        now += _CLOCK_SLACK
+        if due > now:
+            return due
+        best, best_at = watch, 0
+        if self.model.ready:
+            best_score = self._chance(watch, now)
+            for i in range(1, min(_CANDIDATES, len(heap))):
+                due, key, other = heap[i]
+                if due > now or key != other.key or not other.active or other.reading:
+                    continue
+                score = self._chance(other, now)
+                if score > best_score:
+                    best, best_at, best_score = other, i, score
+        if best_at == 0:
+            heapq.heappop(heap)
+        best.key = -1  # an entry left inside the heap is stale from now on
         return best
-
-    def _priority(self, watch: _Watch, now: float) -> tuple[int, float]:
-        if watch.hinted:
-            return (2, now - watch.due)
-        if self.model.ready and watch.known_start:
-            last_age = (watch.last_read or watch.started) - watch.started
-            done_before = self.model.cdf(last_age)
-            chance = (self.model.cdf(now - watch.started) - done_before) / max(
-                1.0 - done_before, 1e-12
-            )
-            return (1, chance)
-        return (0, now - watch.due)  # round robin: the longest overdue first
 
     async def _run(self) -> None:
         while True:
@@ -438,16 +520,49 @@ class PollScheduler:
             self._reads.add(task)
             task.add_done_callback(self._reads.discard)
 
+    def _paced(self, now: float) -> float:
+        """0.0 if a read may start now (and counts it), else the seconds until one may."""
+        if self._rate is None:
+            return 0.0
+        tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens, self._tokens_at = tokens, now
+        if tokens >= 1.0 - 1e-9:
+            return 0.0
+        return (1.0 - tokens) / self._rate
+
     async def _next_due(self) -> _Watch:
+        loop = asyncio.get_running_loop()
+        waited = False
         while True:
             now = self.now()
+            pause = self._paced(now)
+            if pause > 0.0:
+                waited = True
+                await asyncio.sleep(pause)
+                continue
             picked = self._pick(now)
             if isinstance(picked, _Watch):
+                if self._rate is not None:
+                    # The bucket full: the budget idled since the last read; below one, the
+                    # read waited for it.
+                    idle = self._tokens >= self._burst - 1e-9
+                    self._adapt(busy=not idle and (waited or picked.due < now - 1.0 / self._rate))
+                    waited = False
+                self._tokens -= 1.0
                 return picked
-            self._wake.clear()
-            timeout = None if picked is None else max(picked - now, 0.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._sleep_until = math.inf if picked is None else picked
+            waker: asyncio.Future[None] = loop.create_future()
+            self._waker = waker
+            timer = None
+            if picked is not None:
+                timer = loop.call_at(loop.time() + max(picked - now, 0.0), _resolve, waker)
+            try:
+                await waker
+            finally:
+                self._waker = None
+                self._sleep_until = -math.inf
+                if timer is not None:
+                    timer.cancel()
 
     async def _read(self, watch: _Watch) -> None:
         try:
@@ -457,11 +572,13 @@ class PollScheduler:
             except _TRANSIENT as exc:
                 logger.debug("poll of %s failed (%s); will retry", watch.scan_id, exc)
                 watch.last_read = self.now()
-                # A callback that came in meanwhile still deserves its immediate read.
-                retry = (
-                    watch.last_read if watch.hinted else watch.last_read + self.max_poll_interval
-                )
-                self._push(watch, retry)
+                if watch.active:
+                    if watch.hinted:
+                        # A callback that came in meanwhile still deserves its immediate read.
+                        self._hints.append(watch)
+                        self._wake(-math.inf)
+                    else:
+                        self._push(watch, watch.last_read + self.max_poll_interval)
                 return
             except ImagetwinError as exc:
                 self.stats.failed += 1
@@ -481,24 +598,49 @@ class PollScheduler:
             if isinstance(answer, ScanResult):
                 self.stats.finished += 1
                 if watch.known_start:
-                    # It ended after the last read that saw it running (if any), before this
-                    # answer: an interval, which the model takes as such.
-                    seen = watch.seen_running
-                    running = seen - watch.started if seen is not None else 0.0
-                    self.model.observe(running, now - watch.started)
+                    self._learn(watch, now)
                 self._finish(watch, answer)
             else:
                 watch.last_read = watch.seen_running = now
-                if self._watches.get(watch.scan_id) is watch:
+                if watch.active:
                     self._schedule(watch, now)
         finally:
             watch.reading = False
             self._concurrency.release()
-            self._wake.set()
+            self._wake(-math.inf)
+
+    def _adapt(self, *, busy: bool) -> None:
+        """Move the read threshold with the load (see the module's docstring)."""
+        if busy:
+            target = min(self._target + _STEP, self._max_target)
+        else:
+            target = max(self._target - _STEP, self._min_target)
+        if target != self._target:
+            self._target = target
+            self._z = NormalDist().inv_cdf(target)
+
+    @property
+    def target_probability(self) -> float:
+        """The read threshold now: the chance of having finished since the last read at
+        which a learned scan is read again."""
+        return self._target
+
+    def _learn(self, watch: _Watch, now: float) -> None:
+        # It ended after the last read that saw it running (if any), before this answer:
+        # an interval, which the model takes as such.
+        seen = watch.seen_running
+        running = seen - watch.started if seen is not None else 0.0
+        self.model.observe(running, now - watch.started, watch.features)
+        if not self._was_ready and self.model.ready:
+            self._model_changed()
+        self._since_save += 1
+        idle = self._saving is None or self._saving.done()
+        if self.model_store is not None and self._since_save >= _SAVE_EVERY and idle:
+            self._since_save = 0
+            self._saving = asyncio.get_running_loop().create_task(self.save_model())
 
     def _finish(self, watch: _Watch, outcome: ScanResult | ImagetwinError) -> None:
-        if self._watches.get(watch.scan_id) is watch:
-            del self._watches[watch.scan_id]
+        self._forget(watch)
         for future in watch.waiters:
             if future.done():
                 continue
@@ -506,3 +648,27 @@ class PollScheduler:
                 future.set_result(outcome)
             else:
                 future.set_exception(outcome)
+
+
+def read_rate_of(limit: RateLimit | Limiter) -> float | None:
+    """Reads a second the scheduler may pace itself at: the limit's ``requests / (per +
+    margin)``; None (no pacing) for ``RateLimit.unlimited()`` or a limit that says nothing."""
+    if isinstance(limit, RateLimit):
+        if limit.strategy == "unlimited":
+            return None
+        return limit.requests / (limit.per + limit.margin)
+    inner = getattr(limit, "limit", None)  # our own limiters keep the RateLimit they enforce
+    if isinstance(inner, RateLimit):
+        return read_rate_of(inner)
+    try:
+        state = limit.snapshot()
+    except Exception:  # a custom limiter that cannot tell: do not pace
+        return None
+    if state.requests >= 2**40 or state.per <= 0:
+        return None
+    return state.requests / state.per
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

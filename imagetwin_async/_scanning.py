@@ -8,7 +8,7 @@ start), and the upload is closed once the request is over, retries included.
 from __future__ import annotations
 
 from ._models import ScanStarted
-from ._polling import PollScheduler
+from ._polling import PollScheduler, ScanFeatures
 from ._protocol import Request, read_scan_started
 from ._session import BeforeSend, Transport
 from ._uploads import Upload
@@ -46,5 +46,9 @@ class ScanStarter:
             response.status, response.headers, response.body, request=request
         )
         expect_callback = any(name == "callbackUrl" for name, _ in request.form_fields)
-        self._scheduler.note_started(started.scan_id, expect_callback=expect_callback)
+        # Pages, images and bytes: the duration model predicts this scan from ones like it.
+        features = ScanFeatures.of_parts(upload.parts)
+        self._scheduler.note_started(
+            started.scan_id, expect_callback=expect_callback, features=features
+        )
         return started

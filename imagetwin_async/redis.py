@@ -50,6 +50,7 @@ __all__ = [
     "RedisLimiter",
     "RedisLimiterError",
     "RedisLimits",
+    "RedisModelStore",
     "limiter_key",
     "redis_limits",
 ]
@@ -647,3 +648,48 @@ def _connect(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
     options.setdefault("socket_timeout", _DEFAULT_SOCKET_TIMEOUT)
     options.setdefault("socket_connect_timeout", _DEFAULT_SOCKET_TIMEOUT)
     return redis.asyncio.Redis.from_url(url, **options)
+
+
+# A duration-model state is a few KB; a value far larger under our key is not ours to parse.
+_MAX_MODEL_STATE: Final = 1 << 20
+
+
+class RedisModelStore:
+    """What the poll scheduler learned about scan durations, shared by a fleet through Redis.
+
+        store = RedisModelStore(redis.asyncio.Redis.from_url(url), api_key)
+        client = ImagetwinClient(api_key, model_store=store)
+
+    One value per API key (``imagetwin:{<sha256 prefix>:durations}``, never the key itself),
+    expiring after ``ttl`` seconds unused; the last process to save wins. Each process still
+    learns on its own and saves what it saw when its scheduler closes (and every so often).
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        api_key: str,
+        *,
+        prefix: str = "imagetwin",
+        ttl: float | None = 30 * 86400.0,
+    ) -> None:
+        self._redis = client
+        self.key = limiter_key(api_key, "durations", prefix=prefix)
+        self.ttl = ttl
+
+    def __repr__(self) -> str:
+        return f"RedisModelStore(key={self.key!r})"
+
+    async def load(self) -> str | None:
+        value = await self._redis.get(self.key)
+        if value is None:
+            return None
+        data = value if isinstance(value, bytes) else str(value).encode()
+        if len(data) > _MAX_MODEL_STATE:
+            log.warning("ignoring the duration model in Redis: larger than 1 MiB")
+            return None
+        return data.decode("utf-8", errors="replace")
+
+    async def save(self, state: str) -> None:
+        expire = None if self.ttl is None else max(1, math.ceil(self.ttl))
+        await self._redis.set(self.key, state, ex=expire)

@@ -19,6 +19,7 @@ from imagetwin_async import (
     InvalidUpload,
     PollTimeout,
     ScanFailed,
+    SQLiteJournal,
 )
 from imagetwin_async.emulator import Emulator, Outcome
 
@@ -198,3 +199,48 @@ async def test_a_client_is_usable_again_after_close(emulator: Emulator, tmp_path
         second = await client.submit_and_wait(documents(tmp_path, 1, "b"))
     assert first[0].ok
     assert second[0].ok
+
+
+class MetaJournal:
+    """A journal with a meta store (an SQLite journal plus a dict), as the batch sees one."""
+
+    def __init__(self, inner: SQLiteJournal, meta: dict[str, str]) -> None:
+        self._inner = inner
+        self.meta = meta
+        self.entries = inner.entries
+        self.sending = inner.sending
+        self.started = inner.started
+        self.finished = inner.finished
+        self.failed = inner.failed
+        self.forget = inner.forget
+        self.close = inner.close
+
+    async def load_meta(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    async def store_meta(self, key: str, value: str) -> None:
+        self.meta[key] = value
+
+
+async def test_a_batch_keeps_its_learned_durations_in_the_journal(
+    imagetwin_emulator_factory: Factory, tmp_path: Path
+) -> None:
+    # A restarted service re-runs its batch: the new process's scheduler starts from the
+    # durations the first run learned, instead of polling cold.
+    emu = await imagetwin_emulator_factory(speed=SPEED, processing_time=30.0)
+    meta: dict[str, str] = {}
+    paths = documents(tmp_path, 6)
+    async with fast_client(emu) as first:
+        journal = MetaJournal(await SQLiteJournal.open(tmp_path / "j.journal"), meta)
+        outcomes = await first.submit_and_wait(paths, journal=journal)
+        await journal.close()
+    assert all(o.ok for o in outcomes)
+    assert "duration_model" in meta
+
+    async with fast_client(emu) as second:
+        assert not second.scheduler.model.ready
+        journal = MetaJournal(await SQLiteJournal.open(tmp_path / "j2.journal"), meta)
+        await second.submit_and_wait(documents(tmp_path, 3, prefix="more"), journal=journal)
+        await journal.close()
+        assert second.scheduler.model.ready
+        assert second.scheduler.model.observations == 6 + 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import tracemalloc
 
 import pytest
 from _simulation import (
@@ -488,3 +489,47 @@ async def test_a_waiter_behind_one_cancelled_in_the_same_tick_is_still_woken() -
     (await b).release()
     with pytest.raises(asyncio.CancelledError):
         await a
+
+
+# -- cost: slots are counted, not stored; "no limit" -------------------------------------
+
+
+def test_a_huge_limit_costs_no_memory_until_used() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        limiter = RateLimit(10**6).build(clock=FakeClock())
+        RateLimit(10**9).build(clock=FakeClock())
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024  # the old limiter allocated 8 MB per million slots
+    assert limiter.snapshot().available == 10**6
+
+
+async def test_only_slots_answered_within_a_window_are_kept() -> None:
+    clock = FakeClock()
+    limiter = RateLimit(10**6, per=10.0, margin=0.0).build(clock=clock)
+    assert isinstance(limiter, WindowLimiter)
+    for i in range(1000):
+        clock.now = i * 0.1  # 100 s: ten windows
+        (await limiter.acquire(block=False)).release()
+    assert len(limiter._cooling) <= 101  # one window's worth, not every slot ever used
+    assert limiter.snapshot().available == 10**6 - len(limiter._cooling)
+
+
+@pytest.mark.looptime
+async def test_unlimited_never_waits_but_still_honours_a_429() -> None:
+    limiter = RateLimit.unlimited().build(name="GET /result")
+    slots = [await limiter.acquire() for _ in range(10_000)]
+    assert now() == 0.0
+    assert limiter.snapshot().in_flight == 10_000
+    for slot in slots:
+        slot.release()
+    assert limiter.on_rate_limited(5.0) == pytest.approx(5.0)
+    with pytest.raises(RateLimitBusy):
+        await limiter.acquire(block=False)
+    await limiter.acquire()
+    assert now() == pytest.approx(5.0)
+    assert RateLimit.unlimited().strategy == "unlimited"
+    assert isinstance(limiter, Limiter)

@@ -9,6 +9,7 @@ import random
 import statistics
 from collections import deque
 
+import looptime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -316,4 +317,148 @@ async def test_a_closed_scheduler_serves_again() -> None:
     await scheduler.close()
     endpoint.start("b", 3.0)
     assert (await scheduler.wait("b", timeout=100)).scan_id == "b"
+    await scheduler.close()
+
+
+# -- the learned policy: within the budget, and better than a fixed interval -------------------
+
+
+def known_model(median: float = 60.0, sigma: float = 0.5, n: int = 300) -> DurationModel:
+    """A model that has seen many scans of this distribution (a warm start)."""
+    rng = random.Random(11)
+    model = DurationModel(window=n)
+    for _ in range(n):
+        model.observe(rng.lognormvariate(math.log(median), sigma))
+    return model
+
+
+def max_in_any_window(times: list[float], per: float) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - per:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 150),
+    gap=st.floats(0.0, 6.0),
+    median=st.floats(5.0, 300.0),
+    sigma=st.floats(0.1, 1.5),
+    warm=st.booleans(),
+)
+def test_a_stream_never_draws_more_reads_than_the_budget(
+    n: int, gap: float, median: float, sigma: float, warm: bool
+) -> None:
+    # A bulk job of any shape against the vendor's 60 reads a minute, the scheduler learning
+    # (or starting warm) and pacing itself: no 60 s window ever holds more than 60 reads.
+    async def run() -> list[float]:
+        limit = RateLimit(60, per=60.0)
+        endpoint = FakeEndpoint(limit)
+        scheduler = PollScheduler(
+            endpoint.poll,
+            read_rate=60 / 60.2,
+            model=known_model(median, sigma) if warm else None,
+        )
+        rng = random.Random(n)
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * gap)
+            endpoint.start(f"s{i}", rng.lognormvariate(math.log(median), sigma))
+            scheduler.note_started(f"s{i}")
+            await scheduler.wait(f"s{i}")
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        await scheduler.close()
+        return [t for t, _ in endpoint.reads]
+
+    loop = looptime.new_event_loop(start=100.0)
+    try:
+        reads = loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert max_in_any_window(reads, 60.0) <= 60
+
+
+async def test_knowing_the_distribution_takes_fewer_reads_than_a_fixed_interval() -> None:
+    # Scans of log-normal(60 s, 0.5) and reads to spare: a poller reading every N s has a mean
+    # delay of about N/2 and reads each scan E[D]/N + 1/2 times. Ours must find results as
+    # soon with fewer reads.
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, model=known_model(), read_rate=1.0)
+    rng = random.Random(5)
+    durations = {f"s{i}": rng.lognormvariate(math.log(60.0), 0.5) for i in range(200)}
+
+    async def one(i: int, scan_id: str) -> float:
+        await asyncio.sleep(i * 20.0)  # one every 20 s: the budget never binds
+        endpoint.start(scan_id, durations[scan_id])
+        scheduler.note_started(scan_id)
+        await scheduler.wait(scan_id)
+        return asyncio.get_running_loop().time() - endpoint.finish_at[scan_id]
+
+    delays = await asyncio.gather(*(one(i, s) for i, s in enumerate(durations)))
+    ours_delay = statistics.fmean(delays)
+    ours_reads = len(endpoint.reads) / len(durations)
+    # The fixed interval with the same mean delay, and the reads it takes.
+    interval = 2 * ours_delay
+    fixed_reads = statistics.fmean(math.ceil(d / interval) for d in durations.values())
+    assert ours_reads < fixed_reads
+    await scheduler.close()
+
+
+async def test_a_hint_goes_first_however_many_scans_are_due() -> None:
+    endpoint = FakeEndpoint(RateLimit(60, per=60.0))
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=5.0)
+    for i in range(500):
+        endpoint.start(f"s{i}", 10_000.0)
+    waiters = [asyncio.create_task(scheduler.wait(f"s{i}")) for i in range(500)]
+    endpoint.start("hinted", 0.0)
+    hinted = asyncio.create_task(scheduler.wait("hinted"))
+    await asyncio.sleep(120.0)  # hundreds of scans are overdue now
+    t0 = asyncio.get_running_loop().time()
+    scheduler.hint("hinted")
+    await hinted
+    assert asyncio.get_running_loop().time() - t0 < 3.0
+    for waiter in waiters:
+        waiter.cancel()
+    await scheduler.close()
+
+
+async def test_timed_out_and_cancelled_waiters_leave_nothing_behind() -> None:
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, poll_interval=1.0, max_poll_interval=2.0)
+    endpoint.start("a", 10_000.0)
+    outcomes = await asyncio.gather(
+        *(scheduler.wait("a", timeout=5.0 + i) for i in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(o, PollTimeout) for o in outcomes)
+    assert scheduler.waiting == 0
+    loop = asyncio.get_running_loop()
+    assert not any(not h.cancelled() for h in loop._scheduled if "_expire" in repr(h))  # type: ignore[attr-defined]
+    await scheduler.close()
+
+
+async def test_the_threshold_falls_while_reads_idle_and_returns_under_load() -> None:
+    endpoint = FakeEndpoint(RateLimit(60, per=60.0))
+    scheduler = PollScheduler(endpoint.poll, model=known_model(), read_rate=1.0)
+    endpoint.start("a", 300.0)
+    scheduler.note_started("a")
+    await scheduler.wait("a")
+    idle = scheduler.target_probability
+    assert idle < 0.3  # one scan, reads to spare: read it more often
+    ids = [f"b{i}" for i in range(400)]
+    for scan_id in ids:
+        endpoint.start(scan_id, random.Random(scan_id).lognormvariate(math.log(60), 0.5))
+        scheduler.note_started(scan_id)
+    busy: list[float] = []
+
+    async def sample() -> None:
+        await asyncio.sleep(200.0)
+        busy.append(scheduler.target_probability)
+
+    await asyncio.gather(sample(), *(scheduler.wait(s) for s in ids))
+    assert busy[0] > idle
     await scheduler.close()

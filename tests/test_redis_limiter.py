@@ -28,11 +28,13 @@ import redis.asyncio
 from _simulation import fixed_window_server, rejections, sliding_log_server, token_bucket_server
 
 from imagetwin_async import Limiter, RateLimit, RateLimitBusy
+from imagetwin_async._durations import DurationModel
 from imagetwin_async.emulator import Emulator
 from imagetwin_async.redis import (
     RedisLimiter,
     RedisLimiterError,
     RedisLimits,
+    RedisModelStore,
     limiter_key,
     redis_limits,
 )
@@ -523,3 +525,33 @@ async def test_a_lost_reply_gives_its_slot_back_at_once(redis_url: str, key: str
     finally:
         await limiter.aclose()
         server.close()
+
+
+# -- the learned durations, shared by a fleet -------------------------------------------------
+
+
+async def test_a_fleet_shares_what_its_schedulers_learned(redis_url: str) -> None:
+    api_key = f"sk-{uuid.uuid4().hex}"
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        store = RedisModelStore(client, api_key, ttl=60)
+        assert api_key not in store.key and api_key not in repr(store)
+        assert await store.load() is None
+        model = DurationModel()
+        for seconds in (50.0, 60.0, 70.0, 55.0, 65.0):
+            model.observe(seconds)
+        await store.save(model.state())
+        # Another process, its own connection: starts from what the first one saved.
+        other = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            fresh = DurationModel()
+            state = await RedisModelStore(other, api_key).load()
+            assert state is not None
+            assert fresh.restore(state) == 5
+            assert fresh.ready
+        finally:
+            await other.aclose()
+        assert 0 < await client.ttl(store.key) <= 60
+        await client.delete(store.key)
+    finally:
+        await client.aclose()

@@ -10,15 +10,19 @@ that runs faster than real time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import attrs
 
 from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
+from .._modelstore import FileModelStore, default_cache_path
 
 __all__ = [
     "BASE_URL_ENV",
+    "CACHE_ENV",
     "EMULATOR_SPEED",
     "Connection",
     "MissingKey",
@@ -27,6 +31,8 @@ __all__ = [
 ]
 
 BASE_URL_ENV = "IMAGETWIN_BASE_URL"
+# Where the learned scan durations are kept between runs; set but empty: keep nothing.
+CACHE_ENV = "IMAGETWIN_CACHE_DIR"
 # The built-in emulator runs 60x real time: a scan of about a minute and a half lasts about
 # 1.5 s, so the demo shows the progress display at work and still ends in a few seconds.
 EMULATOR_SPEED = 60.0
@@ -70,7 +76,10 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
         if not key:
             raise MissingKey
         async with ImagetwinClient(
-            key, base_url=connection.base_url, speed=connection.speed
+            key,
+            base_url=connection.base_url,
+            speed=connection.speed,
+            model_store=_model_store(connection.base_url, connection.speed),
         ) as client:
             yield client
         return
@@ -85,3 +94,14 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
         ImagetwinClient(**emulator.client_kwargs()) as client,
     ):
         yield client
+
+
+def _model_store(base_url: str, speed: float) -> FileModelStore | None:
+    """The cache file of scan durations for this service (one per URL and speed: durations
+    learned from one service say nothing of another), or None if ``IMAGETWIN_CACHE_DIR=''``."""
+    root = os.environ.get(CACHE_ENV)
+    if root == "":
+        return None
+    name = hashlib.sha256(f"{base_url} {speed:g}".encode()).hexdigest()[:16]
+    directory = Path(root) if root else default_cache_path().parent
+    return FileModelStore(directory / f"durations-{name}.json")

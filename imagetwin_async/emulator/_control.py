@@ -98,7 +98,12 @@ def processing_time_from_json(value: Any) -> float | ProcessingTime:
         if "seconds" in value:
             return float(value["seconds"])
         if "median" in value:
-            return LogNormalTime(float(value["median"]), float(value.get("sigma", 0.5)))
+            return LogNormalTime(
+                float(value["median"]),
+                float(value.get("sigma", 0.5)),
+                float(value.get("pageExponent", 0.0)),
+                float(value.get("sizeExponent", 0.0)),
+            )
     raise ControlError(f"processingTime must be a number or {{median, sigma}}, got {value!r}")
 
 

@@ -365,7 +365,7 @@ class Emulator:
         if outcome is not None and outcome.processing_time is not None:
             duration = outcome.processing_time
         else:
-            duration = self.processing_time.draw(self._time_rng)
+            duration = self.processing_time.draw(self._time_rng, upload.files)
         findings = (
             outcome.findings
             if outcome is not None and outcome.findings is not None

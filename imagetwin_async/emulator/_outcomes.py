@@ -81,19 +81,35 @@ class FixedTime:
 
     seconds: float
 
-    def draw(self, rng: random.Random) -> float:
+    def draw(self, rng: random.Random, files: Sequence[UploadedFile] = ()) -> float:
         return self.seconds
 
 
 @dataclass(frozen=True, slots=True)
 class LogNormalTime:
-    """Log-normal processing times: half the scans take less than ``median`` seconds."""
+    """Log-normal processing times: half the scans take less than ``median`` seconds.
+
+        LogNormalTime(60.0, 0.5)                                   # every scan alike
+        LogNormalTime(30.0, 0.3, page_exponent=0.7, size_exponent=0.2)
+
+    With exponents the median is that of a one-page (or one-image), 1 MiB upload and grows
+    as ``pages ** page_exponent * MiB ** size_exponent`` (pages of a document, else the image
+    count): for measuring a poller that conditions on what it uploads.
+    """
 
     median: float
     sigma: float
+    page_exponent: float = 0.0
+    size_exponent: float = 0.0
 
-    def draw(self, rng: random.Random) -> float:
-        return rng.lognormvariate(math.log(self.median), self.sigma)
+    def draw(self, rng: random.Random, files: Sequence[UploadedFile] = ()) -> float:
+        median = self.median
+        if files and (self.page_exponent or self.size_exponent):
+            pages = sum(f.pages or 0 for f in files if f.is_document)
+            units = pages or sum(1 for f in files if not f.is_document) or 1
+            mib = max(sum(f.size for f in files), 1) / 2**20
+            median *= units**self.page_exponent * mib**self.size_exponent
+        return rng.lognormvariate(math.log(median), self.sigma)
 
 
 ProcessingTime = FixedTime | LogNormalTime

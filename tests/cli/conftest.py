@@ -36,7 +36,9 @@ class Result:
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any Imagetwin settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETWIN_")}
-    env.update(COLUMNS="100", NO_COLOR="1", PYTHONIOENCODING="utf-8", **extra)
+    # No duration cache in the user's home from tests (a test that wants one passes a dir).
+    env.update(COLUMNS="100", NO_COLOR="1", PYTHONIOENCODING="utf-8", IMAGETWIN_CACHE_DIR="")
+    env.update(extra)
     return env
 
 
@@ -84,6 +86,7 @@ def main_in_process(
     a second on a loaded machine) would be most of the test."""
     for name in ("IMAGETWIN_API_KEY", "IMAGETWIN_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IMAGETWIN_CACHE_DIR", "")
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.chdir(REPO)
 

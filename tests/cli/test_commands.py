@@ -20,7 +20,7 @@ from pypdf import PdfWriter
 from imagetwin_async import ImagetwinClient, TransportError, _spec
 from imagetwin_async.emulator import Outcome, ThreadedEmulator
 
-from .conftest import KEY, REPO, SAMPLES, Cli, Main, clean_env, run_cli
+from .conftest import KEY, REPO, SAMPLES, SPEED, Cli, Main, clean_env, run_cli
 
 CLEAN = str(SAMPLES / "cell-counts.pdf")  # the emulator finds nothing in it
 FLAGGED = str(SAMPLES / "western-blot-study.pdf")  # four findings, highest 0.97
@@ -408,3 +408,24 @@ def test_wait_keeps_every_result_when_one_id_fails(
     by_id = {s["scan_id"]: s for s in json.loads(out.stdout)["scans"]}
     assert by_id[done]["status"] == "findings"
     assert by_id[flaky]["status"] == "error"
+
+
+def test_a_second_run_starts_from_the_durations_the_first_one_learned(
+    emulator: ThreadedEmulator, tmp_path: Path
+) -> None:
+    # A CLI run is short and starts cold; the next one must not: the scan durations it saw
+    # are kept in a small cache file per service, which a damaged copy cannot break.
+    cache = tmp_path / "cache"
+    connect = ("--base-url", emulator.url, "--api-key", KEY, "--speed", str(SPEED))
+    env = clean_env(IMAGETWIN_CACHE_DIR=str(cache))
+    first = run_cli(*connect, "scan", "examples/samples", "--json", env=env)
+    assert first.code == 1, first.stderr
+    (saved,) = cache.glob("durations-*.json")
+    state = json.loads(saved.read_text())
+    assert len(state["observations"]) == 4
+    assert KEY not in saved.read_text()
+
+    saved.write_text("{ damaged")
+    second = run_cli(*connect, "scan", "examples/samples", "--json", env=env)
+    assert second.code == 1, second.stderr
+    assert len(json.loads(saved.read_text())["observations"]) == 4  # replaced, not appended

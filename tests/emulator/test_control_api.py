@@ -54,6 +54,10 @@ async def test_state_and_config(emu: Emulator, control: Any) -> None:
     state = await control("GET", "state")
     assert state["settings"]["rateLimitAlgorithm"] is None
     assert state["settings"]["processingTime"] == {"seconds": 2.0}
+    await control("POST", "config", {"processingTime": {"median": 20, "pageExponent": 1}})
+    assert emu.processing_time == LogNormalTime(20.0, 0.5, page_exponent=1.0)
+    state = await control("GET", "state")
+    assert state["settings"]["processingTime"]["pageExponent"] == 1.0
     assert state["settings"]["url"] == emu.url
     assert state["counters"]["scansBilled"] == 0
 

@@ -98,3 +98,27 @@ def test_scripts_by_hash_and_times() -> None:
     ]
     with pytest.raises(ValueError, match="times"):
         scripts.add(outcome, times=0)
+
+
+def test_processing_times_can_grow_with_pages_and_bytes() -> None:
+    # For measuring a poller that predicts durations from what it uploads.
+    timing = LogNormalTime(median=20.0, sigma=0.3, page_exponent=1.0, size_exponent=0.5)
+
+    def median_for(files: list[UploadedFile]) -> float:
+        rng = random.Random(4)
+        return sorted(timing.draw(rng, files) for _ in range(1001))[500]
+
+    mib = 2**20
+    one_page = median_for([UploadedFile("a.pdf", mib, "0" * 64, pages=1)])
+    ten_pages = median_for([UploadedFile("b.pdf", mib, "1" * 64, pages=10)])
+    four_mib = median_for([UploadedFile("c.pdf", 4 * mib, "2" * 64, pages=1)])
+    three_images = median_for([UploadedFile(f"f{i}.png", mib // 3, "3" * 64) for i in range(3)])
+    assert one_page == pytest.approx(20.0, rel=0.05)
+    assert ten_pages == pytest.approx(200.0, rel=0.05)
+    assert four_mib == pytest.approx(40.0, rel=0.05)
+    assert three_images == pytest.approx(60.0, rel=0.05)
+    # Without exponents the files make no difference, as before.
+    plain = LogNormalTime(20.0, 0.3)
+    assert plain.draw(random.Random(1), [UploadedFile("b.pdf", mib, "1" * 64, pages=10)]) == (
+        plain.draw(random.Random(1))
+    )
