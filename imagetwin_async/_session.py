@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import attrs
@@ -27,6 +26,7 @@ from yarl import URL
 from ._backoff import full_jitter_ceiling
 from ._errors import ConfigurationError, InvalidArgument, TransportError
 from ._limits import Limiter
+from ._multipart import form_data
 from ._protocol import (
     Delivery,
     EndpointGroup,
@@ -37,6 +37,7 @@ from ._protocol import (
     parse_retry_after,
     retry_decision,
 )
+from ._uploads import Upload
 
 __all__ = ["ApiKey", "BeforeSend", "RawResponse", "RetryPolicy", "Transport"]
 
@@ -112,17 +113,6 @@ class RawResponse:
     body: bytes
 
 
-class BodySource(Protocol):
-    """An upload that can build a fresh multipart body for each attempt (see ``_uploads``).
-
-    The caller closes it once the request is done, retries included.
-    """
-
-    def form_data(
-        self, field_name: str = ..., extra_fields: tuple[tuple[str, str], ...] = ()
-    ) -> aiohttp.FormData: ...
-
-
 class Transport:
     """Sends ``Request``s to one API base URL with one key, through per-group limiters.
 
@@ -172,7 +162,7 @@ class Transport:
         self,
         request: Request,
         *,
-        upload: BodySource | None = None,
+        upload: Upload | None = None,
         block: bool = True,
         before_send: BeforeSend | None = None,
     ) -> RawResponse:
@@ -251,7 +241,7 @@ class Transport:
     async def _attempt(
         self,
         request: Request,
-        upload: BodySource | None,
+        upload: Upload | None,
         limiter: Limiter | None,
         *,
         attempt: int,
@@ -269,8 +259,8 @@ class Transport:
             data: aiohttp.FormData | None = None
             if upload is not None and request.file_field is not None:
                 # A FormData is spent once sent: build it afresh from the sources every attempt.
-                data = upload.form_data(
-                    field_name=request.file_field, extra_fields=request.form_fields
+                data = form_data(
+                    upload, field_name=request.file_field, extra_fields=request.form_fields
                 )
             async with self.session.request(
                 request.method,
