@@ -16,6 +16,7 @@ import aiohttp
 import attrs
 
 from . import _protocol as protocol
+from . import _spec
 from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
 from ._errors import ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
@@ -273,13 +274,12 @@ class ImagetwinClient:
         url = result.pdf_report if isinstance(result, ScanResult) else result
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
-        target = Path(path)
         # "reports/" names a directory even before it exists.
         names_dir = os.fspath(path).endswith(("/", os.sep))
-        if names_dir or await asyncio.to_thread(target.is_dir):
-            name = result.scan_id if isinstance(result, ScanResult) else Path(url).stem
-            target = target / f"{name}.pdf"
-        return await self._transport.download(url, target)
+        scan_id = result.scan_id if isinstance(result, ScanResult) else None
+        is_dir = names_dir or await asyncio.to_thread(Path(path).is_dir)
+        target = protocol.report_target(path, is_dir=is_dir, scan_id=scan_id, url=url)
+        return await self._transport.download(url, target, max_bytes=_spec.MAX_REPORT_BYTES)
 
     # ---- batches ------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
     ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
     │   └── InvalidUpload                     a file or option the scan endpoint would reject
     ├── ResponseFormatError                   a response we could not read (carries .path)
+    │   └── ResponseTooLarge                  an answer longer than the client reads
     ├── JournalError                          a batch journal that cannot be used (``_journal``)
     │   └── JournalLocked                     another process runs a batch on it right now
     ├── TransportError                        the network failed (carries .scan_may_have_started)
@@ -46,6 +47,7 @@ __all__ = [
     "RateLimitBusy",
     "RateLimited",
     "ResponseFormatError",
+    "ResponseTooLarge",
     "ScanCancelled",
     "ScanFailed",
     "ScanNotFound",
@@ -100,6 +102,11 @@ class ResponseFormatError(ImagetwinError):
         super().__init__(message)
         self.endpoint = endpoint
         self.path = path
+
+
+class ResponseTooLarge(ResponseFormatError):
+    """An answer longer than any the reference describes (a lying server, a decompression bomb):
+    reading stopped at the cap, nothing more was kept in memory."""
 
 
 class TransportError(ImagetwinError):

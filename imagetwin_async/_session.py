@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._backoff import full_jitter_ceiling
-from ._errors import ConfigurationError, InvalidArgument, TransportError
+from ._errors import ConfigurationError, InvalidArgument, ResponseTooLarge, TransportError
 from ._limits import Limiter
 from ._multipart import form_data
 from ._protocol import (
@@ -34,6 +35,7 @@ from ._protocol import (
     RetryDecision,
     ambiguous_error,
     failure_decision,
+    oversized_answer,
     parse_retry_after,
     retry_decision,
 )
@@ -53,26 +55,67 @@ _CHUNK = 256 * 1024
 
 
 class ApiKey:
-    """The API key, kept out of every repr, str and log line."""
+    """The API key, kept out of every repr, str and log line.
 
-    __slots__ = ("_value",)
+    >>> key = ApiKey("sk-123")
+    >>> key.redact(b'{"echo": "sk\\u002d123"}')
+    b'{"echo": "[redacted]"}'
+    """
+
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
-        if not value or not value.strip() or any(c in value for c in "\r\n"):
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or not all(" " <= c <= "~" for c in value.strip())
+        ):
             raise ConfigurationError("the API key is empty or malformed")
         self._value = value.strip()
+        self._pattern = _escaped_forms(self._value)
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, data: bytes) -> bytes:
-        """``data`` with every occurrence of the key blanked (servers may echo headers)."""
-        return data.replace(self._value.encode(), _REDACTED.encode())
+        """``data`` with every occurrence of the key blanked (servers may echo headers).
+
+        Also every escaped spelling a decoder would turn back into the key: JSON's ``\\/``
+        and ``\\uXXXX``, percent-encoding and HTML character references, mixed freely.
+        """
+        return self._pattern.sub(_REDACTED.encode(), data)
+
+    def redact_text(self, text: str) -> str:
+        """``redact`` for text (an exception's message, a log line)."""
+        return self.redact(text.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        )
+
+    def appears_in(self, text: str) -> bool:
+        return self._pattern.search(text.encode("utf-8", "surrogateescape")) is not None
 
     def __repr__(self) -> str:
         return "ApiKey('***')"
 
     __str__ = __repr__
+
+
+def _escaped_forms(key: str) -> re.Pattern[bytes]:
+    """One pattern matching ``key`` with each character written plainly or escaped."""
+    parts = []
+    for char in key:
+        code = ord(char)
+        forms = [
+            re.escape(char.encode()),
+            rb"\\u0*" + f"{code:x}".encode(),  # JSON, JavaScript
+            b"%" + f"{code:02x}".encode(),  # a URL
+            b"&#0*" + str(code).encode() + b";",  # HTML
+            b"&#x0*" + f"{code:x}".encode() + b";",
+        ]
+        if char in '/\\"':
+            forms.append(rb"\\" + re.escape(char.encode()))
+        parts.append(b"(?:" + b"|".join(forms) + b")")
+    return re.compile(b"".join(parts), re.IGNORECASE)
 
 
 @attrs.frozen
@@ -176,34 +219,59 @@ class Transport:
         """
         limiter = self._limiters.get(request.group)
         for attempt in itertools.count():
+            # Our errors are raised outside the except blocks, chained to a scrubbed failure:
+            # an aiohttp error can hold the request's headers (the key) in its request_info,
+            # and an exception raised inside ``except`` would carry it as __context__.
+            failure: BaseException | None = None
+            delivery = Delivery.NOT_SENT
             try:
                 response = await self._attempt(
                     request, upload, limiter, attempt=attempt, block=block, before_send=before_send
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
+                failure, why = self._scrub(exc), self._key.redact_text(_describe(exc))
                 delivery = (
                     Delivery.NOT_SENT if isinstance(exc, _NOT_CONNECTED) else Delivery.MAYBE_SENT
                 )
-                if failure_decision(delivery, request=request) is RetryDecision.AMBIGUOUS:
-                    raise ambiguous_error(request, _describe(exc)) from exc
-                failure: Exception = exc
-            else:
+            if failure is None:
                 delay = self._retry_delay(request, response, limiter, attempt, block=block)
                 if delay is None:
                     return response
                 self._log_retry(request, attempt, f"HTTP {response.status}", delay)
                 await asyncio.sleep(delay)
                 continue
+            if failure_decision(delivery, request=request) is RetryDecision.AMBIGUOUS:
+                raise ambiguous_error(request, why) from failure
             if attempt >= self._retry.max_retries:
                 raise TransportError(
-                    f"{request.endpoint}: {_describe(failure)} "
-                    f"(gave up after {attempt + 1} attempts)",
+                    f"{request.endpoint}: {why} (gave up after {attempt + 1} attempts)",
                     endpoint=request.endpoint,
                 ) from failure
             delay = self._retry.delay(attempt, self._rng)
-            self._log_retry(request, attempt, _describe(failure), delay)
+            self._log_retry(request, attempt, why, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # itertools.count() never ends
+
+    def _scrub(self, exc: BaseException) -> BaseException:
+        """``exc`` to chain onto our error, or a stand-in when its chain could hold the key.
+
+        aiohttp's response errors keep ``request_info`` (with our Authorization header) and
+        a server can put anything in a status line aiohttp quotes: such an error is replaced
+        by ``NetworkFailure`` with its description, redacted, and nothing chained behind it.
+        """
+        seen: set[int] = set()
+        stack: list[BaseException] = [exc]
+        while stack:
+            current = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if hasattr(current, "request_info") or self._key.appears_in(
+                f"{current!r} {current.args!r}"
+            ):
+                return NetworkFailure(self._key.redact_text(_describe(exc)))
+            stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        return exc
 
     def _retry_delay(
         self,
@@ -274,10 +342,15 @@ class Transport:
                 # A redirect could carry the key to another host; the API does not redirect.
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
-                headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(response.headers))
+                body, complete = await _read_capped(response, request.max_body)
                 # Any answer may echo the request's headers back (an error page, a redirect, a
-                # misbehaving proxy): no body leaves here with the key in it.
+                # misbehaving proxy): no body or header leaves here with the key in it.
+                headers: Mapping[str, str] = CIMultiDictProxy(
+                    CIMultiDict(
+                        (name, self._key.redact_text(value))
+                        for name, value in response.headers.items()
+                    )
+                )
                 body = self._key.redact(body)
         finally:
             if slot is not None:
@@ -291,12 +364,15 @@ class Transport:
             sent - asked,
             time.monotonic() - sent,
         )
+        if not complete and (error := oversized_answer(request, response.status)) is not None:
+            raise error
         return RawResponse(response.status, headers, body)
 
-    async def download(self, url: str, path: Path) -> Path:
+    async def download(self, url: str, path: Path, *, max_bytes: int) -> Path:
         """Stream ``url`` to ``path`` (atomically: a temp file renamed into place).
 
-        No API key is sent: report links are public and may live on another host.
+        No API key is sent: report links are public and may live on another host. More than
+        ``max_bytes`` (decompressed) raises ``ResponseTooLarge`` and leaves nothing behind.
         """
         target = URL(url)
         if not target.is_absolute() or target.scheme not in ("http", "https"):
@@ -311,17 +387,24 @@ class Transport:
                             f"GET {target.with_query(None)}: HTTP {response.status}",
                             endpoint="GET report",
                         )
+                    declared = response.content_length
+                    if declared is not None and declared > max_bytes:
+                        raise _report_too_large(max_bytes)
+                    written = 0
                     async for chunk in response.content.iter_chunked(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise _report_too_large(max_bytes)
                         await asyncio.to_thread(out.write, chunk)
             await asyncio.to_thread(os.replace, tmp_name, path)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(
-                f"download failed: {_describe(exc)}", endpoint="GET report"
-            ) from exc
+            failure, why = self._scrub(exc), self._key.redact_text(_describe(exc))
+        else:
+            return path
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)  # the rename consumed it on success
-        return path
+        raise TransportError(f"download failed: {why}", endpoint="GET report") from failure
 
     def _log_retry(self, request: Request, attempt: int, why: str, delay: float) -> None:
         logger.debug(
@@ -338,6 +421,37 @@ class Transport:
 # aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
 # allows is ``_protocol.failure_decision``'s to say.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class NetworkFailure(Exception):
+    """Stands in for an aiohttp error that held the request (its headers carry the key)."""
+
+
+def _report_too_large(max_bytes: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"GET report: the report is larger than {max_bytes} bytes; nothing was kept",
+        endpoint="GET report",
+    )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of the (decompressed) body, and whether that was all of it.
+
+    Never holds more than ``cap`` plus one chunk: aiohttp decompresses as we read, so a
+    gzip bomb is cut at the cap too. A declared length past the cap reads nothing.
+    """
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(min(_CHUNK, cap + 1 - size))
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:cap], False
 
 
 def _describe(exc: BaseException) -> str:

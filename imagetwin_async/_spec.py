@@ -29,9 +29,20 @@ DEFAULT_MIN_SCORE: Final = 0.33
 SCAN_RATE: Final = (20, 60.0)  # 20 scan POSTs a minute per key
 RESULT_RATE: Final = (60, 60.0)  # 60 result GETs a minute per key
 
-# Scan ids are hex digests or UUIDs; anything else would change a URL's path when we read it.
+# Scan ids as the reference shows them: a 64-digit hex digest from the scan, result and callback
+# examples; UUIDs in the scan-overview example. An id is joined onto URLs and file names, so
+# nothing else is accepted from a server (or sent): no separators, dots or control characters.
 # The one pattern for the client's checks, the callback receiver and upload validation.
-SCAN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_HEX: Final = r"[0-9a-fA-F]{64}"
+_UUID: Final = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+SCAN_ID_PATTERN: Final = re.compile(rf"{_HEX}|{_UUID}")
+# What a scan POST's answer (and a callback) carries in the reference's examples.
+HEX_SCAN_ID_PATTERN: Final = re.compile(_HEX)
+
+# Answers are read up to these sizes (after decompression); a longer one is a lying server.
+MAX_ANSWER_BYTES: Final = 1024 * 1024  # scan and result answers, errors: a few hundred bytes
+MAX_OVERVIEW_BYTES: Final = 64 * 1024 * 1024  # a year of scans as JSON is a few MB
+MAX_REPORT_BYTES: Final = 512 * 1024 * 1024  # "up to 1000 findings": far below this
 
 SANDBOX_FINISHED_ID: Final = "d904c90756d6653f27ce9fc27847a5bf61e35b4cb288d0a301e879cbef3e4579"
 SANDBOX_RUNNING_ID: Final = "bbe5489089af902791419a29f3fac98606c43359afc623f852c5e00e10afd0d9"
