@@ -54,6 +54,10 @@ class ImagetwinClient:
     (defaults: ``Timings()``, the vendor's limits and a 5 s first poll). ``scan_limit`` /
     ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one shared through Redis, say).
     Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open).
+    ``max_retry_after``: the longest Retry-After waited for; a longer one raises
+    ``RateLimited`` (or ``ServiceUnavailable``) at once with the server's value.
+    ``limiter_outage_timeout``: how long a shared limiter that cannot be reached is retried
+    (nothing is sent meanwhile) before ``LimiterUnavailable`` is raised.
     """
 
     def __init__(
@@ -73,6 +77,8 @@ class ImagetwinClient:
         session: aiohttp.ClientSession | None = None,
         timings: Timings | None = None,
         speed: float = 1.0,
+        max_retry_after: float = 300.0,
+        limiter_outage_timeout: float = 30.0,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -107,7 +113,13 @@ class ImagetwinClient:
             base_url=base_url,
             api_key=ApiKey(key),
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
-            retry=RetryPolicy(max_retries, t.backoff_base, t.backoff_cap),
+            retry=RetryPolicy(
+                max_retries,
+                t.backoff_base,
+                t.backoff_cap,
+                max_retry_after=max_retry_after,
+                limiter_outage_timeout=limiter_outage_timeout,
+            ),
             timeout=aiohttp.ClientTimeout(total=t.timeout, connect=t.connect_timeout),
             session=session,
         )

@@ -11,8 +11,8 @@
     ├── TransportError                        the network failed (carries .scan_may_have_started)
     │   ├── AmbiguousSubmission               a scan POST went out and no answer came back:
     │   │                                     the scan may exist and be billed; never retried
-    │   └── RedisLimiterError                 Redis holding a shared limit is unreachable:
-    │                                         nothing was sent (``imagetwin_async.redis``)
+    │   └── LimiterUnavailable                the shared rate-limit store is unreachable:
+    │       └── RedisLimiterError             nothing was sent (``imagetwin_async.redis``)
     ├── PollTimeout (TimeoutError)            waited longer than the caller allowed
     ├── ScanCancelled                         a batch item that was cancelled before it finished
     └── APIError                              the server answered with an error status
@@ -43,6 +43,7 @@ __all__ = [
     "ImagetwinError",
     "InvalidArgument",
     "InvalidUpload",
+    "LimiterUnavailable",
     "PollTimeout",
     "RateLimitBusy",
     "RateLimited",
@@ -133,6 +134,14 @@ class AmbiguousSubmission(TransportError):
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         super().__init__(message, endpoint=endpoint, scan_may_have_started=True)
+
+
+class LimiterUnavailable(TransportError):
+    """The store a shared rate limit lives in could not be reached: nothing was sent.
+
+    The session retries it with back-off for the client's ``limiter_outage_timeout``, then
+    raises it; ``redis.RedisLimiterError`` is the Redis-backed limiter's kind.
+    """
 
 
 class PollTimeout(ImagetwinError, TimeoutError):

@@ -34,6 +34,7 @@ from aiolimiter import AsyncLimiter
 
 from ._backoff import AdaptiveCapacity, Backoff
 from ._errors import ConfigurationError, RateLimitBusy
+from ._limit_rules import busy_error, log_pause, pause_after_429, why_wait
 
 __all__ = [
     "LimitState",
@@ -59,6 +60,7 @@ _CLOCK_SLACK: Final = 1e-5
 _MARGIN_FRACTION: Final = 1 / 300  # 0.2 s a minute
 _BACKOFF_BASE_FRACTION: Final = 1 / 20  # 3 s a minute: one evenly paced request interval
 _BACKOFF_CAP_FRACTION: Final = 1.0  # 60 s a minute: one whole window clears any window count
+_MAX_PAUSE_FRACTION: Final = 5.0  # 5 min a minute: the longest 429 pause a limiter keeps
 
 
 def _check_number(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -121,6 +123,10 @@ class RateLimit:
 
     ``backoff_base`` / ``backoff_cap``: full-jitter back-off after a 429 without Retry-After
     (defaults ``per/20`` and ``per``: 3 s doubling up to 60 s a minute).
+
+    ``max_pause``: the longest a 429 pauses every acquire, whatever Retry-After says (default
+    ``5 * per``, 5 minutes a minute). The client raises ``RateLimited`` at once for a longer
+    Retry-After (its ``max_retry_after``), so this only bounds what other writers ask for.
     """
 
     requests: int = attrs.field(validator=_validate_requests)
@@ -129,6 +135,7 @@ class RateLimit:
     strategy: Strategy = attrs.field(default="window", kw_only=True, validator=_validate_strategy)
     backoff_base: float = attrs.field(kw_only=True, validator=_validate_positive)
     backoff_cap: float = attrs.field(kw_only=True, validator=_validate_positive)
+    max_pause: float = attrs.field(kw_only=True, validator=_validate_positive)
 
     @margin.default
     def _default_margin(self) -> float:
@@ -141,6 +148,10 @@ class RateLimit:
     @backoff_cap.default
     def _default_backoff_cap(self) -> float:
         return _scaled(self, _BACKOFF_CAP_FRACTION)
+
+    @max_pause.default
+    def _default_max_pause(self) -> float:
+        return _scaled(self, _MAX_PAUSE_FRACTION)
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_cap < self.backoff_base:
@@ -305,26 +316,14 @@ class _LimiterBase:
         return asyncio.get_running_loop().time()
 
     def _pause(self, retry_after: float | None, now: float) -> float:
-        delay = self._backoff.next_delay(retry_after)
+        delay = pause_after_429(self._backoff, retry_after, max_pause=self.limit.max_pause)
         self._paused_until = max(self._paused_until, now + delay)
         pause = self._paused_until - now
-        log.debug(
-            "%s: 429 (%s); pausing every acquire for %.3f s",
-            self.name,
-            f"Retry-After {retry_after:g} s"
-            if retry_after is not None
-            else f"back-off, streak {self._backoff.streak}",
-            pause,
-        )
+        log_pause(log, self.name, retry_after, self._backoff, pause)
         return pause
 
     def _busy(self, message: str, retry_after: float | None) -> RateLimitBusy:
-        return RateLimitBusy(
-            f"{self.name}: {message}; nothing was sent",
-            status=429,
-            endpoint=self.name,
-            retry_after=retry_after,
-        )
+        return busy_error(self.name, message, retry_after)
 
     def on_success(self) -> None:
         self._backoff.reset()
@@ -439,15 +438,15 @@ class WindowLimiter(_LimiterBase):
                 self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
 
     def _why_wait(self, now: float, ahead: int) -> str:
-        if now + _CLOCK_SLACK < self._paused_until:
-            return f"paused after a 429 for {self._paused_until - now:.3f} s"
-        if ahead:
-            return f"{ahead} acquire(s) ahead in the queue"
-        capacity = self._capacity.at(now)
-        if self._in_flight >= capacity:
-            return f"all {capacity} usable slots are in flight"
-        reduced = f" (cut to {capacity}/{self._size} after a 429)" if capacity < self._size else ""
-        return f"all slots used within the last {self.limit.per:g} s{reduced}"
+        paused = self._paused_until - now
+        return why_wait(
+            paused_for=paused if paused > _CLOCK_SLACK else 0.0,
+            ahead=ahead,
+            in_flight=self._in_flight,
+            capacity=self._capacity.at(now),
+            size=self._size,
+            per=self.limit.per,
+        )
 
     # -- the Limiter interface -----------------------------------------------------------
 

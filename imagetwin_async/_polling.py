@@ -44,6 +44,7 @@ import attrs
 
 from ._errors import (
     ImagetwinError,
+    LimiterUnavailable,
     PollTimeout,
     RateLimited,
     ScanCancelled,
@@ -454,6 +455,12 @@ class PollScheduler:
             watch.hinted = False
             try:
                 answer = await self._poll(watch.scan_id)
+            except LimiterUnavailable as exc:
+                # The session already waited out what it could of the outage: a waiter must
+                # not hang on a dead Redis.
+                self.stats.failed += 1
+                self._finish(watch, exc)
+                return
             except _TRANSIENT as exc:
                 logger.debug("poll of %s failed (%s); will retry", watch.scan_id, exc)
                 watch.last_read = self.now()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import re
@@ -25,7 +26,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._backoff import full_jitter_ceiling
-from ._errors import ConfigurationError, InvalidArgument, ResponseTooLarge, TransportError
+from ._errors import (
+    ConfigurationError,
+    InvalidArgument,
+    LimiterUnavailable,
+    ResponseTooLarge,
+    TransportError,
+)
 from ._limits import Limiter
 from ._multipart import form_data
 from ._protocol import (
@@ -124,11 +131,19 @@ class RetryPolicy:
 
     Back-off is exponential with full jitter: attempt ``n`` waits a uniform random time in
     ``[0, min(cap, base * 2**n)]`` (or the server's Retry-After when it sends one).
+
+    ``max_retry_after``: the longest Retry-After honoured (seconds); an answer asking for more
+    is handed to the caller at once (``RateLimited`` / ``ServiceUnavailable`` carrying the
+    server's value) instead of freezing the endpoint. ``limiter_outage_timeout``: how long a
+    limiter that cannot be reached (Redis down: nothing was sent) is retried with back-off
+    before its ``LimiterUnavailable`` is raised.
     """
 
     max_retries: int = attrs.field(default=5)
     backoff_base: float = attrs.field(default=0.5)
     backoff_cap: float = attrs.field(default=30.0)
+    max_retry_after: float = attrs.field(default=300.0, kw_only=True)
+    limiter_outage_timeout: float = attrs.field(default=30.0, kw_only=True)
 
     @max_retries.validator
     def _check_retries(self, _: object, value: int) -> None:
@@ -137,9 +152,15 @@ class RetryPolicy:
 
     @backoff_base.validator
     @backoff_cap.validator
+    @max_retry_after.validator
     def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not value > 0:
-            raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
+        if not _finite_number(value) or not value > 0:
+            raise ConfigurationError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+    @limiter_outage_timeout.validator
+    def _check_outage(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not _finite_number(value) or value < 0:
+            raise ConfigurationError(f"{attribute.name} must be a number >= 0, got {value!r}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(
@@ -218,6 +239,8 @@ class Transport:
         is held, right before each attempt goes out (the journal records its intent there).
         """
         limiter = self._limiters.get(request.group)
+        outage_began: float | None = None
+        outage_retries = 0
         for attempt in itertools.count():
             # Our errors are raised outside the except blocks, chained to a scrubbed failure:
             # an aiohttp error can hold the request's headers (the key) in its request_info,
@@ -228,6 +251,18 @@ class Transport:
                 response = await self._attempt(
                     request, upload, limiter, attempt=attempt, block=block, before_send=before_send
                 )
+            except LimiterUnavailable as exc:
+                # Nothing was sent: wait the outage out, within its budget, then give up.
+                now = time.monotonic()
+                outage_began = now if outage_began is None else outage_began
+                left = self._retry.limiter_outage_timeout - (now - outage_began)
+                if left <= 0:
+                    raise
+                pause = min(self._retry.delay(outage_retries, self._rng), left)
+                outage_retries += 1
+                self._log_retry(request, attempt, f"limiter unavailable ({exc})", pause)
+                await asyncio.sleep(pause)
+                continue
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure, why = self._scrub(exc), self._key.redact_text(_describe(exc))
                 delivery = (
@@ -283,18 +318,20 @@ class Transport:
         block: bool,
     ) -> float | None:
         """Seconds to wait before sending again, or None: hand this answer to the caller."""
-        if response.status < 400:
-            if limiter is not None:
-                limiter.on_success()
-            return None
-        decision = retry_decision(response.status, response.headers, request=request)
+        decision = (
+            retry_decision(response.status, response.headers, request=request)
+            if response.status >= 400
+            else RetryDecision.RAISE
+        )
         if decision is RetryDecision.AMBIGUOUS:
             raise ambiguous_error(request, f"the gateway answered {response.status}")
         if decision is RetryDecision.RAISE:
             if limiter is not None:
-                limiter.on_success()  # an error answer, but not a rate-limit one
+                limiter.on_success()  # a success, or an error answer but not a rate-limit one
             return None
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if self._beyond_cap(request, retry_after):
+            return None
         if decision is RetryDecision.RETRY_RATE_LIMITED and limiter is not None:
             # The limiter pauses the whole endpoint, so the next acquire waits out the pause
             # for every caller, this one included.
@@ -305,6 +342,21 @@ class Transport:
         if attempt >= self._retry.max_retries:
             return None
         return retry_after if retry_after is not None else self._retry.delay(attempt, self._rng)
+
+    def _beyond_cap(self, request: Request, retry_after: float | None) -> bool:
+        """Whether Retry-After asks for more than we honour: then the caller gets the error
+        now, carrying the server's value, and nothing is paused (a day, a date in 2100 would
+        freeze the endpoint)."""
+        if retry_after is None or retry_after <= self._retry.max_retry_after:
+            return False
+        logger.debug(
+            "%s /%s: Retry-After %.0f s is beyond max_retry_after (%g s); not waiting",
+            request.method,
+            request.path,
+            retry_after,
+            self._retry.max_retry_after,
+        )
+        return True
 
     async def _attempt(
         self,
@@ -421,6 +473,10 @@ class Transport:
 # aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
 # allows is ``_protocol.failure_decision``'s to say.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class NetworkFailure(Exception):
