@@ -30,7 +30,6 @@ from types import TracebackType
 from typing import Final, Literal, Protocol, Self, final, runtime_checkable
 
 import attrs
-from aiolimiter import AsyncLimiter
 
 from ._backoff import AdaptiveCapacity, Backoff
 from ._errors import ConfigurationError, RateLimitBusy
@@ -118,8 +117,9 @@ class RateLimit:
     that include both ends. 0.2 s covers those several times over and costs 0.33% of the span.
 
     ``strategy``: ``"window"`` (default) is safe against any server algorithm. ``"token_bucket"``
-    uses ``aiolimiter`` (burst N, then one every ``(per + margin)/N`` s): faster for a server
-    *known* to be a token bucket, rejected by fixed-window and sliding-log servers.
+    (burst N, then one every ``(per + margin)/N`` s, counted from answers as the server counts
+    receipts): faster for a server *known* to be a token bucket, rejected by fixed-window and
+    sliding-log servers.
 
     ``backoff_base`` / ``backoff_cap``: full-jitter back-off after a 429 without Retry-After
     (defaults ``per/20`` and ``per``: 3 s doubling up to 60 s a minute).
@@ -523,18 +523,24 @@ class WindowLimiter(_LimiterBase):
 
 
 class TokenBucketLimiter(_LimiterBase):
-    """``aiolimiter.AsyncLimiter`` behind the ``Limiter`` interface, for token-bucket servers.
+    """A token bucket of N, refilled one every ``(per + margin)/N`` s, that counts as the server
+    counts: for servers *known* to be token buckets.
 
         limit = RateLimit(20, per=60.0, strategy="token_bucket")
         limiter = limit.build(name="POST /scan")
         async with await limiter.acquire(): await send()
 
-    A burst of N, then one request every ``(per + margin)/N`` s. It ignores how long requests
-    stay in flight, so a fixed-window or sliding-log server rejects it (up to 2N-1 per window),
-    and so can a token-bucket server when latencies vary widely. On a 429 it pauses every
-    acquire and then empties its bucket (the server's bucket is empty), instead of the
-    window strategy's capacity cut. The bucket itself refills by the loop's clock (aiolimiter
-    reads ``loop.time()``); an injected ``clock`` only dates pauses.
+    The server takes a token when it *receives* a request, somewhere between our send and its
+    answer. A plain bucket that takes tokens at send time (``aiolimiter``) is rejected at the
+    refill boundary when an early request is received late (a slow upload) and a later one
+    early: its 21st request can reach the server less than one refill after the server's
+    bucket emptied. So this one is the bucket's equivalent GCRA (a "theoretical arrival time"
+    that every request pushes one refill further) kept over the latest moment each request can
+    have been received: its answer, or now while it is in flight. The server's count is never
+    ahead of it, whatever the latencies.
+
+    A fixed-window or sliding-log server still rejects it (up to 2N-1 per window). On a 429 it
+    pauses every acquire and then treats the server's bucket as empty.
     """
 
     def __init__(
@@ -547,64 +553,73 @@ class TokenBucketLimiter(_LimiterBase):
     ) -> None:
         super().__init__(limit, name=name, clock=clock, rng=rng)
         # The margin slows the refill a touch, like the window strategy's hold time.
-        self._period = limit.per + limit.margin
-        self._bucket = AsyncLimiter(limit.requests, self._period)
+        self._interval = (limit.per + limit.margin) / limit.requests
+        self._tat = -math.inf  # when the bucket, fed by answered requests, is full again
         self._gate = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
+        self._answered = asyncio.Event()
         self._drain_pending = False
         self._in_flight = 0
 
-    def _tokens(self) -> float:
-        # Only public aiolimiter API: has_capacity(x) is "x tokens are there".
-        low, high = 0.0, float(self.limit.requests)
-        if self._bucket.has_capacity(high):
-            return high
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (mid, high) if self._bucket.has_capacity(mid) else (low, mid)
-        return low
+    def _debt(self, now: float) -> float:
+        """Tokens the answered requests still owe the bucket (0 when it is full)."""
+        return max(0.0, self._tat - now) / self._interval
 
-    def _next_token_in(self, now: float) -> float:
-        paused = max(0.0, self._paused_until - now)
-        if self._drain_pending:
-            return paused + self._period / self.limit.requests
-        missing = max(0.0, 1.0 - self._tokens())
-        return max(paused, missing * self._period / self.limit.requests)
+    def _wait(self, now: float) -> float | None:
+        """Seconds until one more request may go, or None while answers must come first."""
+        room = self.limit.requests - 1 - self._in_flight  # worst case: all received now
+        if room < 0:
+            return None
+        return max(0.0, (self._debt(now) - room) * self._interval)
 
     def _release(self) -> None:
+        # Received by now at the latest: one refill interval from the later of now and TAT.
+        self._tat = max(self._tat, self._now()) + self._interval
         self._in_flight -= 1
+        self._answered.set()
 
     async def acquire(self, *, block: bool = True) -> Slot:
         now = self._now()
-        if not block and (
-            self._gate.locked()
-            or now < self._paused_until
-            or self._drain_pending
-            or not self._bucket.has_capacity()
-        ):
-            raise self._busy("no token in the bucket", self._next_token_in(now))
+        if not block:
+            wait = self._wait(now)
+            paused = self._paused_until - now
+            if self._gate.locked() or paused > 0 or self._drain_pending or wait != 0.0:
+                raise self._busy("no token in the bucket", self._next_token_in(now))
         async with self._gate:
-            while (pause := self._paused_until - self._now()) > 0:
-                log.debug("%s: acquire waits %.3f s: paused after a 429", self.name, pause)
-                await asyncio.sleep(pause)
-            if self._drain_pending:
-                # A fresh bucket is full, so taking all of it returns at once: an empty bucket
-                # that refills from now, as the server's did after its 429.
-                self._drain_pending = False
-                self._bucket = AsyncLimiter(self.limit.requests, self._period)
-                await self._bucket.acquire(self.limit.requests)
-            # Sleep until the bucket holds a token ourselves rather than in aiolimiter's own
-            # wait: its timer targets the exact refill instant, which a coarse (or simulated)
-            # clock can round to "now" forever. The gate already queues waiters in order.
             waited = False
-            while not self._bucket.has_capacity():
-                refill = (1.0 - self._tokens()) * self._period / self.limit.requests
+            while True:
+                now = self._now()
+                if (pause := self._paused_until - now) > 0:
+                    log.debug("%s: acquire waits %.3f s: paused after a 429", self.name, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                if self._drain_pending:
+                    # The server's bucket was empty at its 429: one refill before the next.
+                    self._drain_pending = False
+                    self._tat = max(self._tat, now + self.limit.requests * self._interval)
+                wait = self._wait(now)
+                if wait is not None and wait <= _CLOCK_SLACK:
+                    break
                 if not waited:
-                    log.debug("%s: acquire waits ~%.3f s: bucket empty", self.name, refill)
+                    log.debug(
+                        "%s: acquire waits %s: bucket empty",
+                        self.name,
+                        "for an answer" if wait is None else f"~{wait:.3f} s",
+                    )
                     waited = True
-                await asyncio.sleep(max(0.0, refill) + _CLOCK_SLACK)
-            await self._bucket.acquire()  # a token is there: returns at once
-        self._in_flight += 1
+                if wait is None:
+                    self._answered.clear()
+                    await self._answered.wait()
+                else:
+                    await asyncio.sleep(wait + _CLOCK_SLACK)
+            self._in_flight += 1
         return Slot(self._release)
+
+    def _next_token_in(self, now: float) -> float | None:
+        paused = max(0.0, self._paused_until - now)
+        if self._drain_pending:
+            return paused + self._interval
+        wait = self._wait(now)
+        return None if wait is None else max(paused, wait)
 
     def on_rate_limited(self, retry_after: float | None) -> float:
         self._drain_pending = True
@@ -613,14 +628,13 @@ class TokenBucketLimiter(_LimiterBase):
     def snapshot(self) -> LimitState:
         now = self._now()
         blocked = self._gate.locked() or now < self._paused_until or self._drain_pending
+        free = self.limit.requests - self._in_flight - self._debt(now)
         return LimitState(
             requests=self.limit.requests,
             per=self.limit.per,
-            available=0 if blocked else int(self._tokens() + 1e-9),
+            available=0 if blocked else max(0, int(free + 1e-9)),
             in_flight=self._in_flight,
-            next_slot_in=0.0
-            if not blocked and self._bucket.has_capacity()
-            else (self._next_token_in(now)),
+            next_slot_in=self._next_token_in(now),
             paused_for=max(0.0, self._paused_until - now),
         )
 
