@@ -27,6 +27,7 @@ from typing import Final, Literal, Protocol, TypedDict
 
 import attrs
 
+from ._call_checks import check_batch_options
 from ._errors import (
     AmbiguousSubmission,
     AuthenticationError,
@@ -175,8 +176,7 @@ class BatchRunner:
     def __init__(
         self, services: BatchServices, items: Sequence[BatchItem], options: BatchOptions
     ) -> None:
-        if options.ambiguous not in ("settle", "report", "resubmit"):
-            raise ValueError("ambiguous must be 'settle', 'report' or 'resubmit'")
+        check_batch_options(options, journal_type=Journal)
         self._services = services
         self._items = list(items)
         self._options = options

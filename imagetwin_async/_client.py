@@ -18,6 +18,7 @@ import attrs
 from . import _protocol as protocol
 from . import _spec
 from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
+from ._call_checks import check_batch, check_timeout
 from ._errors import ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
@@ -238,7 +239,7 @@ class ImagetwinClient:
         ``ScanFailed`` / ``ScanNotFound`` as the result endpoint says.
         """
         protocol.validate_scan_id(scan_id)
-        return await self._scheduler.wait(scan_id, timeout=timeout)
+        return await self._scheduler.wait(scan_id, timeout=check_timeout(timeout))
 
     def notify_finished(self, scan_id: str) -> bool:
         """A hint that ``scan_id`` ended (a callback arrived): poll it now.
@@ -323,7 +324,7 @@ class ImagetwinClient:
         ``"report"`` reports them all; ``"resubmit"`` sends them again (they may be billed
         twice).
         """
-        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         return await runner.run()
 
     def iter_outcomes(
@@ -339,7 +340,7 @@ class ImagetwinClient:
         on running on the server). To have that happen at once rather than when the iterator
         is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
-        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         return runner.iterate()
 
     def _batch_services(self) -> BatchServices:
