@@ -4,6 +4,7 @@
     ├── ConfigurationError (ValueError)      no API key, bad base URL, bad client option
     ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
     │   └── InvalidUpload                     a file or option the scan endpoint would reject
+    │       └── UploadChanged                 a file changed while it was being sent
     ├── ResponseFormatError                   a response we could not read (carries .path)
     │   └── ResponseTooLarge                  an answer longer than the client reads
     ├── JournalError                          a batch journal that cannot be used (``_journal``)
@@ -55,6 +56,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailable",
     "TransportError",
+    "UploadChanged",
 ]
 
 
@@ -89,6 +91,12 @@ class InvalidUpload(InvalidArgument):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         super().__init__(message)
         self.source = source
+
+
+class UploadChanged(InvalidUpload):
+    """A file changed (size or modification time) between its checks and the end of its
+    upload. The request was cut off before its body was complete, so no scan started from
+    it; scan the file again once nothing writes it."""
 
 
 class ResponseFormatError(ImagetwinError):

@@ -101,6 +101,10 @@ class PartPayload(Payload):
                 chunk: bytes = await run(file.read, min(_CHUNK, remaining))
                 if not chunk:
                     raise changed_error(self.part, "shrank")
+                if len(chunk) == remaining:
+                    # Before the last bytes go out: a file rewritten meanwhile must not reach
+                    # the server as a complete (mixed) body. Cut off here, no scan starts.
+                    await run(self._opened.verify)
                 await writer.write(chunk)
                 remaining -= len(chunk)
         finally:

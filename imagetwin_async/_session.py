@@ -32,6 +32,7 @@ from ._errors import (
     LimiterUnavailable,
     ResponseTooLarge,
     TransportError,
+    UploadChanged,
 )
 from ._limits import Limiter
 from ._multipart import form_data
@@ -247,6 +248,7 @@ class Transport:
             # and an exception raised inside ``except`` would carry it as __context__.
             failure: BaseException | None = None
             delivery = Delivery.NOT_SENT
+            changed: UploadChanged | None = None
             try:
                 response = await self._attempt(
                     request, upload, limiter, attempt=attempt, block=block, before_send=before_send
@@ -268,6 +270,10 @@ class Transport:
                 delivery = (
                     Delivery.NOT_SENT if isinstance(exc, _NOT_CONNECTED) else Delivery.MAYBE_SENT
                 )
+                changed = _upload_changed(exc)
+            if changed is not None:
+                # The body was cut off before its end: nothing can have started a scan.
+                raise changed
             if failure is None:
                 delay = self._retry_delay(request, response, limiter, attempt, block=block)
                 if delay is None:
@@ -473,6 +479,18 @@ class Transport:
 # aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
 # allows is ``_protocol.failure_decision``'s to say.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _upload_changed(exc: BaseException) -> UploadChanged | None:
+    """The ``UploadChanged`` aiohttp wrapped when our payload refused to finish, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UploadChanged):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _finite_number(value: object) -> bool:

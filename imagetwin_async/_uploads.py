@@ -31,7 +31,7 @@ from typing import IO, Literal, Protocol, TypeAlias, runtime_checkable
 import attrs
 
 from . import _spec
-from ._errors import InvalidArgument, InvalidUpload
+from ._errors import InvalidArgument, InvalidUpload, UploadChanged
 from ._pagecount import Window, count_pages
 from ._protocol import LegacyEndpoint
 
@@ -493,7 +493,7 @@ def _resolve_path(candidate: _Candidate, path: Path) -> UploadPart:
         raise InvalidUpload(f"{source}: cannot be read ({exc.strerror})", source=source) from exc
     with handle:
         pages = _pages(candidate, handle) if candidate.is_document else None
-    return _part(candidate, info.st_size, pages, path, _PathContent(path))
+    return _part(candidate, info.st_size, pages, path, _PathContent(path, info.st_mtime_ns))
 
 
 def _resolve_stream(
@@ -612,10 +612,12 @@ def _part(
     )
 
 
-def changed_error(part: UploadPart, how: str) -> InvalidUpload:
-    """The error for a part whose file changed between validation and sending."""
-    return InvalidUpload(
-        f"{part.source} {how} since it was checked: prepare the upload again", source=part.source
+def changed_error(part: UploadPart, how: str) -> UploadChanged:
+    """The error for a part whose file changed between validation and the end of its upload."""
+    return UploadChanged(
+        f"{part.source} {how} since it was checked; it was not sent whole, so no scan "
+        "started from it: scan it again once it is no longer being written",
+        source=part.source,
     )
 
 
@@ -630,13 +632,17 @@ def _ignore(_: IO[bytes]) -> None:
 class OpenedPart:
     """A file to read one part from, at ``start``; ``owned`` if we opened it and must close it.
 
-    ``on_release`` hears of the release (the ``Upload`` stops tracking the file).
+    ``on_release`` hears of the release (the ``Upload`` stops tracking the file); ``verify``
+    raises ``UploadChanged`` if a file on disk changed since it was checked (its size or
+    modification time), and is called again before the last bytes of each part go out.
     """
 
     file: IO[bytes]
     start: int
     owned: bool
     on_release: Callable[[IO[bytes]], None] = attrs.field(default=_ignore, kw_only=True)
+    # Raises UploadChanged if the file is no longer what was checked (files on disk only).
+    verify: Callable[[], None] = attrs.field(default=lambda: None, kw_only=True)
 
     def release(self) -> None:
         """Close what we opened; rewind a caller's stream to where we found it."""
@@ -655,6 +661,7 @@ class _Content(ABC):
 @attrs.frozen
 class _PathContent(_Content):
     path: Path
+    mtime_ns: int  # when it was checked: a rewrite of the same size changes it
 
     def open(self, part: UploadPart) -> OpenedPart:
         try:
@@ -664,14 +671,18 @@ class _PathContent(_Content):
                 f"{part.source} can no longer be read ({exc.strerror})", source=part.source
             ) from exc
         try:
-            size = os.fstat(handle.fileno()).st_size
+            self._check(part, handle)
         except BaseException:
             handle.close()
             raise
-        if size != part.size:
-            handle.close()
-            raise changed_error(part, f"changed size ({part.size} -> {size} bytes)")
-        return OpenedPart(handle, 0, owned=True)
+        return OpenedPart(handle, 0, owned=True, verify=lambda: self._check(part, handle))
+
+    def _check(self, part: UploadPart, handle: IO[bytes]) -> None:
+        info = os.fstat(handle.fileno())
+        if info.st_size != part.size:
+            raise changed_error(part, f"changed size ({part.size} -> {info.st_size} bytes)")
+        if info.st_mtime_ns != self.mtime_ns:
+            raise changed_error(part, "was rewritten")
 
 
 @attrs.frozen
