@@ -41,6 +41,7 @@ from ._journal import Journal, JournalEntry, open_journal, utc_now
 from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
 from ._protocol import Request, build_scan_request, nothing_started
 from ._session import BeforeSend
+from ._spec import SizeUnit
 from ._uploads import Upload, Uploadable, prepare_upload
 
 __all__ = [
@@ -143,13 +144,15 @@ class BatchServices:
     ``start_scan``: one scan POST through the scan limiter (``ScanStarter.start``). ``wait``:
     a scan's result through the shared poll scheduler. ``overview``: scan-overview's JSON
     between two times, to settle ambiguous items. ``request_deadline``: how late after it was
-    sent a POST may still reach the server (``Timings.request_deadline``).
+    sent a POST may still reach the server (``Timings.request_deadline``). ``size_unit``: how
+    uploads read the reference's "MB" (``ImagetwinClient.size_unit``).
     """
 
     start_scan: StartScan
     wait: Callable[[str], Awaitable[ScanResult]]
     overview: Callable[[dt.datetime, dt.datetime], Awaitable[ScanOverview]]
     request_deadline: float
+    size_unit: SizeUnit = "MB"
 
 
 @attrs.define
@@ -285,7 +288,7 @@ class BatchRunner:
 
     def _check(self, item: BatchItem) -> tuple[Upload, str]:
         """Validate an item (and hash it, for the journal); runs in a worker thread."""
-        upload = prepare_upload(item)
+        upload = prepare_upload(item, size_unit=self._services.size_unit)
         return upload, self._fingerprint(upload) if self._journal is not None else ""
 
     def _fingerprint(self, upload: Upload) -> str:

@@ -25,6 +25,7 @@ from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanSta
 from ._polling import PollScheduler
 from ._scanning import ScanStarter
 from ._session import ApiKey, RetryPolicy, Transport
+from ._spec import SizeUnit
 from ._timings import Timings
 from ._uploads import Uploadable, prepare_upload
 
@@ -80,6 +81,7 @@ class ImagetwinClient:
         speed: float = 1.0,
         max_retry_after: float = 300.0,
         limiter_outage_timeout: float = 30.0,
+        size_unit: SizeUnit = "MB",
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -103,11 +105,15 @@ class ImagetwinClient:
         for name, limit_s in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if limit_s is not _UNSET:
                 overrides[name] = limit_s
+        if size_unit not in ("MB", "MiB"):
+            raise ConfigurationError(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
         self.timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
         """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
         t = self.timings
         self.base_url = base_url
         self.closed = False
+        # How the reference's "MB" is read: "MB" (10**6, stricter, default) or "MiB" (2**20).
+        self.size_unit: SizeUnit = size_unit
         self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, t.result_limit, "GET /result")
         self._transport = Transport(
@@ -198,7 +204,7 @@ class ImagetwinClient:
             sandbox=sandbox,
         )
         # Checking reads the files (a PDF's page count): off the event loop.
-        upload = await asyncio.to_thread(prepare_upload, files)
+        upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
         return await self._starter.start(request, upload, block=block)
 
     async def scan_pdf(self, path: str | os.PathLike[str]) -> ScanStarted:
@@ -218,7 +224,9 @@ class ImagetwinClient:
             stacklevel=3,
         )
         request = protocol.build_scan_request(legacy=endpoint)
-        upload = await asyncio.to_thread(prepare_upload, files, legacy=endpoint)
+        upload = await asyncio.to_thread(
+            prepare_upload, files, legacy=endpoint, size_unit=self.size_unit
+        )
         return await self._starter.start(request, upload)
 
     async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
@@ -350,6 +358,7 @@ class ImagetwinClient:
             wait=self._scheduler.wait,
             overview=self.scan_overview,
             request_deadline=self.timings.request_deadline,
+            size_unit=self.size_unit,
         )
 
 

@@ -1,15 +1,21 @@
 """What the vendor's reference (v1.5) fixes: upload limits, file types, rates, scan ids.
 
 One place for the numbers, so the client's checks and the emulator's enforcement cannot drift
-apart. Sizes are in bytes; the reference says "MB", which we read as MiB (2**20 bytes).
+apart. Sizes are in bytes. The reference says "under 30 MB / 20 MB" without saying which MB:
+the default reading is the stricter decimal one (10**6 bytes), so nothing is uploaded that a
+server may refuse after the whole upload; ``"MiB"`` (2**20 bytes) is the explicit other one.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Literal
 
+MB: Final = 1000 * 1000
 MIB: Final = 1024 * 1024
+
+SizeUnit = Literal["MB", "MiB"]
+"""How to read the reference's "MB": ``"MB"`` (10**6 bytes, default, stricter) or ``"MiB"``."""
 
 DOCUMENT_EXTENSIONS: Final = frozenset({".pdf", ".docx"})
 IMAGE_EXTENSIONS: Final = frozenset(
@@ -18,9 +24,19 @@ IMAGE_EXTENSIONS: Final = frozenset(
 # The deprecated scanImages endpoint predates .webp support.
 LEGACY_IMAGE_EXTENSIONS: Final = IMAGE_EXTENSIONS - {".webp"}
 
-MAX_DOCUMENT_BYTES: Final = 30 * MIB  # "under 30 MB": a document must be strictly smaller
+MAX_DOCUMENT_BYTES: Final = 30 * MB  # "under 30 MB": a document must be strictly smaller
 MAX_DOCUMENT_PAGES: Final = 50  # "fewer than 50 pages": 50 is already too many
-MAX_IMAGE_BYTES: Final = 20 * MIB  # "under 20 MB each"
+MAX_IMAGE_BYTES: Final = 20 * MB  # "under 20 MB each"
+
+
+def size_limits(unit: SizeUnit = "MB") -> tuple[int, int]:
+    """(document, image) byte limits, both exclusive, for a reading of "MB"."""
+    if unit not in ("MB", "MiB"):
+        raise ValueError(f"size unit must be 'MB' or 'MiB', got {unit!r}")
+    factor = MB if unit == "MB" else MIB
+    return 30 * factor, 20 * factor
+
+
 MAX_IMAGES: Final = 25  # "up to 25 images": 25 is allowed
 
 MIN_SCORE_RANGE: Final = (0.0, 0.9)

@@ -10,8 +10,9 @@ library).
     ...     upload.kind, [part.filename for part in upload.parts]
     ('images', ['fig1.png', 'fig2.tif'])
 
-Sizes follow ``_spec``: the reference's "MB" is read as MiB (2**20 bytes), and limits are strict
-("under 30 MB" refuses exactly 30 MiB).
+Sizes follow ``_spec``: the reference's "MB" is read as 10**6 bytes by default (the stricter
+reading; ``size_unit="MiB"`` for 2**20), and limits are strict ("under 30 MB" refuses exactly
+30 MB).
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ def prepare_upload(
     files: Uploadable,
     *,
     legacy: LegacyEndpoint | None = None,
+    size_unit: _spec.SizeUnit = "MB",
 ) -> Upload:
     """Check ``files`` against the API's limits and return an ``Upload``; nothing is sent.
 
@@ -286,9 +288,12 @@ def prepare_upload(
     sequence holding a single document is that document). ``legacy`` applies the deprecated
     endpoints' narrower rules: ``"scanPdf"`` takes one PDF, ``"scanImages"`` no ``.webp``.
 
+    ``size_unit`` reads the reference's "MB": ``"MB"`` (10**6 bytes, default: nothing a strict
+    server could refuse after the upload) or ``"MiB"`` (2**20 bytes).
+
     Raises ``InvalidUpload`` (a ``ValueError``) for anything the API would refuse: a missing,
-    unreadable or empty file, a directory, an unaccepted extension, a document of 30 MiB or
-    more or with 50 pages or more, an image of 20 MiB or more, more than 25 images, a document
+    unreadable or empty file, a directory, an unaccepted extension, a document of 30 MB or
+    more or with 50 pages or more, an image of 20 MB or more, more than 25 images, a document
     mixed with anything else, or an empty sequence.
 
     Does blocking file I/O (stat, a page count that reads a PDF's cross-reference table, and a
@@ -296,7 +301,10 @@ def prepare_upload(
     """
     if legacy not in (None, "scanPdf", "scanImages"):
         raise InvalidArgument(f"legacy must be 'scanPdf', 'scanImages' or None, got {legacy!r}")
-    candidates = [_candidate(item) for item in _items(files)]
+    if size_unit not in ("MB", "MiB"):
+        raise InvalidArgument(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
+    limits = _spec.size_limits(size_unit)
+    candidates = [_candidate(item, limits, size_unit) for item in _items(files)]
     kind = _check_composition(candidates, legacy)
     resources: list[IO[bytes]] = []
     try:
@@ -318,6 +326,8 @@ class _Candidate:
     extension: str
     is_document: bool
     origin: object
+    limit: int  # bytes, exclusive
+    unit: str
 
 
 def _items(files: object) -> list[object]:
@@ -360,7 +370,7 @@ def _unsupported(item: object, *, in_sequence: bool) -> InvalidUpload:
     )
 
 
-def _candidate(item: object) -> _Candidate:
+def _candidate(item: object, limits: tuple[int, int], unit: str) -> _Candidate:
     if isinstance(item, str | os.PathLike):
         source = os.fsdecode(item)
         if not source:
@@ -384,7 +394,8 @@ def _candidate(item: object) -> _Candidate:
             f" {_listing(_spec.DOCUMENT_EXTENSIONS)}; images: {_listing(_spec.IMAGE_EXTENSIONS)}",
             source=source,
         )
-    return _Candidate(source, filename, extension, is_document, item)
+    limit = limits[0] if is_document else limits[1]
+    return _Candidate(source, filename, extension, is_document, item, limit, unit)
 
 
 def _clean_name(name: object) -> str:
@@ -555,14 +566,14 @@ def _copy_within_limit(candidate: _Candidate, stream: IO[bytes], spool: IO[bytes
         copied += len(chunk)
     what = "a document" if candidate.is_document else "each image"
     raise InvalidUpload(
-        f"{candidate.source}: the stream holds at least {_human(copied)}; {what} must"
-        f" be under {_human(limit)} ({limit} bytes)",
+        f"{candidate.source}: the stream holds at least {_human(copied, candidate.unit)};"
+        f" {what} must be under {_human(limit, candidate.unit)} ({limit} bytes)",
         source=candidate.source,
     )
 
 
 def _limit(candidate: _Candidate) -> int:
-    return _spec.MAX_DOCUMENT_BYTES if candidate.is_document else _spec.MAX_IMAGE_BYTES
+    return candidate.limit
 
 
 def _check_size(candidate: _Candidate, size: int) -> None:
@@ -575,14 +586,16 @@ def _check_size(candidate: _Candidate, size: int) -> None:
     if size >= limit:
         what = "a document" if candidate.is_document else "each image"
         raise InvalidUpload(
-            f"{source} is {_human(size)}; {what} must be under {_human(limit)}"
-            f" ({limit} bytes, the reference's MB read as MiB)",
+            f"{source} is {_human(size, candidate.unit)}; {what} must be under"
+            f" {_human(limit, candidate.unit)} ({limit} bytes, the reference's MB read as"
+            f" {candidate.unit})",
             source=source,
         )
 
 
-def _human(size: int) -> str:
-    return f"{size / _spec.MIB:.2f} MiB" if size >= _spec.MIB // 10 else f"{size} bytes"
+def _human(size: int, unit: str) -> str:
+    factor = _spec.MIB if unit == "MiB" else _spec.MB
+    return f"{size / factor:.2f} {unit}" if size >= factor // 10 else f"{size} bytes"
 
 
 def _pages(candidate: _Candidate, file: IO[bytes]) -> int | None:

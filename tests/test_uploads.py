@@ -160,15 +160,15 @@ BAD: list[tuple[str, Build, str, str | None]] = [
         "*",
     ),
     (
-        "document-30MiB",
+        "document-30MB",
         _one(lambda t: write_pdf(t / "big.pdf", 1, size=DOC_MAX)),
-        r"big\.pdf is 30\.00 MiB; a document must be under 30\.00 MiB \(31457280 bytes",
+        r"big\.pdf is 30\.00 MB; a document must be under 30\.00 MB \(30000000 bytes",
         "*",
     ),
     (
-        "image-20MiB",
+        "image-20MB",
         _one(lambda t: write_image(t / "big.png", size=IMG_MAX)),
-        r"big\.png is 20\.00 MiB; each image must be under 20\.00 MiB \(20971520 bytes",
+        r"big\.png is 20\.00 MB; each image must be under 20\.00 MB \(20000000 bytes",
         "*",
     ),
     (
@@ -271,7 +271,7 @@ BAD: list[tuple[str, Build, str, str | None]] = [
     (
         "unseekable-too-big",
         _one(lambda t: FileContent("fig.png", Zeros())),  # type: ignore[arg-type]
-        r"fig\.png: the stream holds at least 20\.00 MiB; each image must be under 20\.00 MiB",
+        r"fig\.png: the stream holds at least 20\.\d\d MB; each image must be under 20\.00 MB",
         "fig.png",
     ),
     (
@@ -888,3 +888,39 @@ def test_prepare_upload_accepts_exactly_what_the_rules_allow(
             for source in sources:
                 if isinstance(source, UploadFile):
                     source.file.close()
+
+
+# --- which MB: decimal by default (stricter), MiB on request (issue 12, item 12) ------------
+
+
+@pytest.mark.parametrize(
+    ("ext", "size", "unit", "accepted"),
+    [
+        (".png", 20 * 1000 * 1000 - 1, "MB", True),
+        (".png", 20 * 1000 * 1000, "MB", False),
+        (".png", 20_500_000, "MB", False),  # what a decimal-MB server refused after upload
+        (".png", 20_500_000, "MiB", True),
+        (".png", 20 * MIB, "MiB", False),
+        (".pdf", 30_500_000, "MB", False),
+        (".pdf", 30_500_000, "MiB", True),
+        (".pdf", 30 * MIB, "MiB", False),
+    ],
+)
+def test_size_limits_read_mb_as_decimal_unless_told_mib(
+    tmp_path: Path, ext: str, size: int, unit: Any, accepted: bool
+) -> None:
+    path = tmp_path / f"f{ext}"
+    if ext == ".pdf":
+        write_pdf(path, 1, size=size)
+    else:
+        write_image(path, size=size)
+    if accepted:
+        prepare_upload(path, size_unit=unit).close()
+    else:
+        with pytest.raises(InvalidUpload, match=f"read as {unit}"):
+            prepare_upload(path, size_unit=unit)
+
+
+def test_an_unknown_size_unit_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="size_unit"):
+        prepare_upload("a.pdf", size_unit="KiB")  # type: ignore[arg-type]
