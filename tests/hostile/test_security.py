@@ -19,12 +19,12 @@ from imagetwin_async import (
     ImagetwinClient,
     InvalidArgument,
     ResponseFormatError,
+    ResponseTooLarge,
     ScanResult,
     TransportError,
     _spec,
 )
 from imagetwin_async._convert import converter
-from imagetwin_async._errors import ResponseTooLarge
 
 from ._server import Answer, HostileServer, Seen, gzip_bomb
 from .conftest import (
