@@ -25,16 +25,19 @@ from ._errors import (
     ImagetwinError,
     InvalidArgument,
     InvalidUpload,
+    LimiterUnavailable,
     PollTimeout,
     RateLimitBusy,
     RateLimited,
     ResponseFormatError,
+    ResponseTooLarge,
     ScanCancelled,
     ScanFailed,
     ScanNotFound,
     ServerError,
     ServiceUnavailable,
     TransportError,
+    UploadChanged,
 )
 from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
 from ._limits import Limiter, LimitState, RateLimit
@@ -82,6 +85,7 @@ __all__ = [
     "JournalModelStore",
     "LimitState",
     "Limiter",
+    "LimiterUnavailable",
     "ModelStore",
     "NamedFile",
     "PollTimeout",
@@ -89,6 +93,7 @@ __all__ = [
     "RateLimitBusy",
     "RateLimited",
     "ResponseFormatError",
+    "ResponseTooLarge",
     "SQLiteJournal",
     "ScanCancelled",
     "ScanFailed",
@@ -104,6 +109,7 @@ __all__ = [
     "ServiceUnavailable",
     "Timings",
     "TransportError",
+    "UploadChanged",
     "Uploadable",
     "__version__",
 ]

@@ -28,11 +28,11 @@ from typing import Final, Literal, Protocol, TypedDict
 
 import attrs
 
+from ._call_checks import check_batch_options
 from ._errors import (
     AmbiguousSubmission,
     AuthenticationError,
     ImagetwinError,
-    InvalidArgument,
     PollTimeout,
     ScanCancelled,
     ScanFailed,
@@ -47,6 +47,7 @@ from ._recovery import Recovery, settled_note
 from ._servicetime import ServiceClock
 from ._session import BeforeSend
 from ._settlement import Decision, Settlement
+from ._spec import SizeUnit
 from ._uploads import Upload, Uploadable, prepare_upload
 
 __all__ = [
@@ -161,7 +162,8 @@ class BatchServices:
     the service's clock as the transport's answers date it; ``answer_times``: recent answer
     times (monotonic) per endpoint group; ``limiters``: the client's, per group (a resumed
     journal seeds them). ``durations``: the scheduler, to start from the durations a journal
-    kept (when the journal has a meta store).
+    kept (when the journal has a meta store). ``size_unit``: how uploads read the reference's
+    "MB" (``ImagetwinClient.size_unit``).
     """
 
     start_scan: StartScan
@@ -172,6 +174,7 @@ class BatchServices:
     answer_times: Mapping[str, Iterable[float]] = attrs.field(factory=dict)
     limiters: Mapping[str, object] = attrs.field(factory=dict)
     durations: WarmStart | None = None
+    size_unit: SizeUnit = "MB"
 
 
 class WarmStart(Protocol):
@@ -206,12 +209,7 @@ class BatchRunner:
     def __init__(
         self, services: BatchServices, items: Sequence[BatchItem], options: BatchOptions
     ) -> None:
-        if options.ambiguous not in ("settle", "report", "resubmit"):
-            raise ValueError("ambiguous must be 'settle', 'report' or 'resubmit'")
-        if not (isinstance(options.max_unanswered_scans, int) and options.max_unanswered_scans > 0):
-            raise InvalidArgument("max_unanswered_scans must be a whole number >= 1")
-        if not options.settle_delay >= 0:
-            raise InvalidArgument("settle_delay must be >= 0 seconds")
+        check_batch_options(options, journal_type=Journal)
         self._services = services
         self._items = list(items)
         self._options = options
@@ -365,7 +363,7 @@ class BatchRunner:
 
     def _check(self, item: BatchItem) -> tuple[Upload, str]:
         """Validate an item (and hash it, for the journal); runs in a worker thread."""
-        upload = prepare_upload(item)
+        upload = prepare_upload(item, size_unit=self._services.size_unit)
         return upload, self._fingerprint(upload) if self._journal is not None else ""
 
     def _fingerprint(self, upload: Upload) -> str:

@@ -16,7 +16,9 @@ import aiohttp
 import attrs
 
 from . import _protocol as protocol
+from . import _spec
 from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
+from ._call_checks import check_batch, check_timeout
 from ._errors import ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
@@ -24,6 +26,7 @@ from ._modelstore import ModelStore
 from ._polling import PollScheduler, read_rate_of
 from ._scanning import ScanStarter
 from ._session import ApiKey, RetryPolicy, Transport
+from ._spec import SizeUnit
 from ._timings import Timings
 from ._uploads import Uploadable, prepare_upload
 
@@ -56,6 +59,10 @@ class ImagetwinClient:
     Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open).
     ``model_store`` (a ``ModelStore``, e.g. ``FileModelStore()``) keeps what the poll scheduler
     learned about scan durations across runs, so the next run polls well from its first scan.
+    ``max_retry_after``: the longest Retry-After waited for; a longer one raises
+    ``RateLimited`` (or ``ServiceUnavailable``) at once with the server's value.
+    ``limiter_outage_timeout``: how long a shared limiter that cannot be reached is retried
+    (nothing is sent meanwhile) before ``LimiterUnavailable`` is raised.
     """
 
     def __init__(
@@ -76,6 +83,9 @@ class ImagetwinClient:
         timings: Timings | None = None,
         speed: float = 1.0,
         model_store: ModelStore | None = None,
+        max_retry_after: float = 300.0,
+        limiter_outage_timeout: float = 30.0,
+        size_unit: SizeUnit = "MB",
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -99,18 +109,28 @@ class ImagetwinClient:
         for name, limit_s in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if limit_s is not _UNSET:
                 overrides[name] = limit_s
+        if size_unit not in ("MB", "MiB"):
+            raise ConfigurationError(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
         self.timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
         """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
         t = self.timings
         self.base_url = base_url
         self.closed = False
+        # How the reference's "MB" is read: "MB" (10**6, stricter, default) or "MiB" (2**20).
+        self.size_unit: SizeUnit = size_unit
         self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, t.result_limit, "GET /result")
         self._transport = Transport(
             base_url=base_url,
             api_key=ApiKey(key),
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
-            retry=RetryPolicy(max_retries, t.backoff_base, t.backoff_cap),
+            retry=RetryPolicy(
+                max_retries,
+                t.backoff_base,
+                t.backoff_cap,
+                max_retry_after=max_retry_after,
+                limiter_outage_timeout=limiter_outage_timeout,
+            ),
             timeout=aiohttp.ClientTimeout(total=t.timeout, connect=t.connect_timeout),
             session=session,
         )
@@ -191,7 +211,7 @@ class ImagetwinClient:
             sandbox=sandbox,
         )
         # Checking reads the files (a PDF's page count): off the event loop.
-        upload = await asyncio.to_thread(prepare_upload, files)
+        upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
         return await self._starter.start(request, upload, block=block)
 
     async def scan_pdf(self, path: str | os.PathLike[str]) -> ScanStarted:
@@ -211,7 +231,9 @@ class ImagetwinClient:
             stacklevel=3,
         )
         request = protocol.build_scan_request(legacy=endpoint)
-        upload = await asyncio.to_thread(prepare_upload, files, legacy=endpoint)
+        upload = await asyncio.to_thread(
+            prepare_upload, files, legacy=endpoint, size_unit=self.size_unit
+        )
         return await self._starter.start(request, upload)
 
     async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
@@ -232,7 +254,7 @@ class ImagetwinClient:
         ``ScanFailed`` / ``ScanNotFound`` as the result endpoint says.
         """
         protocol.validate_scan_id(scan_id)
-        return await self._scheduler.wait(scan_id, timeout=timeout)
+        return await self._scheduler.wait(scan_id, timeout=check_timeout(timeout))
 
     def notify_finished(self, scan_id: str) -> bool:
         """A hint that ``scan_id`` ended (a callback arrived): poll it now.
@@ -280,13 +302,12 @@ class ImagetwinClient:
         url = result.pdf_report if isinstance(result, ScanResult) else result
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
-        target = Path(path)
         # "reports/" names a directory even before it exists.
         names_dir = os.fspath(path).endswith(("/", os.sep))
-        if names_dir or await asyncio.to_thread(target.is_dir):
-            name = result.scan_id if isinstance(result, ScanResult) else Path(url).stem
-            target = target / f"{name}.pdf"
-        return await self._transport.download(url, target)
+        scan_id = result.scan_id if isinstance(result, ScanResult) else None
+        is_dir = names_dir or await asyncio.to_thread(Path(path).is_dir)
+        target = protocol.report_target(path, is_dir=is_dir, scan_id=scan_id, url=url)
+        return await self._transport.download(url, target, max_bytes=_spec.MAX_REPORT_BYTES)
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -321,7 +342,7 @@ class ImagetwinClient:
         twice). A crash leaves at most ``max_unanswered_scans`` items in doubt; settling
         waits ``settle_delay`` after a lost POST before it believes an empty window.
         """
-        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         return await runner.run()
 
     def iter_outcomes(
@@ -337,7 +358,7 @@ class ImagetwinClient:
         on running on the server). To have that happen at once rather than when the iterator
         is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
-        runner = BatchRunner(self._batch_services(), list(batch), BatchOptions(**options))
+        runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         return runner.iterate()
 
     def _batch_services(self) -> BatchServices:
@@ -351,6 +372,7 @@ class ImagetwinClient:
             answer_times=self._transport.answer_times,
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
             durations=self._scheduler,
+            size_unit=self.size_unit,
         )
 
 

@@ -4,14 +4,16 @@
     ├── ConfigurationError (ValueError)      no API key, bad base URL, bad client option
     ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
     │   └── InvalidUpload                     a file or option the scan endpoint would reject
+    │       └── UploadChanged                 a file changed while it was being sent
     ├── ResponseFormatError                   a response we could not read (carries .path)
+    │   └── ResponseTooLarge                  an answer longer than the client reads
     ├── JournalError                          a batch journal that cannot be used (``_journal``)
     │   └── JournalLocked                     another process runs a batch on it right now
     ├── TransportError                        the network failed (carries .scan_may_have_started)
     │   ├── AmbiguousSubmission               a scan POST went out and no answer came back:
     │   │                                     the scan may exist and be billed; never retried
-    │   └── RedisLimiterError                 Redis holding a shared limit is unreachable:
-    │                                         nothing was sent (``imagetwin_async.redis``)
+    │   └── LimiterUnavailable                the shared rate-limit store is unreachable:
+    │       └── RedisLimiterError             nothing was sent (``imagetwin_async.redis``)
     ├── PollTimeout (TimeoutError)            waited longer than the caller allowed
     ├── ScanCancelled                         a batch item that was cancelled before it finished
     └── APIError                              the server answered with an error status
@@ -44,16 +46,19 @@ __all__ = [
     "ImagetwinError",
     "InvalidArgument",
     "InvalidUpload",
+    "LimiterUnavailable",
     "PollTimeout",
     "RateLimitBusy",
     "RateLimited",
     "ResponseFormatError",
+    "ResponseTooLarge",
     "ScanCancelled",
     "ScanFailed",
     "ScanNotFound",
     "ServerError",
     "ServiceUnavailable",
     "TransportError",
+    "UploadChanged",
 ]
 
 
@@ -90,6 +95,12 @@ class InvalidUpload(InvalidArgument):
         self.source = source
 
 
+class UploadChanged(InvalidUpload):
+    """A file changed (size or modification time) between its checks and the end of its
+    upload. The request was cut off before its body was complete, so no scan started from
+    it; scan the file again once nothing writes it."""
+
+
 class ResponseFormatError(ImagetwinError):
     """The server's answer could not be read as the reference describes.
 
@@ -102,6 +113,11 @@ class ResponseFormatError(ImagetwinError):
         super().__init__(message)
         self.endpoint = endpoint
         self.path = path
+
+
+class ResponseTooLarge(ResponseFormatError):
+    """An answer longer than any the reference describes (a lying server, a decompression bomb):
+    reading stopped at the cap, nothing more was kept in memory."""
 
 
 class TransportError(ImagetwinError):
@@ -140,6 +156,14 @@ class AmbiguousSubmission(TransportError):
         super().__init__(message, endpoint=endpoint, scan_may_have_started=True)
         self.candidates = candidates
         self.window = window
+
+
+class LimiterUnavailable(TransportError):
+    """The store a shared rate limit lives in could not be reached: nothing was sent.
+
+    The session retries it with back-off for the client's ``limiter_outage_timeout``, then
+    raises it; ``redis.RedisLimiterError`` is the Redis-backed limiter's kind.
+    """
 
 
 class PollTimeout(ImagetwinError, TimeoutError):

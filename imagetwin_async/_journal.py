@@ -173,7 +173,10 @@ class SQLiteJournal:
         """Open (or create) the journal at ``path``; ``JournalLocked`` if another process has
         it, ``JournalError`` if the file is not a journal or is damaged."""
         target = Path(path)
-        lock = await asyncio.to_thread(_take_lock, target)
+        try:
+            lock = await asyncio.to_thread(_take_lock, target)
+        except OSError as exc:  # a read-only or missing directory: ours to report, typed
+            raise JournalError(f"cannot open the journal {target}: {exc.strerror or exc}") from exc
         try:
             db = await asyncio.to_thread(_connect, target)
         except BaseException:

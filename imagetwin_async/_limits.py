@@ -30,10 +30,10 @@ from types import TracebackType
 from typing import Final, Literal, Protocol, Self, final, runtime_checkable
 
 import attrs
-from aiolimiter import AsyncLimiter
 
 from ._backoff import AdaptiveCapacity, Backoff
 from ._errors import ConfigurationError, RateLimitBusy
+from ._limit_rules import busy_error, log_pause, pause_after_429, why_wait
 
 __all__ = [
     "LimitState",
@@ -62,6 +62,7 @@ _BACKOFF_BASE_FRACTION: Final = 1 / 20  # 3 s a minute: one evenly paced request
 _BACKOFF_CAP_FRACTION: Final = 1.0  # 60 s a minute: one whole window clears any window count
 # What ``RateLimit.unlimited()`` reports as its request count (snapshots, logs).
 _UNLIMITED_REQUESTS: Final = 2**62
+_MAX_PAUSE_FRACTION: Final = 5.0  # 5 min a minute: the longest 429 pause a limiter keeps
 
 
 def _check_number(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -119,8 +120,9 @@ class RateLimit:
     that include both ends. 0.2 s covers those several times over and costs 0.33% of the span.
 
     ``strategy``: ``"window"`` (default) is safe against any server algorithm. ``"token_bucket"``
-    uses ``aiolimiter`` (burst N, then one every ``(per + margin)/N`` s): faster for a server
-    *known* to be a token bucket, rejected by fixed-window and sliding-log servers.
+    (burst N, then one every ``(per + margin)/N`` s, counted from answers as the server counts
+    receipts): faster for a server *known* to be a token bucket, rejected by fixed-window and
+    sliding-log servers.
 
     ``"unlimited"`` (spelt ``RateLimit.unlimited()``) sets no client-side limit, for tests and
     emulators: every acquire is granted at once; only a 429's pause holds requests back.
@@ -128,6 +130,10 @@ class RateLimit:
 
     ``backoff_base`` / ``backoff_cap``: full-jitter back-off after a 429 without Retry-After
     (defaults ``per/20`` and ``per``: 3 s doubling up to 60 s a minute).
+
+    ``max_pause``: the longest a 429 pauses every acquire, whatever Retry-After says (default
+    ``5 * per``, 5 minutes a minute). The client raises ``RateLimited`` at once for a longer
+    Retry-After (its ``max_retry_after``), so this only bounds what other writers ask for.
     """
 
     requests: int = attrs.field(validator=_validate_requests)
@@ -136,6 +142,7 @@ class RateLimit:
     strategy: Strategy = attrs.field(default="window", kw_only=True, validator=_validate_strategy)
     backoff_base: float = attrs.field(kw_only=True, validator=_validate_positive)
     backoff_cap: float = attrs.field(kw_only=True, validator=_validate_positive)
+    max_pause: float = attrs.field(kw_only=True, validator=_validate_positive)
 
     @margin.default
     def _default_margin(self) -> float:
@@ -148,6 +155,10 @@ class RateLimit:
     @backoff_cap.default
     def _default_backoff_cap(self) -> float:
         return _scaled(self, _BACKOFF_CAP_FRACTION)
+
+    @max_pause.default
+    def _default_max_pause(self) -> float:
+        return _scaled(self, _MAX_PAUSE_FRACTION)
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_cap < self.backoff_base:
@@ -322,26 +333,14 @@ class _LimiterBase:
         return asyncio.get_running_loop().time()
 
     def _pause(self, retry_after: float | None, now: float) -> float:
-        delay = self._backoff.next_delay(retry_after)
+        delay = pause_after_429(self._backoff, retry_after, max_pause=self.limit.max_pause)
         self._paused_until = max(self._paused_until, now + delay)
         pause = self._paused_until - now
-        log.debug(
-            "%s: 429 (%s); pausing every acquire for %.3f s",
-            self.name,
-            f"Retry-After {retry_after:g} s"
-            if retry_after is not None
-            else f"back-off, streak {self._backoff.streak}",
-            pause,
-        )
+        log_pause(log, self.name, retry_after, self._backoff, pause)
         return pause
 
     def _busy(self, message: str, retry_after: float | None) -> RateLimitBusy:
-        return RateLimitBusy(
-            f"{self.name}: {message}; nothing was sent",
-            status=429,
-            endpoint=self.name,
-            retry_after=retry_after,
-        )
+        return busy_error(self.name, message, retry_after)
 
     def on_success(self) -> None:
         self._backoff.reset()
@@ -487,15 +486,15 @@ class WindowLimiter(_LimiterBase):
                 self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
 
     def _why_wait(self, now: float, ahead: int) -> str:
-        if now + _CLOCK_SLACK < self._paused_until:
-            return f"paused after a 429 for {self._paused_until - now:.3f} s"
-        if ahead:
-            return f"{ahead} acquire(s) ahead in the queue"
-        capacity = self._capacity.at(now)
-        if self._in_flight >= capacity:
-            return f"all {capacity} usable slots are in flight"
-        reduced = f" (cut to {capacity}/{self._size} after a 429)" if capacity < self._size else ""
-        return f"all slots used within the last {self.limit.per:g} s{reduced}"
+        paused = self._paused_until - now
+        return why_wait(
+            paused_for=paused if paused > _CLOCK_SLACK else 0.0,
+            ahead=ahead,
+            in_flight=self._in_flight,
+            capacity=self._capacity.at(now),
+            size=self._size,
+            per=self.limit.per,
+        )
 
     # -- the Limiter interface -----------------------------------------------------------
 
@@ -576,18 +575,24 @@ def _kth_smallest(heap: list[float], k: int) -> float:
 
 
 class TokenBucketLimiter(_LimiterBase):
-    """``aiolimiter.AsyncLimiter`` behind the ``Limiter`` interface, for token-bucket servers.
+    """A token bucket of N, refilled one every ``(per + margin)/N`` s, that counts as the server
+    counts: for servers *known* to be token buckets.
 
         limit = RateLimit(20, per=60.0, strategy="token_bucket")
         limiter = limit.build(name="POST /scan")
         async with await limiter.acquire(): await send()
 
-    A burst of N, then one request every ``(per + margin)/N`` s. It ignores how long requests
-    stay in flight, so a fixed-window or sliding-log server rejects it (up to 2N-1 per window),
-    and so can a token-bucket server when latencies vary widely. On a 429 it pauses every
-    acquire and then empties its bucket (the server's bucket is empty), instead of the
-    window strategy's capacity cut. The bucket itself refills by the loop's clock (aiolimiter
-    reads ``loop.time()``); an injected ``clock`` only dates pauses.
+    The server takes a token when it *receives* a request, somewhere between our send and its
+    answer. A plain bucket that takes tokens at send time (``aiolimiter``) is rejected at the
+    refill boundary when an early request is received late (a slow upload) and a later one
+    early: its 21st request can reach the server less than one refill after the server's
+    bucket emptied. So this one is the bucket's equivalent GCRA (a "theoretical arrival time"
+    that every request pushes one refill further) kept over the latest moment each request can
+    have been received: its answer, or now while it is in flight. The server's count is never
+    ahead of it, whatever the latencies.
+
+    A fixed-window or sliding-log server still rejects it (up to 2N-1 per window). On a 429 it
+    pauses every acquire and then treats the server's bucket as empty.
     """
 
     def __init__(
@@ -600,71 +605,81 @@ class TokenBucketLimiter(_LimiterBase):
     ) -> None:
         super().__init__(limit, name=name, clock=clock, rng=rng)
         # The margin slows the refill a touch, like the window strategy's hold time.
-        self._period = limit.per + limit.margin
-        self._bucket = AsyncLimiter(limit.requests, self._period)
+        self._interval = (limit.per + limit.margin) / limit.requests
+        self._tat = -math.inf  # when the bucket, fed by answered requests, is full again
         self._gate = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
+        self._answered = asyncio.Event()
         self._drain_pending = False
         self._in_flight = 0
 
-    def _tokens(self) -> float:
-        # Only public aiolimiter API: has_capacity(x) is "x tokens are there".
-        low, high = 0.0, float(self.limit.requests)
-        if self._bucket.has_capacity(high):
-            return high
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (mid, high) if self._bucket.has_capacity(mid) else (low, mid)
-        return low
+    def _debt(self, now: float) -> float:
+        """Tokens the answered requests still owe the bucket (0 when it is full)."""
+        return max(0.0, self._tat - now) / self._interval
 
-    def _next_token_in(self, now: float) -> float:
-        paused = max(0.0, self._paused_until - now)
-        if self._drain_pending:
-            return paused + self._period / self.limit.requests
-        missing = max(0.0, 1.0 - self._tokens())
-        return max(paused, missing * self._period / self.limit.requests)
+    def _wait(self, now: float) -> float | None:
+        """Seconds until one more request may go, or None while answers must come first."""
+        room = self.limit.requests - 1 - self._in_flight  # worst case: all received now
+        if room < 0:
+            return None
+        return max(0.0, (self._debt(now) - room) * self._interval)
 
     def _release(self) -> None:
+        # Received by now at the latest: one refill interval from the later of now and TAT.
+        self._tat = max(self._tat, self._now()) + self._interval
         self._in_flight -= 1
+        self._answered.set()
 
     def seed(self, answered: Iterable[float]) -> None:
         """Requests another process sent (answer times on this limiter's clock): any within
-        the last ``per`` empty the bucket, which then refills from now (aiolimiter's level
-        cannot be set, and an empty bucket is the safe side)."""
-        if any(when > self._now() - self._period for when in answered):
+        the last ``per`` empty the bucket, which then refills from now (the safe side: the
+        server's bucket can hold no more than that)."""
+        period = self._interval * self.limit.requests
+        if any(when > self._now() - period for when in answered):
             self._drain_pending = True
 
     async def acquire(self, *, block: bool = True) -> Slot:
         now = self._now()
-        if not block and (
-            self._gate.locked()
-            or now < self._paused_until
-            or self._drain_pending
-            or not self._bucket.has_capacity()
-        ):
-            raise self._busy("no token in the bucket", self._next_token_in(now))
+        if not block:
+            wait = self._wait(now)
+            paused = self._paused_until - now
+            if self._gate.locked() or paused > 0 or self._drain_pending or wait != 0.0:
+                raise self._busy("no token in the bucket", self._next_token_in(now))
         async with self._gate:
-            while (pause := self._paused_until - self._now()) > 0:
-                log.debug("%s: acquire waits %.3f s: paused after a 429", self.name, pause)
-                await asyncio.sleep(pause)
-            if self._drain_pending:
-                # A fresh bucket is full, so taking all of it returns at once: an empty bucket
-                # that refills from now, as the server's did after its 429.
-                self._drain_pending = False
-                self._bucket = AsyncLimiter(self.limit.requests, self._period)
-                await self._bucket.acquire(self.limit.requests)
-            # Sleep until the bucket holds a token ourselves rather than in aiolimiter's own
-            # wait: its timer targets the exact refill instant, which a coarse (or simulated)
-            # clock can round to "now" forever. The gate already queues waiters in order.
             waited = False
-            while not self._bucket.has_capacity():
-                refill = (1.0 - self._tokens()) * self._period / self.limit.requests
+            while True:
+                now = self._now()
+                if (pause := self._paused_until - now) > 0:
+                    log.debug("%s: acquire waits %.3f s: paused after a 429", self.name, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                if self._drain_pending:
+                    # The server's bucket was empty at its 429: one refill before the next.
+                    self._drain_pending = False
+                    self._tat = max(self._tat, now + self.limit.requests * self._interval)
+                wait = self._wait(now)
+                if wait is not None and wait <= _CLOCK_SLACK:
+                    break
                 if not waited:
-                    log.debug("%s: acquire waits ~%.3f s: bucket empty", self.name, refill)
+                    log.debug(
+                        "%s: acquire waits %s: bucket empty",
+                        self.name,
+                        "for an answer" if wait is None else f"~{wait:.3f} s",
+                    )
                     waited = True
-                await asyncio.sleep(max(0.0, refill) + _CLOCK_SLACK)
-            await self._bucket.acquire()  # a token is there: returns at once
-        self._in_flight += 1
+                if wait is None:
+                    self._answered.clear()
+                    await self._answered.wait()
+                else:
+                    await asyncio.sleep(wait + _CLOCK_SLACK)
+            self._in_flight += 1
         return Slot(self._release)
+
+    def _next_token_in(self, now: float) -> float | None:
+        paused = max(0.0, self._paused_until - now)
+        if self._drain_pending:
+            return paused + self._interval
+        wait = self._wait(now)
+        return None if wait is None else max(paused, wait)
 
     def on_rate_limited(self, retry_after: float | None) -> float:
         self._drain_pending = True
@@ -673,14 +688,13 @@ class TokenBucketLimiter(_LimiterBase):
     def snapshot(self) -> LimitState:
         now = self._now()
         blocked = self._gate.locked() or now < self._paused_until or self._drain_pending
+        free = self.limit.requests - self._in_flight - self._debt(now)
         return LimitState(
             requests=self.limit.requests,
             per=self.limit.per,
-            available=0 if blocked else int(self._tokens() + 1e-9),
+            available=0 if blocked else max(0, int(free + 1e-9)),
             in_flight=self._in_flight,
-            next_slot_in=0.0
-            if not blocked and self._bucket.has_capacity()
-            else (self._next_token_in(now)),
+            next_slot_in=self._next_token_in(now),
             paused_for=max(0.0, self._paused_until - now),
         )
 

@@ -49,6 +49,7 @@ import attrs
 from ._durations import DurationModel, ScanFeatures, conditional_quantile, lognormal_cdf
 from ._errors import (
     ImagetwinError,
+    LimiterUnavailable,
     PollTimeout,
     RateLimited,
     ScanCancelled,
@@ -569,16 +570,15 @@ class PollScheduler:
             watch.hinted = False
             try:
                 answer = await self._poll(watch.scan_id)
+            except LimiterUnavailable as exc:
+                # The session already waited out what it could of the outage: a waiter must
+                # not hang on a dead Redis.
+                self.stats.failed += 1
+                self._finish(watch, exc)
+                return
             except _TRANSIENT as exc:
                 logger.debug("poll of %s failed (%s); will retry", watch.scan_id, exc)
-                watch.last_read = self.now()
-                if watch.active:
-                    if watch.hinted:
-                        # A callback that came in meanwhile still deserves its immediate read.
-                        self._hints.append(watch)
-                        self._wake(-math.inf)
-                    else:
-                        self._push(watch, watch.last_read + self.max_poll_interval)
+                self._retry_later(watch)
                 return
             except ImagetwinError as exc:
                 self.stats.failed += 1
@@ -608,6 +608,18 @@ class PollScheduler:
             watch.reading = False
             self._concurrency.release()
             self._wake(-math.inf)
+
+    def _retry_later(self, watch: _Watch) -> None:
+        """After a transient read failure: read again a whole ``max_poll_interval`` on."""
+        watch.last_read = self.now()
+        if not watch.active:
+            return
+        if watch.hinted:
+            # A callback that came in meanwhile still deserves its immediate read.
+            self._hints.append(watch)
+            self._wake(-math.inf)
+        else:
+            self._push(watch, watch.last_read + self.max_poll_interval)
 
     def _adapt(self, *, busy: bool) -> None:
         """Move the read threshold with the load (see the module's docstring)."""

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import hashlib
 import json
 import math
+import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -35,6 +39,7 @@ from ._errors import (
     InvalidUpload,
     RateLimited,
     ResponseFormatError,
+    ResponseTooLarge,
     ScanFailed,
     ScanNotFound,
     ServerError,
@@ -55,13 +60,17 @@ __all__ = [
     "error_for_status",
     "failure_decision",
     "nothing_started",
+    "oversized_answer",
     "parse_retry_after",
     "read_overview",
     "read_result",
     "read_scan_started",
+    "report_target",
     "retry_decision",
     "server_message",
+    "validate_callback_url",
     "validate_min_score",
+    "validate_scan_id",
 ]
 
 T = TypeVar("T")
@@ -70,6 +79,7 @@ ExportFormat = Literal["json", "csv"]
 LegacyEndpoint = Literal["scanPdf", "scanImages"]
 
 _MAX_MESSAGE = 500  # characters of a server message kept on an exception
+_MAX_CALLBACK_URL = 2048  # what browsers and most servers take; the API documents no limit
 
 
 @attrs.frozen
@@ -78,7 +88,8 @@ class Request:
 
     ``path`` is relative to the client's base URL. ``file_field`` names the multipart part the
     upload goes in (None: no body). ``starts_scan`` marks a POST that bills a scan: it is never
-    retried unless the answer proves no scan started.
+    retried unless the answer proves no scan started. ``max_body``: the longest answer read
+    (decompressed bytes); past it ``oversized_answer`` says what that means.
     """
 
     method: Literal["GET", "POST"]
@@ -88,6 +99,7 @@ class Request:
     form_fields: tuple[tuple[str, str], ...] = ()
     file_field: str | None = None
     starts_scan: bool = False
+    max_body: int = _spec.MAX_ANSWER_BYTES
 
     @property
     def endpoint(self) -> str:
@@ -134,7 +146,7 @@ def build_scan_request(
     if score is not None:
         fields.append(("minScore", repr(score)))
     if callback_url is not None:
-        fields.append(("callbackUrl", _validate_callback_url(callback_url)))
+        fields.append(("callbackUrl", validate_callback_url(callback_url)))
     if exclude_identical_paper is not None:
         if not isinstance(exclude_identical_paper, bool):
             raise InvalidArgument("exclude_identical_paper must be True, False or None")
@@ -150,16 +162,46 @@ def build_scan_request(
     )
 
 
-def _validate_callback_url(url: str) -> str:
-    if not isinstance(url, str) or not re.match(r"https?://[^\s/?#]+", url):
-        raise InvalidArgument(f"callback_url must be an absolute http(s) URL, got {url!r}")
+def validate_callback_url(url: str) -> str:
+    """``url`` if the service can POST to it, else ``InvalidArgument`` (nothing is sent).
+
+    An absolute ``http``/``https`` URL with a host, at most 2048 characters, printable ASCII
+    only (percent-encode the rest: a space, CR, LF or NUL would split the form field or the
+    service's request), no ``user:password@`` (it would reach the service's logs), and a port
+    that is a number.
+    """
+    if not isinstance(url, str):
+        raise InvalidArgument(f"callback_url must be a string, got {type(url).__name__}")
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    if len(url) > _MAX_CALLBACK_URL:
+        raise InvalidArgument(f"callback_url is longer than {_MAX_CALLBACK_URL} characters")
+    if not all("!" <= c <= "~" for c in url):
+        raise InvalidArgument(
+            f"callback_url must be printable ASCII without spaces (percent-encode the rest): "
+            f"{shown!r}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # a non-numeric or out-of-range port raises here
+    except ValueError as exc:
+        raise InvalidArgument(f"callback_url is not a valid URL: {shown!r} ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(f"callback_url must be an absolute http(s) URL, got {shown!r}")
+    if "@" in parts.netloc:
+        raise InvalidArgument("callback_url must not carry a user name or password")
+    if port == 0:
+        raise InvalidArgument(f"callback_url has port 0: {shown!r}")
     return url
 
 
 def validate_scan_id(scan_id: str) -> str:
-    """The scan id, or ``InvalidArgument`` if it could not be one (it goes in the URL path)."""
+    """The scan id, or ``InvalidArgument`` if it could not be one (it goes in the URL path).
+
+    A scan id is a 64-digit hex digest, or a UUID as the overview lists web scans.
+    """
     if not isinstance(scan_id, str) or not _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
-        raise InvalidArgument(f"not a scan id: {scan_id!r}")
+        shown = scan_id[:80] + "..." if isinstance(scan_id, str) and len(scan_id) > 80 else scan_id
+        raise InvalidArgument(f"not a scan id: {shown!r}")
     return scan_id
 
 
@@ -182,7 +224,9 @@ def build_overview_request(
         ("endDate", end.isoformat()),
         ("exportFormat", export_format),
     )
-    return Request("GET", "scan-overview", "other", params=params)
+    return Request(
+        "GET", "scan-overview", "other", params=params, max_body=_spec.MAX_OVERVIEW_BYTES
+    )
 
 
 def _as_date(value: dt.date | str, name: str) -> dt.date:
@@ -199,7 +243,45 @@ def _as_date(value: dt.date | str, name: str) -> dt.date:
     raise InvalidArgument(f"{name} must be a date or a 'YYYY-MM-DD' string, got {value!r}")
 
 
+def report_target(
+    path: str | os.PathLike[str], *, is_dir: bool, scan_id: str | None, url: str
+) -> Path:
+    """Where ``download_report`` writes: ``path`` itself, or a file inside the folder ``path``.
+
+    The file name inside a folder is ``<scan_id>.pdf`` when the id has a scan id's shape, else
+    the report URL's own name when it is a plain ``[A-Za-z0-9_-]`` word, else ``report-`` and a
+    hash of the URL: whatever the server sent, the file stays inside the folder.
+    """
+    target = Path(path)
+    if not is_dir:
+        return target
+    stem = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rpartition("/")[2]
+    stem = stem.removesuffix(".pdf")
+    if isinstance(scan_id, str) and _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
+        name = scan_id
+    elif re.fullmatch(r"[A-Za-z0-9_-]{1,128}", stem):
+        name = stem
+    else:
+        name = "report-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return target / f"{name}.pdf"
+
+
 # ---- reading answers ---------------------------------------------------------------------
+
+
+def oversized_answer(request: Request, status: int) -> Exception | None:
+    """What an answer longer than ``request.max_body`` means; None: read its first bytes.
+
+    An error answer is still that error (its message is cut). A success is unreadable: for
+    a scan POST the scan may have started (``AmbiguousSubmission``, never resent), otherwise
+    ``ResponseTooLarge``.
+    """
+    if status >= 300:
+        return None
+    why = f"the server's answer is larger than {request.max_body} bytes"
+    if request.starts_scan:
+        return ambiguous_error(request, f"the server accepted it but {why}")
+    return ResponseTooLarge(f"{request.endpoint}: {why}", endpoint=request.endpoint)
 
 
 def server_message(body: bytes) -> str | None:
@@ -316,19 +398,20 @@ def read_scan_started(
 
     A success we cannot read still started a (billed) scan: its ``scanId`` is taken if it is
     there at all, and otherwise the answer is an ``AmbiguousSubmission``, never an error that
-    would invite a resend.
+    would invite a resend. A ``scanId`` not shaped as the reference shows (64 hex digits) is
+    as good as none: it would become a URL path and a file name.
     """
     if status not in (200, 201, 202):
         raise error_for_status(status, headers, body, request=request)
     try:
-        return _read_object(body, ScanStarted, request)
+        started = _read_object(body, ScanStarted, request)
     except ResponseFormatError as exc:
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             data = None
         scan_id = data.get("scanId") if isinstance(data, dict) else None
-        if isinstance(scan_id, str) and _spec.SCAN_ID_PATTERN.fullmatch(scan_id):
+        if isinstance(scan_id, str) and _spec.HEX_SCAN_ID_PATTERN.fullmatch(scan_id):
             message = data.get("message") if isinstance(data, dict) else None
             return ScanStarted(scan_id, message if isinstance(message, str) else "")
         if not request.starts_scan:
@@ -336,6 +419,16 @@ def read_scan_started(
         raise ambiguous_error(
             request, f"the server accepted it but its answer is unreadable ({exc})"
         ) from exc
+    if _spec.HEX_SCAN_ID_PATTERN.fullmatch(started.scan_id):
+        return started
+    bad = ResponseFormatError(
+        f"{request.endpoint}: scanId {started.scan_id[:80]!r} is not a scan id",
+        endpoint=request.endpoint,
+        path="$.scanId",
+    )
+    if not request.starts_scan:
+        raise bad
+    raise ambiguous_error(request, f"the server accepted it but its answer is unreadable ({bad})")
 
 
 def read_result(
@@ -347,7 +440,16 @@ def read_result(
     if status == 202:
         return ScanPending(scan_id)
     if status == 200:
-        return _read_object(body, ScanResult, request)
+        result = _read_object(body, ScanResult, request)
+        if result.scan_id.lower() != scan_id.lower():
+            # A result for another scan (a caching proxy, a server bug): never hand it out.
+            raise ResponseFormatError(
+                f"{request.endpoint}: asked for scan {scan_id} but the answer is for "
+                f"{result.scan_id[:80]!r}",
+                endpoint=request.endpoint,
+                path="$.scanId",
+            )
+        return result
     raise error_for_status(status, headers, body, request=request)
 
 
@@ -358,8 +460,16 @@ def read_overview(
     if status != 200:
         raise error_for_status(status, headers, body, request=request)
     if ("exportFormat", "csv") in request.params:
-        return body.decode("utf-8-sig")
-    return _read_object(body, ScanOverview, request)
+        return body.decode("utf-8-sig", "replace")
+    overview = _read_object(body, ScanOverview, request)
+    for index, scan in enumerate(overview.scans):
+        if not _spec.SCAN_ID_PATTERN.fullmatch(scan.scan_id):
+            raise ResponseFormatError(
+                f"{request.endpoint}: scanId {scan.scan_id[:80]!r} is not a scan id",
+                endpoint=request.endpoint,
+                path=f"$.scans[{index}].scanId",
+            )
+    return overview
 
 
 # ---- retrying ---------------------------------------------------------------------------

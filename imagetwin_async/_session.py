@@ -12,13 +12,14 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import attrs
@@ -26,8 +27,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._backoff import full_jitter_ceiling
-from ._errors import ConfigurationError, InvalidArgument, TransportError
+from ._errors import (
+    ConfigurationError,
+    InvalidArgument,
+    LimiterUnavailable,
+    ResponseTooLarge,
+    TransportError,
+    UploadChanged,
+)
 from ._limits import Limiter
+from ._multipart import form_data
 from ._protocol import (
     Delivery,
     EndpointGroup,
@@ -35,10 +44,12 @@ from ._protocol import (
     RetryDecision,
     ambiguous_error,
     failure_decision,
+    oversized_answer,
     parse_retry_after,
     retry_decision,
 )
 from ._servicetime import ServiceClock
+from ._uploads import Upload
 
 __all__ = ["ApiKey", "BeforeSend", "RawResponse", "RetryPolicy", "Transport"]
 
@@ -55,26 +66,67 @@ _ANSWER_LOG = 128  # > any per-window request budget the API has (60 reads a min
 
 
 class ApiKey:
-    """The API key, kept out of every repr, str and log line."""
+    """The API key, kept out of every repr, str and log line.
 
-    __slots__ = ("_value",)
+    >>> key = ApiKey("sk-123")
+    >>> key.redact(b'{"echo": "sk\\u002d123"}')
+    b'{"echo": "[redacted]"}'
+    """
+
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
-        if not value or not value.strip() or any(c in value for c in "\r\n"):
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or not all(" " <= c <= "~" for c in value.strip())
+        ):
             raise ConfigurationError("the API key is empty or malformed")
         self._value = value.strip()
+        self._pattern = _escaped_forms(self._value)
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, data: bytes) -> bytes:
-        """``data`` with every occurrence of the key blanked (servers may echo headers)."""
-        return data.replace(self._value.encode(), _REDACTED.encode())
+        """``data`` with every occurrence of the key blanked (servers may echo headers).
+
+        Also every escaped spelling a decoder would turn back into the key: JSON's ``\\/``
+        and ``\\uXXXX``, percent-encoding and HTML character references, mixed freely.
+        """
+        return self._pattern.sub(_REDACTED.encode(), data)
+
+    def redact_text(self, text: str) -> str:
+        """``redact`` for text (an exception's message, a log line)."""
+        return self.redact(text.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        )
+
+    def appears_in(self, text: str) -> bool:
+        return self._pattern.search(text.encode("utf-8", "surrogateescape")) is not None
 
     def __repr__(self) -> str:
         return "ApiKey('***')"
 
     __str__ = __repr__
+
+
+def _escaped_forms(key: str) -> re.Pattern[bytes]:
+    """One pattern matching ``key`` with each character written plainly or escaped."""
+    parts = []
+    for char in key:
+        code = ord(char)
+        forms = [
+            re.escape(char.encode()),
+            rb"\\u0*" + f"{code:x}".encode(),  # JSON, JavaScript
+            b"%" + f"{code:02x}".encode(),  # a URL
+            b"&#0*" + str(code).encode() + b";",  # HTML
+            b"&#x0*" + f"{code:x}".encode() + b";",
+        ]
+        if char in '/\\"':
+            forms.append(rb"\\" + re.escape(char.encode()))
+        parts.append(b"(?:" + b"|".join(forms) + b")")
+    return re.compile(b"".join(parts), re.IGNORECASE)
 
 
 @attrs.frozen
@@ -83,11 +135,19 @@ class RetryPolicy:
 
     Back-off is exponential with full jitter: attempt ``n`` waits a uniform random time in
     ``[0, min(cap, base * 2**n)]`` (or the server's Retry-After when it sends one).
+
+    ``max_retry_after``: the longest Retry-After honoured (seconds); an answer asking for more
+    is handed to the caller at once (``RateLimited`` / ``ServiceUnavailable`` carrying the
+    server's value) instead of freezing the endpoint. ``limiter_outage_timeout``: how long a
+    limiter that cannot be reached (Redis down: nothing was sent) is retried with back-off
+    before its ``LimiterUnavailable`` is raised.
     """
 
     max_retries: int = attrs.field(default=5)
     backoff_base: float = attrs.field(default=0.5)
     backoff_cap: float = attrs.field(default=30.0)
+    max_retry_after: float = attrs.field(default=300.0, kw_only=True)
+    limiter_outage_timeout: float = attrs.field(default=30.0, kw_only=True)
 
     @max_retries.validator
     def _check_retries(self, _: object, value: int) -> None:
@@ -96,9 +156,15 @@ class RetryPolicy:
 
     @backoff_base.validator
     @backoff_cap.validator
+    @max_retry_after.validator
     def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not value > 0:
-            raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
+        if not _finite_number(value) or not value > 0:
+            raise ConfigurationError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+    @limiter_outage_timeout.validator
+    def _check_outage(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not _finite_number(value) or value < 0:
+            raise ConfigurationError(f"{attribute.name} must be a number >= 0, got {value!r}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(
@@ -113,17 +179,6 @@ class RawResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
-
-
-class BodySource(Protocol):
-    """An upload that can build a fresh multipart body for each attempt (see ``_uploads``).
-
-    The caller closes it once the request is done, retries included.
-    """
-
-    def form_data(
-        self, field_name: str = ..., extra_fields: tuple[tuple[str, str], ...] = ()
-    ) -> aiohttp.FormData: ...
 
 
 class Transport:
@@ -182,7 +237,7 @@ class Transport:
         self,
         request: Request,
         *,
-        upload: BodySource | None = None,
+        upload: Upload | None = None,
         block: bool = True,
         before_send: BeforeSend | None = None,
     ) -> RawResponse:
@@ -195,35 +250,79 @@ class Transport:
         is held, right before each attempt goes out (the journal records its intent there).
         """
         limiter = self._limiters.get(request.group)
+        outage_began: float | None = None
+        outage_retries = 0
         for attempt in itertools.count():
+            # Our errors are raised outside the except blocks, chained to a scrubbed failure:
+            # an aiohttp error can hold the request's headers (the key) in its request_info,
+            # and an exception raised inside ``except`` would carry it as __context__.
+            failure: BaseException | None = None
+            delivery = Delivery.NOT_SENT
+            changed: UploadChanged | None = None
             try:
                 response = await self._attempt(
                     request, upload, limiter, attempt=attempt, block=block, before_send=before_send
                 )
+            except LimiterUnavailable as exc:
+                # Nothing was sent: wait the outage out, within its budget, then give up.
+                now = time.monotonic()
+                outage_began = now if outage_began is None else outage_began
+                left = self._retry.limiter_outage_timeout - (now - outage_began)
+                if left <= 0:
+                    raise
+                pause = min(self._retry.delay(outage_retries, self._rng), left)
+                outage_retries += 1
+                self._log_retry(request, attempt, f"limiter unavailable ({exc})", pause)
+                await asyncio.sleep(pause)
+                continue
             except (aiohttp.ClientError, TimeoutError) as exc:
+                failure, why = self._scrub(exc), self._key.redact_text(_describe(exc))
                 delivery = (
                     Delivery.NOT_SENT if isinstance(exc, _NOT_CONNECTED) else Delivery.MAYBE_SENT
                 )
-                if failure_decision(delivery, request=request) is RetryDecision.AMBIGUOUS:
-                    raise ambiguous_error(request, _describe(exc)) from exc
-                failure: Exception = exc
-            else:
+                changed = _upload_changed(exc)
+            if changed is not None:
+                # The body was cut off before its end: nothing can have started a scan.
+                raise changed
+            if failure is None:
                 delay = self._retry_delay(request, response, limiter, attempt, block=block)
                 if delay is None:
                     return response
                 self._log_retry(request, attempt, f"HTTP {response.status}", delay)
                 await asyncio.sleep(delay)
                 continue
+            if failure_decision(delivery, request=request) is RetryDecision.AMBIGUOUS:
+                raise ambiguous_error(request, why) from failure
             if attempt >= self._retry.max_retries:
                 raise TransportError(
-                    f"{request.endpoint}: {_describe(failure)} "
-                    f"(gave up after {attempt + 1} attempts)",
+                    f"{request.endpoint}: {why} (gave up after {attempt + 1} attempts)",
                     endpoint=request.endpoint,
                 ) from failure
             delay = self._retry.delay(attempt, self._rng)
-            self._log_retry(request, attempt, _describe(failure), delay)
+            self._log_retry(request, attempt, why, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # itertools.count() never ends
+
+    def _scrub(self, exc: BaseException) -> BaseException:
+        """``exc`` to chain onto our error, or a stand-in when its chain could hold the key.
+
+        aiohttp's response errors keep ``request_info`` (with our Authorization header) and
+        a server can put anything in a status line aiohttp quotes: such an error is replaced
+        by ``NetworkFailure`` with its description, redacted, and nothing chained behind it.
+        """
+        seen: set[int] = set()
+        stack: list[BaseException] = [exc]
+        while stack:
+            current = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if hasattr(current, "request_info") or self._key.appears_in(
+                f"{current!r} {current.args!r}"
+            ):
+                return NetworkFailure(self._key.redact_text(_describe(exc)))
+            stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        return exc
 
     def _retry_delay(
         self,
@@ -235,18 +334,20 @@ class Transport:
         block: bool,
     ) -> float | None:
         """Seconds to wait before sending again, or None: hand this answer to the caller."""
-        if response.status < 400:
-            if limiter is not None:
-                limiter.on_success()
-            return None
-        decision = retry_decision(response.status, response.headers, request=request)
+        decision = (
+            retry_decision(response.status, response.headers, request=request)
+            if response.status >= 400
+            else RetryDecision.RAISE
+        )
         if decision is RetryDecision.AMBIGUOUS:
             raise ambiguous_error(request, f"the gateway answered {response.status}")
         if decision is RetryDecision.RAISE:
             if limiter is not None:
-                limiter.on_success()  # an error answer, but not a rate-limit one
+                limiter.on_success()  # a success, or an error answer but not a rate-limit one
             return None
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if self._beyond_cap(request, retry_after):
+            return None
         if decision is RetryDecision.RETRY_RATE_LIMITED and limiter is not None:
             # The limiter pauses the whole endpoint, so the next acquire waits out the pause
             # for every caller, this one included.
@@ -258,10 +359,25 @@ class Transport:
             return None
         return retry_after if retry_after is not None else self._retry.delay(attempt, self._rng)
 
+    def _beyond_cap(self, request: Request, retry_after: float | None) -> bool:
+        """Whether Retry-After asks for more than we honour: then the caller gets the error
+        now, carrying the server's value, and nothing is paused (a day, a date in 2100 would
+        freeze the endpoint)."""
+        if retry_after is None or retry_after <= self._retry.max_retry_after:
+            return False
+        logger.debug(
+            "%s /%s: Retry-After %.0f s is beyond max_retry_after (%g s); not waiting",
+            request.method,
+            request.path,
+            retry_after,
+            self._retry.max_retry_after,
+        )
+        return True
+
     async def _attempt(
         self,
         request: Request,
-        upload: BodySource | None,
+        upload: Upload | None,
         limiter: Limiter | None,
         *,
         attempt: int,
@@ -279,8 +395,8 @@ class Transport:
             data: aiohttp.FormData | None = None
             if upload is not None and request.file_field is not None:
                 # A FormData is spent once sent: build it afresh from the sources every attempt.
-                data = upload.form_data(
-                    field_name=request.file_field, extra_fields=request.form_fields
+                data = form_data(
+                    upload, field_name=request.file_field, extra_fields=request.form_fields
                 )
             async with self.session.request(
                 request.method,
@@ -294,10 +410,15 @@ class Transport:
                 # A redirect could carry the key to another host; the API does not redirect.
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
-                headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(response.headers))
+                body, complete = await _read_capped(response, request.max_body)
                 # Any answer may echo the request's headers back (an error page, a redirect, a
-                # misbehaving proxy): no body leaves here with the key in it.
+                # misbehaving proxy): no body or header leaves here with the key in it.
+                headers: Mapping[str, str] = CIMultiDictProxy(
+                    CIMultiDict(
+                        (name, self._key.redact_text(value))
+                        for name, value in response.headers.items()
+                    )
+                )
                 body = self._key.redact(body)
         finally:
             if slot is not None:
@@ -314,12 +435,15 @@ class Transport:
             sent - asked,
             time.monotonic() - sent,
         )
+        if not complete and (error := oversized_answer(request, response.status)) is not None:
+            raise error
         return RawResponse(response.status, headers, body)
 
-    async def download(self, url: str, path: Path) -> Path:
+    async def download(self, url: str, path: Path, *, max_bytes: int) -> Path:
         """Stream ``url`` to ``path`` (atomically: a temp file renamed into place).
 
-        No API key is sent: report links are public and may live on another host.
+        No API key is sent: report links are public and may live on another host. More than
+        ``max_bytes`` (decompressed) raises ``ResponseTooLarge`` and leaves nothing behind.
         """
         target = URL(url)
         if not target.is_absolute() or target.scheme not in ("http", "https"):
@@ -334,17 +458,24 @@ class Transport:
                             f"GET {target.with_query(None)}: HTTP {response.status}",
                             endpoint="GET report",
                         )
+                    declared = response.content_length
+                    if declared is not None and declared > max_bytes:
+                        raise _report_too_large(max_bytes)
+                    written = 0
                     async for chunk in response.content.iter_chunked(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise _report_too_large(max_bytes)
                         await asyncio.to_thread(out.write, chunk)
             await asyncio.to_thread(os.replace, tmp_name, path)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(
-                f"download failed: {_describe(exc)}", endpoint="GET report"
-            ) from exc
+            failure, why = self._scrub(exc), self._key.redact_text(_describe(exc))
+        else:
+            return path
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)  # the rename consumed it on success
-        return path
+        raise TransportError(f"download failed: {why}", endpoint="GET report") from failure
 
     def _log_retry(self, request: Request, attempt: int, why: str, delay: float) -> None:
         logger.debug(
@@ -361,6 +492,53 @@ class Transport:
 # aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
 # allows is ``_protocol.failure_decision``'s to say.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _upload_changed(exc: BaseException) -> UploadChanged | None:
+    """The ``UploadChanged`` aiohttp wrapped when our payload refused to finish, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UploadChanged):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class NetworkFailure(Exception):
+    """Stands in for an aiohttp error that held the request (its headers carry the key)."""
+
+
+def _report_too_large(max_bytes: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"GET report: the report is larger than {max_bytes} bytes; nothing was kept",
+        endpoint="GET report",
+    )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of the (decompressed) body, and whether that was all of it.
+
+    Never holds more than ``cap`` plus one chunk: aiohttp decompresses as we read, so a
+    gzip bomb is cut at the cap too. A declared length past the cap reads nothing.
+    """
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(min(_CHUNK, cap + 1 - size))
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:cap], False
 
 
 def _describe(exc: BaseException) -> str:

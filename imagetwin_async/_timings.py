@@ -97,6 +97,7 @@ def _scaled_limit(limit: RateLimit, speed: float) -> RateLimit:
         margin=limit.margin / speed,
         backoff_base=limit.backoff_base / speed,
         backoff_cap=limit.backoff_cap / speed,
+        max_pause=limit.max_pause / speed,
     )
 
 

@@ -1,22 +1,22 @@
-"""What a scan uploads: sources, the checks made before sending, and streaming multipart bodies.
+"""What a scan uploads: the input types, and the checks made before anything is sent.
 
 ``prepare_upload`` turns what a user passes to ``scan`` into a validated ``Upload``, or raises
 ``InvalidUpload`` naming the file and the limit, before any byte is sent (a refused upload is a
-wasted request at best, a billed scan at worst). ``Upload.form_data`` then builds a fresh
-``aiohttp.FormData`` per attempt, because a form is spent once sent; file parts are streamed in
-64 KiB chunks, so a 30 MiB PDF or 25 x 20 MiB images never sit whole in memory.
+wasted request at best, a billed scan at worst). ``Upload.open_parts`` opens the parts afresh for
+each attempt; ``_multipart`` streams them as a multipart body (this module imports no HTTP
+library).
 
-    >>> with prepare_upload(["fig1.png", "fig2.tif"], min_score=0.5) as upload:
+    >>> with prepare_upload(["fig1.png", "fig2.tif"]) as upload:
     ...     upload.kind, [part.filename for part in upload.parts]
     ('images', ['fig1.png', 'fig2.tif'])
 
-Sizes follow ``_spec``: the reference's "MB" is read as MiB (2**20 bytes), and limits are strict
-("under 30 MB" refuses exactly 30 MiB).
+Sizes follow ``_spec``: the reference's "MB" is read as 10**6 bytes by default (the stricter
+reading; ``size_unit="MiB"`` for 2**20), and limits are strict ("under 30 MB" refuses exactly
+30 MB).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
@@ -27,31 +27,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import IO, Literal, Protocol, TypeAlias, runtime_checkable
 
-import aiohttp
 import attrs
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.payload import Payload
 
 from . import _spec
-from ._errors import InvalidArgument, InvalidUpload
+from ._errors import InvalidArgument, InvalidUpload, UploadChanged
 from ._pagecount import Window, count_pages
-from ._protocol import LegacyEndpoint, validate_min_score
+from ._protocol import LegacyEndpoint
 
 __all__ = [
     "CONTENT_TYPES",
     "FileContent",
     "NamedFile",
-    "RenderedBody",
+    "OpenedPart",
     "Upload",
     "UploadKind",
     "UploadPart",
     "UploadSource",
     "Uploadable",
     "prepare_upload",
-    "render_body",
-    "write_body",
 ]
 
 UploadKind: TypeAlias = Literal["document", "images"]
@@ -72,7 +67,7 @@ CONTENT_TYPES: Mapping[str, str] = {
 }
 """The Content-Type sent for each accepted extension (``.docx`` has its official OOXML type)."""
 
-_CHUNK = 64 * 1024  # aiohttp's own chunk size for file payloads
+_CHUNK = 64 * 1024  # read size when copying a non-seekable stream
 _SPOOL_IN_MEMORY = 1024 * 1024  # a spooled stream moves to a temporary file beyond this
 _HASH_CHUNK = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -159,21 +154,21 @@ class UploadPart:
         """The lower-case extension, with its dot (``.pdf``)."""
         return PurePosixPath(self.filename).suffix.lower()
 
-    def _open(self) -> _Opened:
+    def _open(self) -> OpenedPart:
         return self._content.open(self)
 
 
 class Upload:
     """A validated upload: one document or up to 25 images, ready to be sent any number of times.
 
-        >>> with prepare_upload("paper.pdf", min_score=0.5) as upload:
-        ...     form = upload.form_data(extra_fields={"minScore": "0.5"})
-        ...     await session.post(url, data=form)  # a new form_data() for every attempt
+        >>> with prepare_upload("paper.pdf") as upload:
+        ...     form = form_data(upload, extra_fields={"minScore": "0.5"})   # _multipart
+        ...     await session.post(url, data=form)  # a new form for every attempt
 
-    Build it with ``prepare_upload``. Files on disk are opened afresh by each ``form_data()``
-    call and closed by aiohttp once the request is sent; ``close()`` (or leaving the ``with``
-    block) closes whatever is still open, including the temporary copy of a non-seekable
-    stream. After ``close()`` no more forms can be built.
+    Build it with ``prepare_upload``. Files on disk are opened afresh by each ``open_parts()``
+    call and closed once the attempt is sent; ``close()`` (or leaving the ``with`` block) closes
+    whatever is still open, including the temporary copy of a non-seekable stream. After
+    ``close()`` nothing more can be opened.
     """
 
     def __init__(
@@ -181,14 +176,10 @@ class Upload:
         kind: UploadKind,
         parts: tuple[UploadPart, ...],
         *,
-        min_score: float | None = None,
-        legacy: LegacyEndpoint | None = None,
         resources: Iterable[IO[bytes]] = (),
     ) -> None:
         self.kind: UploadKind = kind
         self.parts = parts
-        self.min_score = min_score
-        self.legacy: LegacyEndpoint | None = legacy
         self._resources = list(resources)  # spooled copies of non-seekable streams: ours
         self._handles: set[IO[bytes]] = set()  # files opened for attempts and not yet closed
         self._sha256: str | None = None
@@ -227,7 +218,7 @@ class Upload:
                     while remaining:
                         chunk = opened.file.read(min(_HASH_CHUNK, remaining))
                         if not chunk:
-                            raise _changed(part, "shrank")
+                            raise changed_error(part, "shrank")
                         digest.update(chunk)
                         remaining -= len(chunk)
                 finally:
@@ -235,36 +226,27 @@ class Upload:
             self._sha256 = digest.hexdigest()
         return self._sha256
 
-    def form_data(
-        self,
-        field_name: str = "file",
-        extra_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    ) -> aiohttp.FormData:
-        """A fresh multipart form for one attempt: ``extra_fields``, then one part per file.
+    def open_parts(self) -> list[tuple[UploadPart, OpenedPart]]:
+        """Open every part for one attempt, in order; release each ``OpenedPart`` once sent.
 
-        Text fields come first so a server that parses the stream sees the options before the
-        files. Files on disk are opened now (a file deleted or changed since validation raises
-        ``InvalidUpload`` here, before sending) and read in chunks while aiohttp sends them.
+        A file deleted or changed since validation raises ``InvalidUpload`` here, before
+        anything is sent. Files we open stay tracked until released, so ``close()`` can close
+        those of an attempt that never went out.
         """
         self._check_open()
-        form = aiohttp.FormData(quote_fields=False)
-        # quote_fields=False sends file names as raw UTF-8, as curl and browsers do; aiohttp's
-        # default percent-encodes them ("my paper.pdf" would arrive as "my%20paper.pdf").
-        # Names with control characters were refused in validation, so no header injection.
-        fields = extra_fields.items() if isinstance(extra_fields, Mapping) else extra_fields or ()
-        for name, value in fields:
-            form.add_field(name, value)
-        payloads: list[_PartPayload] = []
+        opened: list[tuple[UploadPart, OpenedPart]] = []
         try:
             for part in self.parts:
-                payloads.append(_PartPayload(part, part._open(), self._handles))
+                handle = part._open()
+                if handle.owned:
+                    self._handles.add(handle.file)
+                    handle.on_release = self._handles.discard
+                opened.append((part, handle))
         except BaseException:
-            for payload in payloads:
-                payload.release()
+            for _, handle in opened:
+                handle.release()
             raise
-        for payload in payloads:
-            form.add_field(field_name, payload, filename=payload.part.filename)
-        return form
+        return opened
 
     def close(self) -> None:
         """Close every file this upload opened and discard spooled copies. Idempotent."""
@@ -293,12 +275,12 @@ class Upload:
 def prepare_upload(
     files: Uploadable,
     *,
-    min_score: float | None = None,
     legacy: LegacyEndpoint | None = None,
+    size_unit: _spec.SizeUnit = "MB",
 ) -> Upload:
     """Check ``files`` against the API's limits and return an ``Upload``; nothing is sent.
 
-        >>> upload = prepare_upload("paper.pdf", min_score=0.5)
+        >>> upload = prepare_upload("paper.pdf")
         >>> upload.kind, upload.parts[0].pages
         ('document', 12)
 
@@ -306,18 +288,23 @@ def prepare_upload(
     sequence holding a single document is that document). ``legacy`` applies the deprecated
     endpoints' narrower rules: ``"scanPdf"`` takes one PDF, ``"scanImages"`` no ``.webp``.
 
+    ``size_unit`` reads the reference's "MB": ``"MB"`` (10**6 bytes, default: nothing a strict
+    server could refuse after the upload) or ``"MiB"`` (2**20 bytes).
+
     Raises ``InvalidUpload`` (a ``ValueError``) for anything the API would refuse: a missing,
-    unreadable or empty file, a directory, an unaccepted extension, a document of 30 MiB or
-    more or with 50 pages or more, an image of 20 MiB or more, more than 25 images, a document
-    mixed with anything else, an empty sequence, or ``min_score`` outside 0.0-0.9.
+    unreadable or empty file, a directory, an unaccepted extension, a document of 30 MB or
+    more or with 50 pages or more, an image of 20 MB or more, more than 25 images, a document
+    mixed with anything else, or an empty sequence.
 
     Does blocking file I/O (stat, a page count that reads a PDF's cross-reference table, and a
     copy of any non-seekable stream): from a busy event loop, run it in a thread.
     """
     if legacy not in (None, "scanPdf", "scanImages"):
         raise InvalidArgument(f"legacy must be 'scanPdf', 'scanImages' or None, got {legacy!r}")
-    score = validate_min_score(min_score)
-    candidates = [_candidate(item) for item in _items(files)]
+    if size_unit not in ("MB", "MiB"):
+        raise InvalidArgument(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
+    limits = _spec.size_limits(size_unit)
+    candidates = [_candidate(item, limits, size_unit) for item in _items(files)]
     kind = _check_composition(candidates, legacy)
     resources: list[IO[bytes]] = []
     try:
@@ -326,7 +313,7 @@ def prepare_upload(
         for resource in resources:
             resource.close()
         raise
-    return Upload(kind, parts, min_score=score, legacy=legacy, resources=resources)
+    return Upload(kind, parts, resources=resources)
 
 
 # --- turning the caller's arguments into named candidates (no I/O) ---------------------------
@@ -339,6 +326,8 @@ class _Candidate:
     extension: str
     is_document: bool
     origin: object
+    limit: int  # bytes, exclusive
+    unit: str
 
 
 def _items(files: object) -> list[object]:
@@ -381,7 +370,7 @@ def _unsupported(item: object, *, in_sequence: bool) -> InvalidUpload:
     )
 
 
-def _candidate(item: object) -> _Candidate:
+def _candidate(item: object, limits: tuple[int, int], unit: str) -> _Candidate:
     if isinstance(item, str | os.PathLike):
         source = os.fsdecode(item)
         if not source:
@@ -405,7 +394,8 @@ def _candidate(item: object) -> _Candidate:
             f" {_listing(_spec.DOCUMENT_EXTENSIONS)}; images: {_listing(_spec.IMAGE_EXTENSIONS)}",
             source=source,
         )
-    return _Candidate(source, filename, extension, is_document, item)
+    limit = limits[0] if is_document else limits[1]
+    return _Candidate(source, filename, extension, is_document, item, limit, unit)
 
 
 def _clean_name(name: object) -> str:
@@ -514,7 +504,7 @@ def _resolve_path(candidate: _Candidate, path: Path) -> UploadPart:
         raise InvalidUpload(f"{source}: cannot be read ({exc.strerror})", source=source) from exc
     with handle:
         pages = _pages(candidate, handle) if candidate.is_document else None
-    return _part(candidate, info.st_size, pages, path, _PathContent(path))
+    return _part(candidate, info.st_size, pages, path, _PathContent(path, info.st_mtime_ns))
 
 
 def _resolve_stream(
@@ -576,14 +566,14 @@ def _copy_within_limit(candidate: _Candidate, stream: IO[bytes], spool: IO[bytes
         copied += len(chunk)
     what = "a document" if candidate.is_document else "each image"
     raise InvalidUpload(
-        f"{candidate.source}: the stream holds at least {_human(copied)}; {what} must"
-        f" be under {_human(limit)} ({limit} bytes)",
+        f"{candidate.source}: the stream holds at least {_human(copied, candidate.unit)};"
+        f" {what} must be under {_human(limit, candidate.unit)} ({limit} bytes)",
         source=candidate.source,
     )
 
 
 def _limit(candidate: _Candidate) -> int:
-    return _spec.MAX_DOCUMENT_BYTES if candidate.is_document else _spec.MAX_IMAGE_BYTES
+    return candidate.limit
 
 
 def _check_size(candidate: _Candidate, size: int) -> None:
@@ -596,14 +586,16 @@ def _check_size(candidate: _Candidate, size: int) -> None:
     if size >= limit:
         what = "a document" if candidate.is_document else "each image"
         raise InvalidUpload(
-            f"{source} is {_human(size)}; {what} must be under {_human(limit)}"
-            f" ({limit} bytes, the reference's MB read as MiB)",
+            f"{source} is {_human(size, candidate.unit)}; {what} must be under"
+            f" {_human(limit, candidate.unit)} ({limit} bytes, the reference's MB read as"
+            f" {candidate.unit})",
             source=source,
         )
 
 
-def _human(size: int) -> str:
-    return f"{size / _spec.MIB:.2f} MiB" if size >= _spec.MIB // 10 else f"{size} bytes"
+def _human(size: int, unit: str) -> str:
+    factor = _spec.MIB if unit == "MiB" else _spec.MB
+    return f"{size / factor:.2f} {unit}" if size >= factor // 10 else f"{size} bytes"
 
 
 def _pages(candidate: _Candidate, file: IO[bytes]) -> int | None:
@@ -633,25 +625,41 @@ def _part(
     )
 
 
-def _changed(part: UploadPart, how: str) -> InvalidUpload:
-    return InvalidUpload(
-        f"{part.source} {how} since it was checked: prepare the upload again", source=part.source
+def changed_error(part: UploadPart, how: str) -> UploadChanged:
+    """The error for a part whose file changed between validation and the end of its upload."""
+    return UploadChanged(
+        f"{part.source} {how} since it was checked; it was not sent whole, so no scan "
+        "started from it: scan it again once it is no longer being written",
+        source=part.source,
     )
 
 
 # --- content: where each attempt reads a part's bytes from ----------------------------------
 
 
+def _ignore(_: IO[bytes]) -> None:
+    return None
+
+
 @attrs.define
-class _Opened:
-    """A file to read one part from, at ``start``; ``owned`` if we opened it and must close it."""
+class OpenedPart:
+    """A file to read one part from, at ``start``; ``owned`` if we opened it and must close it.
+
+    ``on_release`` hears of the release (the ``Upload`` stops tracking the file); ``verify``
+    raises ``UploadChanged`` if a file on disk changed since it was checked (its size or
+    modification time), and is called again before the last bytes of each part go out.
+    """
 
     file: IO[bytes]
     start: int
     owned: bool
+    on_release: Callable[[IO[bytes]], None] = attrs.field(default=_ignore, kw_only=True)
+    # Raises UploadChanged if the file is no longer what was checked (files on disk only).
+    verify: Callable[[], None] = attrs.field(default=lambda: None, kw_only=True)
 
     def release(self) -> None:
         """Close what we opened; rewind a caller's stream to where we found it."""
+        self.on_release(self.file)
         if self.owned:
             self.file.close()
         elif not getattr(self.file, "closed", False):
@@ -660,14 +668,15 @@ class _Opened:
 
 class _Content(ABC):
     @abstractmethod
-    def open(self, part: UploadPart) -> _Opened: ...
+    def open(self, part: UploadPart) -> OpenedPart: ...
 
 
 @attrs.frozen
 class _PathContent(_Content):
     path: Path
+    mtime_ns: int  # when it was checked: a rewrite of the same size changes it
 
-    def open(self, part: UploadPart) -> _Opened:
+    def open(self, part: UploadPart) -> OpenedPart:
         try:
             handle = _open_binary(self.path)
         except OSError as exc:
@@ -675,23 +684,27 @@ class _PathContent(_Content):
                 f"{part.source} can no longer be read ({exc.strerror})", source=part.source
             ) from exc
         try:
-            size = os.fstat(handle.fileno()).st_size
+            self._check(part, handle)
         except BaseException:
             handle.close()
             raise
-        if size != part.size:
-            handle.close()
-            raise _changed(part, f"changed size ({part.size} -> {size} bytes)")
-        return _Opened(handle, 0, owned=True)
+        return OpenedPart(handle, 0, owned=True, verify=lambda: self._check(part, handle))
+
+    def _check(self, part: UploadPart, handle: IO[bytes]) -> None:
+        info = os.fstat(handle.fileno())
+        if info.st_size != part.size:
+            raise changed_error(part, f"changed size ({part.size} -> {info.st_size} bytes)")
+        if info.st_mtime_ns != self.mtime_ns:
+            raise changed_error(part, "was rewritten")
 
 
 @attrs.frozen
 class _BytesContent(_Content):
     data: bytes = attrs.field(repr=False)
 
-    def open(self, part: UploadPart) -> _Opened:
+    def open(self, part: UploadPart) -> OpenedPart:
         # BytesIO over a bytes object shares its buffer: no copy.
-        return _Opened(io.BytesIO(self.data), 0, owned=True)
+        return OpenedPart(io.BytesIO(self.data), 0, owned=True)
 
 
 @attrs.frozen
@@ -699,158 +712,7 @@ class _StreamContent(_Content):
     stream: IO[bytes]
     start: int
 
-    def open(self, part: UploadPart) -> _Opened:
+    def open(self, part: UploadPart) -> OpenedPart:
         if getattr(self.stream, "closed", False):
             raise InvalidUpload(f"{part.source}: the stream was closed", source=part.source)
-        return _Opened(self.stream, self.start, owned=False)
-
-
-class _PartPayload(Payload):
-    """One file part: reads exactly ``part.size`` bytes from ``start`` on every write.
-
-    Unlike aiohttp's file payloads it never closes a caller's stream (aiohttp closes the body
-    after each request, which would break the retry of a FastAPI UploadFile), closes the files
-    we opened synchronously (no executor job left behind to trip a ResourceWarning), and
-    reports the size validated up front, so the request carries a Content-Length.
-    """
-
-    def __init__(self, part: UploadPart, opened: _Opened, handles: set[IO[bytes]]) -> None:
-        super().__init__(opened.file, content_type=part.content_type, filename=part.filename)
-        self.part = part
-        self._opened = opened
-        self._handles = handles
-        self._size = part.size
-        # aiohttp calls close() after sending only when autoclose is False.
-        self._autoclose = not opened.owned
-        if opened.owned:
-            handles.add(opened.file)
-
-    def release(self) -> None:
-        self._consumed = True
-        self._handles.discard(self._opened.file)
-        self._opened.release()
-
-    def _close(self) -> None:
-        if not self._consumed:
-            self.release()
-
-    async def close(self) -> None:
-        self._close()
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        if self._consumed:
-            raise RuntimeError(f"the part for {self.part.source} was already closed")
-        file, start = self._opened.file, self._opened.start
-        remaining = (
-            self.part.size if content_length is None else min(content_length, self.part.size)
-        )
-        # Disk reads go to a thread so a slow disk never stalls the loop; BytesIO needs none.
-        run = _call_inline if isinstance(file, io.BytesIO) else _call_in_thread
-        await run(file.seek, start)
-        try:
-            while remaining > 0:
-                chunk: bytes = await run(file.read, min(_CHUNK, remaining))
-                if not chunk:
-                    raise _changed(self.part, "shrank")
-                await writer.write(chunk)
-                remaining -= len(chunk)
-        finally:
-            if not self._opened.owned:  # leave the caller's stream where we found it
-                await run(file.seek, start)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._read_all().decode(encoding, errors)
-
-    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        data: bytes = await _call_in_thread(self._read_all)
-        return data
-
-    def _read_all(self) -> bytes:
-        file = self._opened.file
-        file.seek(self._opened.start)
-        data = file.read(self.part.size)
-        file.seek(self._opened.start)
-        return bytes(data)
-
-
-async def _call_inline(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)
-
-
-async def _call_in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
-
-
-# --- rendering a body without a network, for tests and debugging ------------------------------
-
-
-@attrs.frozen
-class RenderedBody:
-    """A multipart body as bytes, with the header that goes with it.
-
-    >>> first = await render_body(upload.form_data())
-    >>> second = await render_body(upload.form_data())
-    >>> first.canonical() == second.canonical()
-    True
-    """
-
-    content_type: str
-    body: bytes = attrs.field(repr=lambda body: f"<{len(body)} bytes>")
-
-    @property
-    def boundary(self) -> str:
-        return self.content_type.partition("boundary=")[2].strip('"')
-
-    def canonical(self) -> bytes:
-        """The body with its random boundary replaced by ``BOUNDARY``: equal across attempts."""
-        return self.body.replace(self.boundary.encode(), b"BOUNDARY")
-
-
-async def write_body(form: aiohttp.FormData, write: Callable[[bytes], object]) -> str:
-    """Stream the body of ``form`` into ``write`` chunk by chunk, as aiohttp would send it.
-
-    Returns the Content-Type header (with the boundary). Closes the form's files afterwards,
-    as aiohttp does after a request. ``form`` is spent, like a sent form.
-    """
-    payload = form()
-    try:
-        await payload.write(_SinkWriter(write))
-    finally:
-        await payload.close()
-    return payload.content_type
-
-
-async def render_body(form: aiohttp.FormData) -> RenderedBody:
-    """The whole body of ``form`` in memory: for tests with small files."""
-    buffer = io.BytesIO()
-    content_type = await write_body(form, buffer.write)
-    return RenderedBody(content_type, buffer.getvalue())
-
-
-class _SinkWriter(AbstractStreamWriter):
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self._write = write
-
-    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        self._write(bytes(chunk))
-
-    async def write_eof(self, chunk: bytes = b"") -> None:
-        if chunk:
-            self._write(chunk)
-
-    async def drain(self) -> None:
-        return None
-
-    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
-        raise NotImplementedError("a rendered body is never compressed")
-
-    def enable_chunking(self) -> None:
-        raise NotImplementedError("a rendered body is never chunked")
-
-    async def write_headers(self, status_line: str, headers: Any) -> None:
-        raise NotImplementedError("a rendered body has no HTTP headers")
+        return OpenedPart(self.stream, self.start, owned=False)

@@ -42,7 +42,8 @@ from redis.commands.core import AsyncScript
 
 from . import _redis_scripts as scripts
 from ._backoff import Backoff
-from ._errors import ConfigurationError, RateLimitBusy, TransportError
+from ._errors import ConfigurationError, LimiterUnavailable, RateLimitBusy
+from ._limit_rules import busy_error, log_pause, pause_after_429, why_wait
 from ._limits import LimitState, RateLimit, Slot
 from ._timings import DEFAULT_TIMINGS
 
@@ -69,7 +70,7 @@ _WAKE_SLACK: Final = 0.0002
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError)
 
 
-class RedisLimiterError(TransportError):
+class RedisLimiterError(LimiterUnavailable):
     """Redis, which holds the shared rate limit, could not be reached: nothing was sent.
 
     The limiter fails closed: without Redis no process can know what the others spent, so
@@ -190,6 +191,7 @@ class RedisLimiter:
         # for all of them at once (a burst of 20 costs one round trip, not 20 in a row).
         self._waiters: collections.deque[tuple[str, asyncio.Future[Slot]]] = collections.deque()
         self._pump: asyncio.Task[None] | None = None
+        self._pump_sleeping = False  # between Redis calls: safe to cancel, nothing in hand
         # Our own 429s pause this process at once, before Redis hears of them. Local times are
         # time.monotonic(), the clock asyncio's loop sleeps on.
         self._paused_until = -math.inf
@@ -336,12 +338,7 @@ class RedisLimiter:
                 )
 
     def _busy(self, message: str, retry_after: float | None) -> RateLimitBusy:
-        return RateLimitBusy(
-            f"{self.name}: {message}; nothing was sent",
-            status=429,
-            endpoint=self.name,
-            retry_after=retry_after,
-        )
+        return busy_error(self.name, message, retry_after)
 
     # -- the Limiter interface -------------------------------------------------------------
 
@@ -370,6 +367,10 @@ class RedisLimiter:
                 self._held.discard(token)
                 fut.result()._forget()
                 self._void([token])
+            if self._pump is not None and self._pump_sleeping and not self._live_waiters():
+                # Nobody waits any more: do not leave the pump sleeping out a pause for nobody
+                # (flush and aclose would wait for it).
+                self._pump.cancel()
             raise
         log.debug("%s: acquire waited %.3f s", self.name, time.monotonic() - started)
         return slot
@@ -422,7 +423,7 @@ class RedisLimiter:
                     return
                 pause = self._paused_until - time.monotonic()
                 if pause > 0:
-                    await asyncio.sleep(pause)
+                    await self._pump_sleep(pause)
                     continue
                 waiting = [(t, f) for t, f in self._waiters if not f.done()]
                 batch = [t for t, _ in waiting[: self.limit.requests]]
@@ -437,7 +438,7 @@ class RedisLimiter:
                         reply.poll_in,
                         self._why(reply),
                     )
-                    await asyncio.sleep(reply.poll_in + _WAKE_SLACK)
+                    await self._pump_sleep(reply.poll_in + _WAKE_SLACK)
         except asyncio.CancelledError:
             if batch:
                 self._void(batch)  # our call may have taken slots for them
@@ -448,6 +449,13 @@ class RedisLimiter:
             # Fail closed: every waiter learns Redis is gone; none is let through.
             self._fail_waiters(exc)
 
+    async def _pump_sleep(self, seconds: float) -> None:
+        self._pump_sleeping = True
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._pump_sleeping = False
+
     def _fail_waiters(self, exc: Exception) -> None:
         for _, fut in self._waiters:
             if not fut.done():
@@ -457,29 +465,24 @@ class RedisLimiter:
         self._waiters.clear()
 
     def _why(self, reply: _Reply) -> str:
-        if reply.paused_for > 0:
-            return f"paused after a 429 for {reply.paused_for:.3f} s"
-        if reply.in_flight >= reply.capacity:
-            return f"all {reply.capacity} usable slots are in flight (key-wide)"
-        reduced = (
-            f" (cut to {reply.capacity}/{self.limit.requests} after a 429)"
-            if reply.capacity < self.limit.requests
-            else ""
+        return why_wait(
+            paused_for=reply.paused_for,
+            ahead=0,
+            in_flight=reply.in_flight,
+            capacity=reply.capacity,
+            size=self.limit.requests,
+            per=self.limit.per,
+            scope=" (key-wide)",
         )
-        return f"all slots used within the last {self.limit.per:g} s (key-wide){reduced}"
 
     def on_rate_limited(self, retry_after: float | None) -> float:
-        """Pause this process now and, through Redis, every process sharing the key."""
-        pause = self._backoff.next_delay(retry_after)
+        """Pause this process now and, through Redis, every process sharing the key (never
+        longer than ``limit.max_pause``, whatever Retry-After says)."""
+        pause = pause_after_429(self._backoff, retry_after, max_pause=self.limit.max_pause)
         now = time.monotonic()
         self._paused_until = max(self._paused_until, now + pause)
-        log.debug(
-            "%s: 429 (%s); pausing every acquire on the key for %.3f s",
-            self.name,
-            f"Retry-After {retry_after:g} s"
-            if retry_after is not None
-            else f"back-off, streak {self._backoff.streak}",
-            pause,
+        log_pause(
+            log, self.name, retry_after, self._backoff, pause, scope="every acquire on the key"
         )
         self._spawn(self._share_pause(pause))
         return max(0.0, self._paused_until - now)
@@ -517,9 +520,10 @@ class RedisLimiter:
     async def refresh(self) -> LimitState:
         """Read the key-wide state from Redis (taking nothing) and return ``snapshot()``.
 
-        Pending writes of this limiter (releases, pauses) land first, so it reflects them.
+        Pending writes of this limiter (releases, pauses) land first, so it reflects them; it
+        never waits for a slot or a pause, only for those writes and one round trip.
         """
-        await self.flush()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self._run(self._acquire_script, self._keys, "1")
         return self.snapshot()
 

@@ -81,9 +81,9 @@ class FakeClock:
 def test_parse_accepts_the_documented_bodies_and_unknown_keys() -> None:
     assert parse_callback(body()) == CallbackNotice(SCAN_ID, "finished")
     assert parse_callback(body(status="failed")) == CallbackNotice(SCAN_ID, "failed")
-    assert parse_callback(body(scan_id="1625b21d-0492-44b5", extra=1)).scan_id == (
-        "1625b21d-0492-44b5"
-    )
+    assert parse_callback(
+        body(scan_id="1625b21d-0492-44b5-83bb-76161ab116eb", extra=1)
+    ).scan_id == ("1625b21d-0492-44b5-83bb-76161ab116eb")
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_a_replay_within_the_window_costs_nothing_after_it_a_hint() -> None:
 
 def test_the_duplicate_filter_is_bounded() -> None:
     clock = FakeClock()
-    ids = [f"scan{i}" for i in range(10_050)]
+    ids = [f"{i:064x}" for i in range(10_050)]
     receiver = CallbackReceiver(FakeClient(*ids), PUBLIC, clock=clock)
     for scan_id in ids:
         receiver.receive(body(scan_id=scan_id))

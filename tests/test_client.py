@@ -203,7 +203,7 @@ async def test_scan_overview_json_and_csv(api: mocked, client: ImagetwinClient) 
             "endDate": "2025-04-12",
             "scans": [
                 {
-                    "scanId": "b8218b13",
+                    "scanId": "b8218b13-ad59-4f59-8067-d5406732440f",
                     "scanDate": "2025-04-10T15:07:23",
                     "user": "someone@example.org",
                     "freeOfCharge": True,

@@ -29,13 +29,13 @@ from starlette.datastructures import UploadFile
 
 from imagetwin_async import _spec, _uploads
 from imagetwin_async._errors import InvalidArgument, InvalidUpload
+from imagetwin_async._multipart import form_data
+from imagetwin_async._protocol import validate_min_score
 from imagetwin_async._uploads import (
     CONTENT_TYPES,
     FileContent,
     Upload,
     prepare_upload,
-    render_body,
-    write_body,
 )
 
 from ._files import (
@@ -50,6 +50,7 @@ from ._files import (
     write_image,
     write_pdf,
 )
+from ._render import render_body, write_body
 
 DOC_MAX = _spec.MAX_DOCUMENT_BYTES
 IMG_MAX = _spec.MAX_IMAGE_BYTES
@@ -159,15 +160,15 @@ BAD: list[tuple[str, Build, str, str | None]] = [
         "*",
     ),
     (
-        "document-30MiB",
+        "document-30MB",
         _one(lambda t: write_pdf(t / "big.pdf", 1, size=DOC_MAX)),
-        r"big\.pdf is 30\.00 MiB; a document must be under 30\.00 MiB \(31457280 bytes",
+        r"big\.pdf is 30\.00 MB; a document must be under 30\.00 MB \(30000000 bytes",
         "*",
     ),
     (
-        "image-20MiB",
+        "image-20MB",
         _one(lambda t: write_image(t / "big.png", size=IMG_MAX)),
-        r"big\.png is 20\.00 MiB; each image must be under 20\.00 MiB \(20971520 bytes",
+        r"big\.png is 20\.00 MB; each image must be under 20\.00 MB \(20000000 bytes",
         "*",
     ),
     (
@@ -270,7 +271,7 @@ BAD: list[tuple[str, Build, str, str | None]] = [
     (
         "unseekable-too-big",
         _one(lambda t: FileContent("fig.png", Zeros())),  # type: ignore[arg-type]
-        r"fig\.png: the stream holds at least 20\.00 MiB; each image must be under 20\.00 MiB",
+        r"fig\.png: the stream holds at least 20\.\d\d MB; each image must be under 20\.00 MB",
         "fig.png",
     ),
     (
@@ -298,15 +299,12 @@ BAD: list[tuple[str, Build, str, str | None]] = [
         "*",
     ),
 ]
-for _bad_score in (-0.1, 0.91, 1, math.nan, math.inf, -math.inf, True, "0.5"):
-    BAD.append(
-        (
-            f"min_score={_bad_score!r}",
-            _one(lambda t: write_pdf(t / "a.pdf"), min_score=_bad_score),
-            r"min_score must be a number from 0\.0 to 0\.9",
-            None,
-        )
-    )
+
+
+@pytest.mark.parametrize("score", [-0.1, 0.91, 1, math.nan, math.inf, -math.inf, True, "0.5"])
+def test_min_score_outside_the_range_is_refused(score: Any) -> None:
+    with pytest.raises(InvalidUpload, match=r"min_score must be a number from 0\.0 to 0\.9"):
+        validate_min_score(score)
 
 
 @pytest.mark.parametrize(
@@ -453,9 +451,8 @@ def test_twenty_five_images_are_one_scan(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("score", [None, 0, 0.0, 0.33, 0.9])
-def test_min_score_range_is_inclusive(tmp_path: Path, score: float | None) -> None:
-    with prepare_upload(write_pdf(tmp_path / "a.pdf"), min_score=score) as upload:
-        assert upload.min_score == (None if score is None else float(score))
+def test_min_score_range_is_inclusive(score: float | None) -> None:
+    assert validate_min_score(score) == (None if score is None else float(score))
 
 
 def test_extensions_are_case_insensitive_and_content_types_official(tmp_path: Path) -> None:
@@ -546,8 +543,8 @@ async def test_two_attempts_send_byte_identical_bodies(tmp_path: Path, kind: str
             if stream is not None and not isinstance(stream, bytes):
                 stream.close()
     with prepare_upload(source) as upload:
-        first = await render_body(upload.form_data())
-        second = await render_body(upload.form_data())
+        first = await render_body(form_data(upload))
+        second = await render_body(form_data(upload))
     assert first.boundary != second.boundary  # each attempt is its own form
     assert first.canonical() == second.canonical()
     name = upload.parts[0].filename
@@ -565,7 +562,7 @@ async def test_images_body_has_fields_first_then_each_file_in_order(tmp_path: Pa
     shirt = FileContent("c.gif", image_bytes(".gif"))
     with prepare_upload([*paths, shirt]) as upload:
         rendered = await render_body(
-            upload.form_data("imageFile", extra_fields=[("minScore", "0.5")])
+            form_data(upload, "imageFile", extra_fields=[("minScore", "0.5")])
         )
     boundary = rendered.boundary
     field = (
@@ -586,7 +583,7 @@ async def test_images_body_has_fields_first_then_each_file_in_order(tmp_path: Pa
 
 async def test_non_ascii_names_are_sent_as_utf8_like_curl(tmp_path: Path) -> None:
     with prepare_upload(FileContent("Abbildung ü 1.png", png_bytes())) as upload:
-        rendered = await render_body(upload.form_data())
+        rendered = await render_body(form_data(upload))
     assert 'filename="Abbildung ü 1.png"'.encode() in rendered.body
 
 
@@ -597,9 +594,9 @@ async def test_files_we_open_are_closed_and_nothing_leaks(tmp_path: Path) -> Non
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         upload = prepare_upload(paths)
-        await render_body(upload.form_data())  # sent: aiohttp-style close after writing
+        await render_body(form_data(upload))  # sent: aiohttp-style close after writing
         assert upload._handles == set()
-        form = upload.form_data()  # built, never sent: close() must release it
+        form = form_data(upload)  # built, never sent: close() must release it
         opened = set(upload._handles)
         assert len(opened) == 3
         upload.close()
@@ -608,13 +605,13 @@ async def test_files_we_open_are_closed_and_nothing_leaks(tmp_path: Path) -> Non
         gc.collect()
     assert [w for w in caught if str(tmp_path) in str(w.message)] == []
     with pytest.raises(ValueError, match="closed"):
-        upload.form_data()
+        form_data(upload)
 
 
 async def test_a_spooled_stream_is_closed_with_the_upload() -> None:
     upload = prepare_upload(FileContent("fig.png", Unseekable(png_bytes())))  # type: ignore[arg-type]
     (spool,) = upload._resources
-    assert (await render_body(upload.form_data())).body.count(png_bytes()) == 1
+    assert (await render_body(form_data(upload))).body.count(png_bytes()) == 1
     upload.close()
     assert spool.closed
 
@@ -624,10 +621,10 @@ def test_a_file_changed_after_validation_is_caught_before_sending(tmp_path: Path
     with prepare_upload(path) as upload:
         sparse_file(path, IMG_MAX + 10, head=png_bytes())
         with pytest.raises(InvalidUpload, match=r"changed size"):
-            upload.form_data()
+            form_data(upload)
         path.unlink()
         with pytest.raises(InvalidUpload, match=r"can no longer be read"):
-            upload.form_data()
+            form_data(upload)
         assert upload._handles == set()
 
 
@@ -654,8 +651,8 @@ def test_fastapi_route_can_scan_its_upload_file() -> None:
     @app.post("/check")
     async def check(paper: FastAPIUploadFile) -> dict[str, Any]:
         with prepare_upload(paper) as upload:
-            first = await render_body(upload.form_data())
-            second = await render_body(upload.form_data())
+            first = await render_body(form_data(upload))
+            second = await render_body(form_data(upload))
             return {
                 "kind": upload.kind,
                 "pages": upload.parts[0].pages,
@@ -703,7 +700,7 @@ async def test_sent_twice_over_http_the_server_receives_the_same_parts(tmp_path:
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         with prepare_upload(files) as upload:
             for _ in range(2):
-                form = upload.form_data(extra_fields={"minScore": "0.5"})
+                form = form_data(upload, extra_fields={"minScore": "0.5"})
                 async with session.post(server.make_url("/scan"), data=form) as response:
                     assert response.status == 200
             assert upload._handles == set()  # aiohttp closed what we opened
@@ -736,8 +733,8 @@ async def test_a_25_mib_document_is_never_held_in_memory(tmp_path: Path) -> None
     try:
         with prepare_upload(path) as upload:
             upload.sha256()
-            await write_body(upload.form_data(), sink)
-            await write_body(upload.form_data(), sink)
+            await write_body(form_data(upload), sink)
+            await write_body(form_data(upload), sink)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -876,7 +873,8 @@ def test_prepare_upload_accepts_exactly_what_the_rules_allow(
         upload: Upload | None = None
         refused: InvalidUpload | None = None
         try:
-            upload = prepare_upload(files, min_score=min_score, legacy=legacy)
+            validate_min_score(min_score)  # checked by build_scan_request, beside the upload
+            upload = prepare_upload(files, legacy=legacy)
         except InvalidUpload as exc:
             refused = exc
         try:
@@ -890,3 +888,39 @@ def test_prepare_upload_accepts_exactly_what_the_rules_allow(
             for source in sources:
                 if isinstance(source, UploadFile):
                     source.file.close()
+
+
+# --- which MB: decimal by default (stricter), MiB on request (issue 12, item 12) ------------
+
+
+@pytest.mark.parametrize(
+    ("ext", "size", "unit", "accepted"),
+    [
+        (".png", 20 * 1000 * 1000 - 1, "MB", True),
+        (".png", 20 * 1000 * 1000, "MB", False),
+        (".png", 20_500_000, "MB", False),  # what a decimal-MB server refused after upload
+        (".png", 20_500_000, "MiB", True),
+        (".png", 20 * MIB, "MiB", False),
+        (".pdf", 30_500_000, "MB", False),
+        (".pdf", 30_500_000, "MiB", True),
+        (".pdf", 30 * MIB, "MiB", False),
+    ],
+)
+def test_size_limits_read_mb_as_decimal_unless_told_mib(
+    tmp_path: Path, ext: str, size: int, unit: Any, accepted: bool
+) -> None:
+    path = tmp_path / f"f{ext}"
+    if ext == ".pdf":
+        write_pdf(path, 1, size=size)
+    else:
+        write_image(path, size=size)
+    if accepted:
+        prepare_upload(path, size_unit=unit).close()
+    else:
+        with pytest.raises(InvalidUpload, match=f"read as {unit}"):
+            prepare_upload(path, size_unit=unit)
+
+
+def test_an_unknown_size_unit_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="size_unit"):
+        prepare_upload("a.pdf", size_unit="KiB")  # type: ignore[arg-type]

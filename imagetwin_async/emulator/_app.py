@@ -161,7 +161,7 @@ class _Api:
         emu = self.emu
 
         async def scan(request: web.Request, key: str, record: RequestRecord) -> web.Response:
-            upload = await read_upload(request, rules)
+            upload = await read_upload(request, rules, size_unit=emu.size_unit)
             record.file_names = tuple(f.name for f in upload.files)
             record.sha256 = tuple(f.sha256 for f in upload.files)
             if upload.unreadable and emu.corrupt_documents == "reject":

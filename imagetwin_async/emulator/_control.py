@@ -116,6 +116,7 @@ def _settings(emu: Emulator) -> dict[str, Any]:
         "retryAfter": emu.retry_after,
         "processingTime": to_json(emu.processing_time),
         "corruptDocuments": emu.corrupt_documents,
+        "sizeUnit": emu.size_unit,
         "seed": emu.seed,
         "time": emu.clock.now(),
     }
@@ -184,6 +185,10 @@ class _Control:
             options["corrupt_documents"] = body["corruptDocuments"]
         if "apiKeys" in body:
             options["api_keys"] = _get(body, "apiKeys", (list, dict))
+        if "sizeUnit" in body:
+            if body["sizeUnit"] not in {"MB", "MiB"}:
+                raise ControlError("sizeUnit must be MB or MiB")
+            options["size_unit"] = body["sizeUnit"]
         self.emu.configure(**options)
         return web.json_response(_settings(self.emu))
 

@@ -67,6 +67,12 @@ def _normalise_keys(api_keys: str | Iterable[str] | Mapping[str, str]) -> dict[s
     return keys
 
 
+def _check_size_unit(unit: object) -> _spec.SizeUnit:
+    if unit not in ("MB", "MiB"):
+        raise ValueError(f"size_unit must be 'MB' or 'MiB', got {unit!r}")
+    return unit
+
+
 def _processing_time(value: float | ProcessingTime) -> ProcessingTime:
     return FixedTime(float(value)) if isinstance(value, int | float) else value
 
@@ -94,7 +100,8 @@ class Emulator:
         retry_after: bool = True,
         processing_time: float | ProcessingTime = 1.0,
         seed: int = 0,
-        corrupt_documents: CorruptDocuments = "fail",
+        corrupt_documents: CorruptDocuments = "reject",
+        size_unit: _spec.SizeUnit = "MB",
         control_api: bool = True,
         max_records: int | None = None,
         callback_timeout: float = 5.0,
@@ -113,6 +120,7 @@ class Emulator:
         self.processing_time = _processing_time(processing_time)
         self.seed = seed
         self.corrupt_documents: CorruptDocuments = corrupt_documents
+        self.size_unit: _spec.SizeUnit = _check_size_unit(size_unit)
         self.control_api = control_api
         self.store = ScanStore()
         self.scripts = Scripts()
@@ -227,6 +235,7 @@ class Emulator:
         processing_time: float | ProcessingTime | _Unset = _UNSET,
         corrupt_documents: CorruptDocuments | _Unset = _UNSET,
         api_keys: str | Iterable[str] | Mapping[str, str] | _Unset = _UNSET,
+        size_unit: _spec.SizeUnit | _Unset = _UNSET,
     ) -> None:
         """Change settings while running. A new algorithm or limits start with empty windows."""
         if not isinstance(speed, _Unset):
@@ -248,6 +257,8 @@ class Emulator:
             self.corrupt_documents = corrupt_documents
         if not isinstance(api_keys, _Unset):
             self.api_keys = _normalise_keys(api_keys)
+        if not isinstance(size_unit, _Unset):
+            self.size_unit = _check_size_unit(size_unit)
 
     def script(
         self,

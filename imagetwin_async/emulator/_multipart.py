@@ -77,8 +77,14 @@ class Upload:
     unreadable: bool = False  # a document we could not parse (see Emulator.corrupt_documents)
 
 
-def _mib(size: int) -> str:
-    return f"{size // _spec.MIB} MB"
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    document: int
+    image: int
+    unit: str
+
+    def show(self, size: int) -> str:
+        return f"{size // (_spec.MIB if self.unit == 'MiB' else _spec.MB)} {self.unit}"
 
 
 def _basename(filename: str) -> str:
@@ -90,8 +96,13 @@ def _extension(name: str) -> str:
     return name[dot:].lower() if dot > 0 else ""
 
 
-async def read_upload(request: web.Request, rules: UploadRules) -> Upload:
-    """Stream the multipart body of a scan request; raise ``UploadRejected`` on any breach."""
+async def read_upload(
+    request: web.Request, rules: UploadRules, *, size_unit: _spec.SizeUnit = "MB"
+) -> Upload:
+    """Stream the multipart body of a scan request; raise ``UploadRejected`` on any breach.
+
+    ``size_unit`` is how the reference's "under 30 MB / 20 MB" is read (see ``_spec``).
+    """
     if not request.content_type.startswith("multipart/"):
         raise UploadRejected(
             "No file provided: the body must be multipart/form-data with "
@@ -99,7 +110,8 @@ async def read_upload(request: web.Request, rules: UploadRules) -> Upload:
         )
     upload = Upload()
     try:
-        await _read_parts(await request.multipart(), rules, upload)
+        limits = _Limits(*_spec.size_limits(size_unit), size_unit)
+        await _read_parts(await request.multipart(), rules, upload, limits)
     except _MALFORMED as exc:
         raise UploadRejected(f"Malformed multipart body: {exc}") from None
     if not upload.files:
@@ -116,7 +128,7 @@ def _disposition(part: BodyPartReader) -> tuple[str | None, str | None]:
 
 
 async def _read_file_part(
-    part: BodyPartReader, filename: str | None, rules: UploadRules, upload: Upload
+    part: BodyPartReader, filename: str | None, rules: UploadRules, upload: Upload, limits: _Limits
 ) -> None:
     if filename is None:
         raise UploadRejected(f"'{rules.file_field}' must be a file upload with a file name.")
@@ -127,13 +139,13 @@ async def _read_file_part(
     if ext in rules.documents:
         if documents or images:
             raise UploadRejected(_mix_message(rules))
-        upload.files.append(await _read_document(part, name, ext, upload))
+        upload.files.append(await _read_document(part, name, ext, upload, limits))
     elif ext in rules.images:
         if documents:
             raise UploadRejected(_mix_message(rules))
         if images >= _spec.MAX_IMAGES:
             raise UploadRejected(f"Too many images: at most {_spec.MAX_IMAGES} images per scan.")
-        upload.files.append(await _read_image(part, name))
+        upload.files.append(await _read_image(part, name, limits))
     else:
         allowed = ", ".join(sorted(rules.documents | rules.images))
         raise UploadRejected(
@@ -141,13 +153,15 @@ async def _read_file_part(
         )
 
 
-async def _read_parts(reader: MultipartReader, rules: UploadRules, upload: Upload) -> None:
+async def _read_parts(
+    reader: MultipartReader, rules: UploadRules, upload: Upload, limits: _Limits
+) -> None:
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise UploadRejected("Nested multipart bodies are not supported.")
         name, filename = _disposition(part)
         if name == rules.file_field:
-            await _read_file_part(part, filename, rules, upload)
+            await _read_file_part(part, filename, rules, upload, limits)
         elif rules.options and name in _OPTIONS:
             _OPTIONS[name](upload, await _read_field(part, name))
         # Other fields are ignored, as a tolerant server would; the reader skips them.
@@ -174,30 +188,32 @@ async def _read_field(part: BodyPartReader, name: str) -> str:
         raise UploadRejected(f"Form field '{name}' is not valid text.") from None
 
 
-async def _read_image(part: BodyPartReader, name: str) -> UploadedFile:
+async def _read_image(part: BodyPartReader, name: str, limits: _Limits) -> UploadedFile:
     digest = hashlib.sha256()
     size = 0
     while chunk := await part.read_chunk(_CHUNK):
         size += len(chunk)
-        if size >= _spec.MAX_IMAGE_BYTES:
+        if size >= limits.image:
             raise UploadRejected(
                 f"Image '{name}' is too large: each image must be under "
-                f"{_mib(_spec.MAX_IMAGE_BYTES)} ({_spec.MAX_IMAGE_BYTES} bytes)."
+                f"{limits.show(limits.image)} ({limits.image} bytes)."
             )
         digest.update(chunk)
     return UploadedFile(name, size, digest.hexdigest())
 
 
-async def _read_document(part: BodyPartReader, name: str, ext: str, upload: Upload) -> UploadedFile:
+async def _read_document(
+    part: BodyPartReader, name: str, ext: str, upload: Upload, limits: _Limits
+) -> UploadedFile:
     digest = hashlib.sha256()
     size = 0
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
         while chunk := await part.read_chunk(_CHUNK):
             size += len(chunk)
-            if size >= _spec.MAX_DOCUMENT_BYTES:
+            if size >= limits.document:
                 raise UploadRejected(
                     f"Document '{name}' is too large: it must be under "
-                    f"{_mib(_spec.MAX_DOCUMENT_BYTES)} ({_spec.MAX_DOCUMENT_BYTES} bytes)."
+                    f"{limits.show(limits.document)} ({limits.document} bytes)."
                 )
             digest.update(chunk)
             spool.write(chunk)

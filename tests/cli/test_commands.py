@@ -233,13 +233,14 @@ def test_report_download(cli: Cli, tmp_path: Path) -> None:
 
 def test_overview_csv_and_json(cli: Cli, emulator: ThreadedEmulator, main_in_process: Main) -> None:
     when = datetime(2025, 4, 10, 13, 54, 5, tzinfo=UTC)
-    emulator.call(lambda e: e.add_overview_entry("1625b21d-0492-44b5", when, api_scan=True))
+    uuid = "1625b21d-0492-44b5-83bb-76161ab116eb"
+    emulator.call(lambda e: e.add_overview_entry(uuid, when, api_scan=True))
     span = ("--start", "2025-04-01", "--end", "2025-04-30")
 
     as_csv = cli("overview", *span, "--format", "csv")
     assert as_csv.code == 0, as_csv.stderr
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert [r["scanId"] for r in rows] == ["1625b21d-0492-44b5"]
+    assert [r["scanId"] for r in rows] == [uuid]
 
     connect = ("--base-url", emulator.url, "--api-key", KEY)
     as_json = main_in_process(*connect, "overview", *span, "--json")

@@ -82,15 +82,30 @@ async def test_unknown_fields_are_ignored(post_scan: Scanner) -> None:
     assert status == 200
 
 
-async def test_image_just_under_20_mib_is_allowed(post_scan: Scanner) -> None:
-    status, _ = await post_scan([("big.tif", b"\0" * (20 * MIB - 1))])
+MB = 1000 * 1000
+
+
+async def test_image_just_under_20_mb_is_allowed(post_scan: Scanner) -> None:
+    status, _ = await post_scan([("big.tif", b"\0" * (20 * MB - 1))])
     assert status == 200
 
 
-async def test_document_just_under_30_mib_is_allowed(emu: Emulator, post_scan: Scanner) -> None:
-    status, body = await post_scan([("big.docx", docx_bytes(padding=30 * MIB - 2000))])
+async def test_document_just_under_30_mb_is_allowed(emu: Emulator, post_scan: Scanner) -> None:
+    status, body = await post_scan([("big.docx", docx_bytes(padding=30 * MB - 2000))])
     assert status == 200, body
-    assert emu.scans[body["scanId"]].files[0].size < 30 * MIB
+    assert emu.scans[body["scanId"]].files[0].size < 30 * MB
+
+
+@pytest.mark.parametrize(("unit", "status"), [("MB", 400), ("MiB", 200)])
+async def test_the_emulator_reads_mb_as_configured(
+    emu: Emulator, post_scan: Scanner, unit: str, status: int
+) -> None:
+    # 20.5 MB: refused by a server reading decimal MB, taken by one reading MiB.
+    emu.configure(size_unit=unit)  # type: ignore[arg-type]
+    got, body = await post_scan([("big.tif", b"\0" * 20_500_000)])
+    assert got == status, body
+    if status == 400:
+        assert "under 20 MB (20000000 bytes)" in body["message"]
 
 
 # -- every limit answers 400 with a message naming it -------------------------------------
@@ -194,7 +209,16 @@ async def test_oversized_upload_is_cut_short(emu: Emulator, http: aiohttp.Client
 # -- unreadable documents ---------------------------------------------------------------
 
 
-async def test_unreadable_pdf_is_accepted_and_fails(emu: Emulator, post_scan: Scanner) -> None:
+async def test_unreadable_pdf_is_refused_by_default(emu: Emulator, post_scan: Scanner) -> None:
+    # What a strict server does (issue 12): 400 at once, not 200 and a failed scan later.
+    status, body = await post_scan([("fake.pdf", b"%PDF-1.4 not really")])
+    assert status == 400
+    assert "could not be read" in body["message"]
+    assert emu.counters.scans_billed == 0
+
+
+async def test_unreadable_pdf_can_be_accepted_and_fail(emu: Emulator, post_scan: Scanner) -> None:
+    emu.configure(corrupt_documents="fail")
     status, body = await post_scan([("fake.pdf", b"%PDF-1.4 not really")])
     assert status == 200
     headers = {"Authorization": f"Bearer {emu.api_key}"}
