@@ -248,6 +248,7 @@ class PollScheduler:
         self._task: asyncio.Task[None] | None = None
         self._reads: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._watch_listeners: list[Callable[[str, bool], None]] = []
         self.stats = SchedulerStats()
 
     # ---- public ---------------------------------------------------------------------------
@@ -291,6 +292,7 @@ class PollScheduler:
             if not watch.waiters and self._watches.get(scan_id) is watch:
                 # Nobody waits any more: stop polling it.
                 del self._watches[scan_id]
+                self._tell(scan_id, watching=False)
 
     def hint(self, scan_id: str) -> bool:
         """Read ``scan_id`` as soon as a read is free (a callback said it ended).
@@ -310,6 +312,22 @@ class PollScheduler:
         self._push(watch, self.now())
         return True
 
+    def wrap_poll(self, wrap: Callable[[PollFn], PollFn]) -> PollFn:
+        """Route every read through ``wrap(read)``; returns the read it replaced.
+
+        A fleet (``imagetwin_async.fleet``) shares finished results among processes this way.
+        """
+        previous = self._poll
+        self._poll = wrap(previous)
+        return previous
+
+    def add_watch_listener(self, listener: Callable[[str, bool], None]) -> Callable[[], None]:
+        """Call ``listener(scan_id, True)`` when a scan starts being waited for here, and
+        ``listener(scan_id, False)`` when nobody here waits any more (a fleet shares who reads
+        which scan this way); returns a function that removes the listener."""
+        self._watch_listeners.append(listener)
+        return lambda: self._watch_listeners.remove(listener)
+
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
         self._closed = True
@@ -323,6 +341,7 @@ class PollScheduler:
             for future in watch.waiters:
                 if not future.done():
                     future.set_exception(ScanCancelled("the client was closed"))
+            self._tell(watch.scan_id, watching=False)
         self._watches.clear()
         self._heap.clear()
         self._task = None
@@ -356,9 +375,17 @@ class PollScheduler:
             watch.hinted = True
         self._watches[scan_id] = watch
         self._schedule(watch, now)
+        self._tell(scan_id, watching=True)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="imagetwin-poll")
         return watch
+
+    def _tell(self, scan_id: str, *, watching: bool) -> None:
+        for listener in self._watch_listeners:
+            try:
+                listener(scan_id, watching)
+            except Exception:  # a broken listener must not stop a wait
+                logger.exception("a watch listener failed for %s", scan_id)
 
     def _schedule(self, watch: _Watch, now: float) -> None:
         """Set the scan's next due time from what we know."""
@@ -499,6 +526,7 @@ class PollScheduler:
     def _finish(self, watch: _Watch, outcome: ScanResult | ImagetwinError) -> None:
         if self._watches.get(watch.scan_id) is watch:
             del self._watches[watch.scan_id]
+            self._tell(watch.scan_id, watching=False)
         for future in watch.waiters:
             if future.done():
                 continue
