@@ -36,7 +36,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import redis.asyncio
@@ -45,11 +45,12 @@ import redis.exceptions
 from ._client import ImagetwinClient
 from ._convert import structure, unstructure
 from ._errors import ConfigurationError, ImagetwinError, ScanFailed, ScanNotFound
+from ._limits import RateLimit
 from ._models import ScanPending, ScanResult
 from ._polling import PollFn
-from .redis import limiter_key
+from .redis import RedisLimits, limiter_key, redis_limits
 
-__all__ = ["Fleet", "FleetStats"]
+__all__ = ["Fleet", "FleetError", "FleetStats", "open_fleet"]
 
 log = logging.getLogger("imagetwin_async.fleet")
 
@@ -82,6 +83,10 @@ _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class FleetError(ImagetwinError):
+    """The fleet's Redis could not be reached for a question only it can answer (``peek``)."""
 
 
 @attrs.define
@@ -239,6 +244,29 @@ class Fleet:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # ---- what any worker may ask ---------------------------------------------------------------
+
+    async def announce(self, scan_id: str) -> None:
+        """Record that ``scan_id`` was started by this fleet (for ``peek`` on any worker)."""
+        try:
+            await self._redis.set(self._key("started", scan_id), "1", ex=round(self.result_ttl))
+        except _REDIS_ERRORS as exc:
+            raise FleetError(f"the fleet's Redis could not be reached: {exc}") from None
+
+    async def peek(self, scan_id: str) -> ScanResult | ImagetwinError | Literal["running"] | None:
+        """What the fleet knows of ``scan_id`` without a read: its result (or failure) if a
+        worker read it, "running" if it was ``announce``d, None if unknown here."""
+        try:
+            stored, started = await self._redis.mget(
+                self._key("result", scan_id), self._key("started", scan_id)
+            )
+        except _REDIS_ERRORS as exc:
+            raise FleetError(f"the fleet's Redis could not be reached: {exc}") from None
+        found = _decode(stored)
+        if found is not None:
+            return found
+        return "running" if started is not None else None
 
     # ---- callbacks ---------------------------------------------------------------------------
 
@@ -497,3 +525,38 @@ def _decode(stored: bytes | str | None) -> ScanResult | ImagetwinError | None:
     except (ValueError, KeyError, TypeError, ImagetwinError):
         log.warning("a damaged result in the fleet's store was ignored")
         return None
+
+
+@contextlib.asynccontextmanager
+async def open_fleet(
+    redis_url: str,
+    api_key: str,
+    *,
+    scan_limit: RateLimit = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
+    result_limit: RateLimit = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
+    **fleet_options: Any,
+) -> AsyncIterator[tuple[RedisLimits, Fleet]]:
+    """One Redis pool for a worker: the key's shared rate limits and its ``Fleet``.
+
+        >>> async with open_fleet(redis_url, api_key) as (limits, fleet):
+        ...     client = ImagetwinClient(api_key, scan_limit=limits.scan,
+        ...                              result_limit=limits.result)
+        ...     async with client, fleet.attach(client):
+        ...         ...
+
+    Connections time out after 5 s, so a dead Redis fails a call (``RedisLimiterError`` for a
+    request; the fleet falls back to this worker alone) instead of hanging it.
+    """
+    pool = redis.asyncio.Redis.from_url(
+        redis_url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
+    )
+    try:
+        limits = redis_limits(pool, api_key, scan_limit=scan_limit, result_limit=result_limit)
+        fleet = Fleet(pool, api_key, **fleet_options)
+        async with limits:
+            try:
+                yield limits, fleet
+            finally:
+                await fleet.aclose()
+    finally:
+        await pool.aclose()

@@ -22,16 +22,20 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+from fastapi import FastAPI, Request
 
 from imagetwin_async import (
     CallbackReceiver,
+    ConfigurationError,
     ImagetwinClient,
     RateLimit,
     ScanFailed,
     ScanResult,
 )
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome
+from imagetwin_async.fastapi import get_callback_receiver, get_fleet, imagetwin_lifespan
 from imagetwin_async.fleet import Fleet
+from imagetwin_async.redis import RedisLimiter, limiter_key
 
 from ._files import write_pdf
 
@@ -317,3 +321,51 @@ async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
     assert result.scan_id == scan_id
     assert fleet.stats.takeovers == 1
     assert reads_of(emu, scan_id) == 1
+
+
+# ---- configuration in one place: imagetwin_lifespan -------------------------------------------
+
+
+async def test_a_fleet_without_a_shared_callback_token_refuses_to_start(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four workers each drawing a token would answer 404 to three callbacks in four."""
+    monkeypatch.setenv("IMAGETWIN_REDIS_URL", redis_url)
+    monkeypatch.delenv("IMAGETWIN_CALLBACK_TOKEN", raising=False)
+    monkeypatch.setenv("IMAGETWIN_API_KEY", "sk-test-fleet")
+    app = FastAPI()
+    lifespan = imagetwin_lifespan(public_url="https://my.service/imagetwin/callbacks")
+    with pytest.raises(ConfigurationError, match="IMAGETWIN_CALLBACK_TOKEN"):
+        async with lifespan(app):
+            pass
+
+
+async def test_the_lifespan_reads_the_fleet_from_the_environment(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGETWIN_REDIS_URL", redis_url)
+    monkeypatch.setenv("IMAGETWIN_CALLBACK_TOKEN", TOKEN)
+    monkeypatch.setenv("IMAGETWIN_API_KEY", "sk-test-fleet")
+    made: list[dict[str, object]] = []
+
+    def make_client(**limits: object) -> ImagetwinClient:
+        made.append(limits)
+        return ImagetwinClient(**limits)  # type: ignore[arg-type]
+
+    app = FastAPI()
+    lifespan = imagetwin_lifespan(make_client, public_url="https://my.service/imagetwin/callbacks")
+    async with lifespan(app):
+        request = Request({"type": "http", "app": app})
+        fleet = get_fleet(request)
+        receiver = get_callback_receiver(request)
+        assert isinstance(fleet, Fleet)
+        assert receiver.client is fleet  # callbacks go to the fleet, not one worker
+        assert receiver.callback_url.endswith(f"/{TOKEN}")
+        assert {type(v) for v in made[0].values()} == {RedisLimiter}
+    assert get_fleet(Request({"type": "http", "app": app})) is None
+    raw = redis.Redis.from_url(redis_url)
+    for base in (limiter_key("sk-test-fleet", g) for g in ("scan", "result", "fleet")):
+        stale = list(raw.scan_iter(match=f"{base}*"))
+        if stale:
+            raw.delete(*stale)
+    raw.close()
