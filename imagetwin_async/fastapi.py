@@ -28,6 +28,7 @@ never imports this module, so it works without FastAPI installed.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -166,6 +167,13 @@ def imagetwin_lifespan(
             limits,
             fleet,
         ):
+            try:
+                inspect.signature(make_client).bind(scan_limit=None, result_limit=None)
+            except TypeError:
+                raise ConfigurationError(
+                    "with a redis_url, make_client must take scan_limit= and result_limit= "
+                    "(the limiters the workers share)"
+                ) from None
             client = make_client(scan_limit=limits.scan, result_limit=limits.result)
             async with use_client(
                 app, client, public_url=public_url, token=shared_token, fleet=fleet
