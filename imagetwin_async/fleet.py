@@ -159,6 +159,7 @@ class Fleet:
         self._watched: set[str] = set()  # scans someone here waits for
         self._reader_of: set[str] = set()  # ...of which this worker is the fleet's reader
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = False
         self._owns_redis = owns_redis
         self._me = secrets.token_hex(8)  # tells our own stream entries from the others'
         self._client: ImagetwinClient | None = None
@@ -199,6 +200,7 @@ class Fleet:
         self._detach = [unwrap, scheduler.add_watch_listener(self._on_watch)]
         last_id = await self._stream_tail()
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._listener = loop.create_task(self._listen(last_id), name="imagetwin-fleet")
         self._heartbeat = loop.create_task(self._keep_readers(), name="imagetwin-fleet-readers")
         try:
@@ -210,10 +212,17 @@ class Fleet:
         for undo in self._detach:
             undo()
         self._detach = []
-        tasks = [t for t in (self._listener, self._heartbeat, *self._tasks) if t is not None]
+        self._stopping = True
+        tasks = [t for t in (self._heartbeat, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            # Not cancelled: redis-py can leave a cancelled blocking XREAD waiting for good.
+            # It sees the flag when its read returns (within _BLOCK_MS); bounded either way.
+            _, late = await asyncio.wait({self._listener}, timeout=_BLOCK_MS / 1000 + 2.0)
+            for task in late:
+                task.cancel()
         if self._reader_of:  # hand our scans to the others now, not after reader_ttl
             with contextlib.suppress(*_REDIS_ERRORS):
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -362,7 +371,7 @@ class Fleet:
 
     async def _listen(self, last_id: str) -> None:
         pause = 0.1
-        while True:
+        while not self._stopping:
             try:
                 batches: Any = await self._redis.xread({self._stream: last_id}, block=_BLOCK_MS)
                 pause = 0.1
@@ -373,6 +382,8 @@ class Fleet:
                 pause = min(pause * 2, 5.0)
                 continue
             for _stream, entries in batches or ():
+                if self._stopping:
+                    return
                 for entry_id, fields in entries:
                     last_id = _text(entry_id)
                     self._on_event({_text(k): _text(v) for k, v in fields.items()})
@@ -422,30 +433,28 @@ class Fleet:
                 return await read(scan_id)
             if not taken:
                 return await self._await_other_read(scan_id)
+            self.stats.api_reads += 1
+            value: str | None = None
             try:
-                return await self._read_and_share(read, scan_id)
+                answer = await read(scan_id)
+            except (ScanFailed, ScanNotFound) as exc:
+                value = _encode_error(exc)
+                raise
+            else:
+                if isinstance(answer, ScanResult):
+                    value = json.dumps({"result": unstructure(answer)})
+                return answer
             finally:
-                with contextlib.suppress(*_REDIS_ERRORS, redis.exceptions.LockError):
-                    await lease.release()
+                # Shared once this worker's waiters have their answer: off the critical path.
+                # (Also after a failed read: the others, woken, read next themselves.)
+                self._spawn(self._share_read(lease, scan_id, value))
 
         return shared
 
-    async def _read_and_share(self, read: PollFn, scan_id: str) -> ScanResult | ScanPending:
-        self.stats.api_reads += 1
-        try:
-            answer = await read(scan_id)
-        except (ScanFailed, ScanNotFound) as exc:
-            await self._store(scan_id, _encode_error(exc), done=True)
-            raise
-        except BaseException:
-            # Wake the others at once (they read next), without holding up this error.
-            self._spawn(self._store(scan_id, None, done=False))
-            raise
-        if isinstance(answer, ScanResult):
-            await self._store(scan_id, json.dumps({"result": unstructure(answer)}), done=True)
-        else:
-            await self._store(scan_id, None, done=False)
-        return answer
+    async def _share_read(self, lease: Any, scan_id: str, value: str | None) -> None:
+        await self._store(scan_id, value, done=value is not None)
+        with contextlib.suppress(*_REDIS_ERRORS, redis.exceptions.LockError):
+            await lease.release()
 
     async def _store(self, scan_id: str, value: str | None, *, done: bool) -> None:
         try:
