@@ -15,7 +15,9 @@ Per run, from the emulator's records and the answers:
   of their end (a callback that missed its waiter leaves the scan to the fallback poll, a whole
   ``max_poll_interval`` later), and the workers' own hint counters;
 - result reads per scan (GET /result received by the emulator / scans), API 429s, and the
-  service's own 429s (its scan budget spent: the uploader retries after Retry-After);
+  service's own 429s (``RateLimitBusy``: no scan slot free for that upload, as the limiter keeps
+  a margin after each answer; the uploader retries at the emulator's pace), and how many
+  uploads saw one;
 - the median time from a scan's end to its handler's answer, in real milliseconds.
 
 ``--kill`` adds a run with 4 workers in which one worker is SIGKILLed halfway: the uploads it
@@ -109,7 +111,7 @@ async def upload(
 
 
 async def drive(
-    args: argparse.Namespace, workers: int, threaded: ThreadedEmulator, kill: bool
+    args: argparse.Namespace, workers: int, threaded: ThreadedEmulator, kill: bool, callbacks: bool
 ) -> dict[str, Any]:
     port = free_port()
     env = {
@@ -117,7 +119,7 @@ async def drive(
         "PYTHONPATH": str(ROOT),
         "IMAGETWIN_API_KEY": threaded.api_key,
         "IMAGETWIN_BASE_URL": threaded.url,
-        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "PUBLIC_URL": f"http://127.0.0.1:{port}" if callbacks else "",
         "IMAGETWIN_CALLBACK_TOKEN": TOKEN,
         "IMAGETWIN_REDIS_URL": args.redis_url,
         "IMAGETWIN_EMULATOR_SPEED": str(args.speed),
@@ -173,12 +175,14 @@ async def drive(
     return {"uploads": uploads, "stats": stats, "killed": killed}
 
 
-def measure(args: argparse.Namespace, workers: int, kill: bool = False) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, workers: int, kill: bool = False, callbacks: bool = True
+) -> dict[str, Any]:
     api_key = f"sk-bench-{uuid.uuid4().hex}"
     with ThreadedEmulator(
         speed=args.speed, processing_time=args.processing_time, api_keys=(api_key,)
     ) as threaded:
-        run = asyncio.run(drive(args, workers, threaded, kill))
+        run = asyncio.run(drive(args, workers, threaded, kill, callbacks))
 
         def snapshot(emu: Any) -> dict[str, Any]:
             now_emulated, now_real = emu.clock.now(), time.monotonic()
@@ -209,6 +213,8 @@ def measure(args: argparse.Namespace, workers: int, kill: bool = False) -> dict[
     scans = len(emu["end_real"])
     return {
         "workers": workers,
+        "callbacks_on": callbacks,
+        "mean_ms": 1000 * statistics.fmean(delays) if delays else float("nan"),
         "killed": run["killed"] is not None,
         "uploads": len(uploads),
         "answered": len(answered),
@@ -220,6 +226,7 @@ def measure(args: argparse.Namespace, workers: int, kill: bool = False) -> dict[
         "reads_per_scan": sum(emu["reads"].values()) / max(scans, 1),
         "api_429": emu["api_429"],
         "service_429": sum(u.get("busy", 0) for u in uploads),
+        "uploads_refused": sum(1 for u in uploads if u.get("busy")),
         "median_ms": 1000 * statistics.median(delays) if delays else float("nan"),
         "p95_ms": 1000 * sorted(delays)[int(0.95 * (len(delays) - 1))] if delays else float("nan"),
     }
@@ -243,10 +250,16 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=20.0)
     parser.add_argument("--processing-time", type=float, default=30.0)
     parser.add_argument("--kill", action="store_true", help="add a run with a worker SIGKILLed")
+    parser.add_argument(
+        "--no-callbacks", action="store_true", help="add 1- and 4-worker runs that only poll"
+    )
     args = parser.parse_args()
     runs = [measure(args, 1), measure(args, 4)]
     if args.kill:
         runs.append(measure(args, 4, kill=True))
+    polled = []
+    if args.no_callbacks:
+        polled = [measure(args, 1, callbacks=False), measure(args, 4, callbacks=False)]
     one = runs[0]["median_ms"]
     print(f"# {command_line()}")
     print(
@@ -255,7 +268,7 @@ def main() -> None:
     )
     header = (
         f"{'workers':>8} {'answered':>9} {'lost':>5} {'billed':>7} {'callbacks':>9} "
-        f"{'to waiter':>10} {'hints':>6} {'reads/scan':>10} {'API 429':>8} {'svc 429':>8} "
+        f"{'to waiter':>10} {'hints':>6} {'reads/scan':>10} {'API 429':>8} {'svc 429':>12} "
         f"{'median ms':>10} {'p95 ms':>8} {'vs 1':>6}"
     )
     print(header)
@@ -265,10 +278,24 @@ def main() -> None:
         print(
             f"{label:>8} {r['answered']:>4}/{r['uploads']:<4} {r['lost']:>5} {r['billed']:>7} "
             f"{r['callbacks']:>9} {reached:>9.1f}% {r['hints']:>6} {r['reads_per_scan']:>10.3f} "
-            f"{r['api_429']:>8} {r['service_429']:>8} {r['median_ms']:>10.1f} "
+            f"{r['api_429']:>8} {r['service_429']:>5} ({r['uploads_refused']:>3} up) "
+            f"{r['median_ms']:>10.1f} "
             f"{r['p95_ms']:>8.1f} {r['median_ms'] / one:>5.2f}x"
         )
-    print(json.dumps(runs), file=sys.stderr)
+    if polled:
+        print("# without callbacks (polling only): detection delay = scan end to answer")
+        print(
+            f"{'workers':>8} {'answered':>9} {'reads/scan':>10} {'API 429':>8} {'mean ms':>9} "
+            f"{'median ms':>10} {'mean vs 1':>9} {'reads vs 1':>10}"
+        )
+        for r in polled:
+            print(
+                f"{r['workers']:>8} {r['answered']:>4}/{r['uploads']:<4} "
+                f"{r['reads_per_scan']:>10.3f} {r['api_429']:>8} {r['mean_ms']:>9.1f} "
+                f"{r['median_ms']:>10.1f} {r['mean_ms'] / polled[0]['mean_ms']:>8.2f}x "
+                f"{r['reads_per_scan'] / polled[0]['reads_per_scan']:>9.2f}x"
+            )
+    print(json.dumps(runs + polled), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,13 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+# Give up the reader role of each scan in KEYS that ARGV[1] still holds.
 _RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then released = released + redis.call('DEL', key) end
+end
+return released
 """
 
 
@@ -223,12 +227,11 @@ class Fleet:
             _, late = await asyncio.wait({self._listener}, timeout=_BLOCK_MS / 1000 + 2.0)
             for task in late:
                 task.cancel()
-        if self._reader_of:  # hand our scans to the others now, not after reader_ttl
+        held = sorted(self._reader_of)
+        for start in range(0, len(held), _CLAIM_CHUNK):  # to the others now, not after reader_ttl
             with contextlib.suppress(*_REDIS_ERRORS):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for scan_id in self._reader_of:
-                        pipe.evalsha(self._release.sha, 1, self._key("reader", scan_id), self._me)
-                    await pipe.execute()
+                chunk = held[start : start + _CLAIM_CHUNK]
+                await self._release(keys=[self._key("reader", s) for s in chunk], args=[self._me])
         self._listener = self._heartbeat = None
         self._watched.clear()
         self._reader_of.clear()
