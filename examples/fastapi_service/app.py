@@ -223,6 +223,11 @@ def _lifespan(
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Under `uvicorn --workers N` (no __main__), each worker masks the token in its own
+        # access log; its logging is configured by now.
+        access = logging.getLogger("uvicorn.access")
+        if not any(isinstance(f, RedactCallbackTokens) for f in access.filters):
+            access.addFilter(RedactCallbackTokens())
         async with contextlib.AsyncExitStack() as stack:
             scan_limit: RateLimit | Limiter
             result_limit: RateLimit | Limiter
