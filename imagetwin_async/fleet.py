@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal
@@ -171,6 +172,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reads: dict[str, list[asyncio.Future[None]]] = {}  # another worker reads these
         self._detach: list[Callable[[], None]] = []
+        self._observe_here: Callable[[float, float | None], None] | None = None
         self.stats = FleetStats()
 
     @classmethod
@@ -201,7 +203,22 @@ class Fleet:
         def unwrap() -> None:
             scheduler.wrap_poll(lambda _: original)
 
-        self._detach = [unwrap, scheduler.add_watch_listener(self._on_watch)]
+        # The duration model learns from every worker's scans, not a quarter of them: each
+        # observation made here is also sent to the others (and theirs come in on the stream).
+        model = scheduler.model
+        observe_here = self._observe_here = model.observe
+
+        def observe(low: float, high: float | None = None) -> None:
+            observe_here(low, high)
+            self._spawn(self._share_observation(low, high))
+
+        setattr(model, "observe", observe)  # noqa: B010 - shadows the method on this instance
+
+        def unshare_model() -> None:
+            if "observe" in vars(model):
+                delattr(model, "observe")
+
+        self._detach = [unwrap, unshare_model, scheduler.add_watch_listener(self._on_watch)]
         last_id = await self._stream_tail()
         loop = asyncio.get_running_loop()
         self._stopping = False
@@ -391,9 +408,22 @@ class Fleet:
                     last_id = _text(entry_id)
                     self._on_event({_text(k): _text(v) for k, v in fields.items()})
 
+    async def _share_observation(self, low: float, high: float | None) -> None:
+        fields: Any = {"k": "ob", "p": self._me, "lo": repr(low)}
+        fields["hi"] = "" if high is None else repr(high)
+        try:
+            await self._redis.xadd(self._stream, fields, maxlen=_STREAM_MAXLEN, approximate=True)
+        except _REDIS_ERRORS:
+            self.stats.fallbacks += 1
+
     def _on_event(self, event: dict[str, str]) -> None:
         scan_id, kind = event.get("s", ""), event.get("k")
-        if event.get("p") == self._me or not scan_id or self._client is None:
+        if event.get("p") == self._me or self._client is None:
+            return
+        if kind == "ob":
+            self._learn(event.get("lo", ""), event.get("hi", ""))
+            return
+        if not scan_id:
             return
         if kind == "cb":
             if self._client.notify_finished(scan_id):
@@ -405,6 +435,13 @@ class Fleet:
             if event.get("d") == "1":
                 # Finished: a wait for it here takes the stored result now, without a read.
                 self._client.scheduler.hint(scan_id)
+
+    def _learn(self, low_text: str, high_text: str) -> None:
+        """Another worker saw a scan take between low and high seconds: learn it here too."""
+        low, high = _duration(low_text), _duration(high_text) if high_text else None
+        if low is None or self._observe_here is None or (high is not None and high < low):
+            return  # a malformed entry teaches nothing
+        self._observe_here(low, high)
 
     # ---- shared reads ------------------------------------------------------------------------
 
@@ -498,6 +535,14 @@ class Fleet:
         if isinstance(stored, ImagetwinError):
             raise stored
         return stored
+
+
+def _duration(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0.0 <= value < 1e7 else None
 
 
 def _text(value: bytes | str) -> str:

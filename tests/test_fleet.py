@@ -369,3 +369,20 @@ async def test_the_lifespan_reads_the_fleet_from_the_environment(
         if stale:
             raw.delete(*stale)
     raw.close()
+
+
+async def test_every_worker_learns_scan_durations_from_the_whole_fleet(
+    workers: Callable[[], Awaitable[Worker]], redis_url: str
+) -> None:
+    """Four workers each seeing a quarter of the scans would each learn four times slower."""
+    (a, fleet_a, _), (b, _, _) = await workers(), await workers()
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    junk = {"k": "ob", "p": "someone", "lo": "nan", "hi": "1e308"}
+    await raw.xadd(fleet_a._stream, junk)  # type: ignore[arg-type]  # a damaged entry
+    await raw.aclose()
+    for seconds in (50.0, 60.0, 70.0, 55.0, 65.0):
+        a.scheduler.model.observe(seconds - 5.0, seconds + 5.0)
+    async with asyncio.timeout(GENEROUS):
+        while not b.scheduler.model.ready:
+            await asyncio.sleep(0.01)
+    assert b.scheduler.model.fit == a.scheduler.model.fit
