@@ -283,26 +283,11 @@ class SQLiteJournal:
 
 async def open_journal(journal: str | os.PathLike[str] | Journal) -> tuple[Journal, bool]:
     """The store for ``journal`` and whether we opened it (and so must close it)."""
-    if isinstance(journal, str) and journal.startswith(("postgresql://", "postgres://")):
-        return await _open_postgres(journal), True
     if isinstance(journal, str | os.PathLike):
         return await SQLiteJournal.open(journal), True
     if isinstance(journal, Journal):
         return journal, False
-    raise TypeError(
-        f"journal must be a path, a postgresql:// URL or a Journal, not {type(journal).__name__}"
-    )
-
-
-async def _open_postgres(url: str) -> Journal:
-    try:  # the ``postgres`` extra: imported only when a URL asks for it
-        from ._journal_postgres import PostgresJournal  # noqa: PLC0415
-    except ImportError as exc:
-        raise JournalError(
-            "a postgresql:// journal needs the postgres extra: "
-            "pip install 'imagetwin-async[postgres]'"
-        ) from exc
-    return await PostgresJournal.open(url)
+    raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
 
 
 def _take_lock(path: Path) -> filelock.BaseFileLock:

@@ -46,7 +46,7 @@ from ._errors import ImagetwinError
 from ._journal import JournalEntry, JournalError, JournalLocked
 from ._models import ScanResult
 
-__all__ = ["PostgresJournal", "is_postgres_url"]
+__all__ = ["PostgresJournal"]
 
 T = TypeVar("T")
 
@@ -96,11 +96,6 @@ _ALIVE: Final = f"""EXISTS (
       AND l.classid = {_LOCK_SPACE}::oid AND l.objid = i.owner::oid
 )"""
 _COLUMNS: Final = "key, label, state, sent_at, scan_id, result, error, note"
-
-
-def is_postgres_url(value: object) -> bool:
-    """Whether ``journal=`` names a PostgreSQL journal rather than a file."""
-    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
 class PostgresJournal:
