@@ -38,7 +38,8 @@ from ._errors import (
     ScanFailed,
     ScanNotFound,
 )
-from ._journal import Journal, JournalEntry, open_journal
+from ._journal import Journal, JournalEntry
+from ._journal_open import open_journal
 from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
 from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._pacing import UnansweredScans

@@ -14,6 +14,8 @@
     │   │                                     the scan may exist and be billed; never retried
     │   └── LimiterUnavailable                the shared rate-limit store is unreachable:
     │       └── RedisLimiterError             nothing was sent (``imagetwin_async.redis``)
+    ├── FleetError                            the fleet's Redis is unreachable for a question
+    │                                         only it can answer (``imagetwin_async.fleet``)
     ├── PollTimeout (TimeoutError)            waited longer than the caller allowed
     ├── ScanCancelled                         a batch item that was cancelled before it finished
     └── APIError                              the server answered with an error status
@@ -29,7 +31,7 @@
 Errors carry data (``status``, ``endpoint``, ``server_message``, ``retry_after``), never the
 API key: the session layer redacts it from anything the server echoes back.
 
-This module imports nothing of ours, so every other module can import it; the two errors
+This module imports nothing of ours, so every other module can import it; the three errors
 defined elsewhere live next to what raises them.
 """
 

@@ -197,6 +197,8 @@ class PollScheduler:
         self._was_ready = self.model.ready
         self._since_save = 0
         self._saving: asyncio.Task[None] | None = None
+        self._watch_listeners: list[Callable[[str, bool], None]] = []
+        self._observation_listeners: list[Callable[[float, float, ScanFeatures | None], None]] = []
         self.stats = SchedulerStats()
 
     # ---- public ---------------------------------------------------------------------------
@@ -330,6 +332,40 @@ class PollScheduler:
         except Exception as exc:  # losing a cache must not fail a run
             logger.warning("could not save the duration model: %s", exc)
 
+    def wrap_poll(self, wrap: Callable[[PollFn], PollFn]) -> PollFn:
+        """Route every read through ``wrap(read)``; returns the read it replaced.
+
+        A fleet (``imagetwin_async.fleet``) shares finished results among processes this way.
+        """
+        previous = self._poll
+        self._poll = wrap(previous)
+        return previous
+
+    def add_watch_listener(self, listener: Callable[[str, bool], None]) -> Callable[[], None]:
+        """Call ``listener(scan_id, True)`` when a scan starts being waited for here, and
+        ``listener(scan_id, False)`` when nobody here waits any more (a fleet shares who reads
+        which scan this way); returns a function that removes the listener."""
+        self._watch_listeners.append(listener)
+        return lambda: self._watch_listeners.remove(listener)
+
+    def observe(self, low: float, high: float, features: ScanFeatures | None = None) -> None:
+        """Learn that a scan took between ``low`` and ``high`` seconds, and tell the
+        observation listeners (``DurationModel.observe`` alone tells nobody)."""
+        self.model.observe(low, high, features)
+        for listener in self._observation_listeners:
+            try:
+                listener(low, high, features)
+            except Exception:  # a broken listener must not stop polling
+                logger.exception("an observation listener failed")
+
+    def add_observation_listener(
+        self, listener: Callable[[float, float, ScanFeatures | None], None]
+    ) -> Callable[[], None]:
+        """Call ``listener(low, high, features)`` for every scan duration learnt here (a fleet
+        shares them with the other processes); returns a function that removes it."""
+        self._observation_listeners.append(listener)
+        return lambda: self._observation_listeners.remove(listener)
+
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
         self._closed = True
@@ -344,6 +380,7 @@ class PollScheduler:
             for future in watch.waiters:
                 if not future.done():
                     future.set_exception(ScanCancelled("the client was closed"))
+            self._tell(watch.scan_id, watching=False)
         self._watches.clear()
         self._heap.clear()
         self._hints.clear()
@@ -389,6 +426,7 @@ class PollScheduler:
             self._wake(-math.inf)
         else:
             self._schedule(watch, now)
+        self._tell(scan_id, watching=True)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="imagetwin-poll")
         return watch
@@ -397,6 +435,7 @@ class PollScheduler:
         watch.active = False
         if self._watches.get(watch.scan_id) is watch:
             del self._watches[watch.scan_id]
+            self._tell(watch.scan_id, watching=False)
 
     def _location(self, watch: _Watch) -> float:
         model = self.model
@@ -404,6 +443,13 @@ class PollScheduler:
             watch.mu = model.location(watch.features)
             watch.version = model.version
         return watch.mu
+
+    def _tell(self, scan_id: str, *, watching: bool) -> None:
+        for listener in self._watch_listeners:
+            try:
+                listener(scan_id, watching)
+            except Exception:  # a broken listener must not stop a wait
+                logger.exception("a watch listener failed for %s", scan_id)
 
     def _schedule(self, watch: _Watch, now: float) -> None:
         """Set the scan's next due time from what we know."""
@@ -642,7 +688,7 @@ class PollScheduler:
         # an interval, which the model takes as such.
         seen = watch.seen_running
         running = seen - watch.started if seen is not None else 0.0
-        self.model.observe(running, now - watch.started, watch.features)
+        self.observe(running, now - watch.started, watch.features)
         if not self._was_ready and self.model.ready:
             self._model_changed()
         self._since_save += 1

@@ -16,6 +16,11 @@
         started = await client.scan(paper, callback_url=callback_url)
         return {"scan_id": started.scan_id}  # then client.wait_for_result(scan_id) somewhere
 
+Several workers (``uvicorn --workers 4``, replicas): set ``IMAGETWIN_REDIS_URL`` and
+``IMAGETWIN_CALLBACK_TOKEN`` (or pass ``redis_url=`` / ``token=``) and ``imagetwin_lifespan``
+shares the rate limits, the callbacks and the results among them (``imagetwin_async.fleet``;
+needs the ``redis`` extra too). See docs/fleet.md.
+
 Needs the ``fastapi`` extra (``pip install imagetwin-async[fastapi]``); the rest of the SDK
 never imports this module, so it works without FastAPI installed.
 """
@@ -23,16 +28,23 @@ never imports this module, so it works without FastAPI installed.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from starlette.routing import NoMatchFound
 
 from ._callbacks import CallbackReceiver, CallbackStats
-from ._client import ImagetwinClient
+from ._client import API_KEY_ENV, ImagetwinClient
+from ._errors import ConfigurationError
+from ._limits import RateLimit
+
+if TYPE_CHECKING:  # the fleet needs the redis extra: imported only when Redis is configured
+    from .fleet import Fleet
 
 __all__ = [
     "CALLBACK_ROUTE_NAME",
@@ -45,6 +57,7 @@ __all__ = [
     "callback_router",
     "get_callback_receiver",
     "get_callback_url",
+    "get_fleet",
     "get_imagetwin_client",
     "imagetwin_lifespan",
     "use_client",
@@ -54,8 +67,11 @@ logger = logging.getLogger("imagetwin_async.fastapi")
 
 DEFAULT_CALLBACK_PATH: Final = "/imagetwin/callbacks"
 CALLBACK_ROUTE_NAME: Final = "imagetwin_callback"
+REDIS_URL_ENV: Final = "IMAGETWIN_REDIS_URL"
+CALLBACK_TOKEN_ENV: Final = "IMAGETWIN_CALLBACK_TOKEN"  # noqa: S105 - a variable's name
 _CLIENT: Final = "imagetwin_client"
 _RECEIVER: Final = "imagetwin_callbacks"
+_FLEET: Final = "imagetwin_fleet"
 _SAMPLE_TOKEN: Final = "TOKEN"  # noqa: S105 - a placeholder to build a path with, no secret
 
 
@@ -66,6 +82,7 @@ async def use_client(
     *,
     public_url: str | None = None,
     token: str | None = None,
+    fleet: Fleet | None = None,
 ) -> AsyncIterator[CallbackReceiver | None]:
     """Inside your own lifespan: make ``client`` the app's, and close it on the way out.
 
@@ -76,38 +93,92 @@ async def use_client(
 
     With ``public_url`` (where Imagetwin reaches your callback route from outside) it also
     makes a ``CallbackReceiver`` for the dependencies and ``callback_router()`` to use, and
-    yields it; without, it yields None and scans are polled.
+    yields it; without, it yields None and scans are polled. With ``fleet`` (several workers
+    on one key, see ``imagetwin_async.fleet``) callbacks go to the fleet, which hands each to
+    the worker waiting for that scan, and finished results are shared.
     """
     receiver = None
     if public_url is not None:
-        receiver = CallbackReceiver(client, public_url, token=token)
+        receiver = CallbackReceiver(
+            fleet if fleet is not None else client,
+            public_url,
+            token=token,
+            rehint_after=client.scheduler.max_poll_interval,
+        )
         _warn_without_route(app, receiver)
     setattr(app.state, _CLIENT, client)
     setattr(app.state, _RECEIVER, receiver)
+    setattr(app.state, _FLEET, fleet)
     try:
-        async with client:
+        async with client, contextlib.AsyncExitStack() as stack:
+            if fleet is not None:
+                await stack.enter_async_context(fleet.attach(client))
             yield receiver
     finally:
         setattr(app.state, _CLIENT, None)
         setattr(app.state, _RECEIVER, None)
+        setattr(app.state, _FLEET, None)
 
 
 def imagetwin_lifespan(
-    make_client: Callable[[], ImagetwinClient] = ImagetwinClient,
+    make_client: Callable[..., ImagetwinClient] = ImagetwinClient,
     *,
     public_url: str | None = None,
     token: str | None = None,
+    redis_url: str | None = None,
+    api_key: str | None = None,
+    scan_limit: RateLimit = RateLimit(20, per=60.0),  # noqa: B008 - frozen value
+    result_limit: RateLimit = RateLimit(60, per=60.0),  # noqa: B008 - frozen value
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """A ``lifespan=`` for apps that need nothing else at start-up: ``use_client`` around
     a client made by ``make_client`` once the app starts (so env vars are read then).
 
     >>> app = FastAPI(lifespan=imagetwin_lifespan(public_url=os.environ.get("PUBLIC_URL")))
+
+    Several workers: with ``redis_url`` (default: ``IMAGETWIN_REDIS_URL``) every worker shares
+    the key's rate limits (``scan_limit`` / ``result_limit``), callbacks and results through
+    Redis; ``make_client`` is then called with ``scan_limit=`` and ``result_limit=`` limiters.
+    ``token`` (default: ``IMAGETWIN_CALLBACK_TOKEN``) must then be set when ``public_url`` is:
+    each worker would otherwise draw its own, and refuse the others' callbacks. ``api_key``
+    defaults to ``IMAGETWIN_API_KEY``.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with use_client(app, make_client(), public_url=public_url, token=token):
-            yield
+        url = redis_url or os.environ.get(REDIS_URL_ENV) or None
+        shared_token = token or os.environ.get(CALLBACK_TOKEN_ENV) or None
+        if url is None:
+            async with use_client(app, make_client(), public_url=public_url, token=shared_token):
+                yield
+            return
+        key = api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            raise ConfigurationError(
+                f"a fleet shares one API key's budget: pass api_key= or set {API_KEY_ENV}"
+            )
+        if public_url is not None and shared_token is None:
+            raise ConfigurationError(
+                f"several workers need one callback token: set {CALLBACK_TOKEN_ENV} (e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))') or pass token="
+            )
+        from .fleet import open_fleet  # noqa: PLC0415 - the redis extra, only when asked for
+
+        async with open_fleet(url, key, scan_limit=scan_limit, result_limit=result_limit) as (
+            limits,
+            fleet,
+        ):
+            try:
+                inspect.signature(make_client).bind(scan_limit=None, result_limit=None)
+            except TypeError:
+                raise ConfigurationError(
+                    "with a redis_url, make_client must take scan_limit= and result_limit= "
+                    "(the limiters the workers share)"
+                ) from None
+            client = make_client(scan_limit=limits.scan, result_limit=limits.result)
+            async with use_client(
+                app, client, public_url=public_url, token=shared_token, fleet=fleet
+            ):
+                yield
 
     return lifespan
 
@@ -126,6 +197,12 @@ def get_callback_receiver(request: Request) -> CallbackReceiver:
     if isinstance(receiver, CallbackReceiver):
         return receiver
     raise RuntimeError("no CallbackReceiver: pass public_url= to imagetwin_lifespan/use_client")
+
+
+def get_fleet(request: Request) -> Fleet | None:
+    """Dependency: the app's ``Fleet`` when workers share Redis, else None."""
+    fleet: Fleet | None = getattr(request.app.state, _FLEET, None)
+    return fleet
 
 
 def get_callback_url(request: Request) -> str | None:

@@ -483,7 +483,10 @@ def test_fastapi_dependencies_say_what_is_missing() -> None:
     assert get_callback_url(request) is None  # no callbacks: scans are polled
 
 
-async def test_fastapi_lifespan_owns_one_client_for_the_apps_life() -> None:
+async def test_fastapi_lifespan_owns_one_client_for_the_apps_life(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("IMAGETWIN_REDIS_URL", raising=False)  # one process, not a fleet
     app = FastAPI()
     app.include_router(callback_router())
     made: list[ImagetwinClient] = []

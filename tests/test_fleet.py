@@ -1,0 +1,388 @@
+"""Several workers on one API key (uvicorn --workers, replicas, pods) behave like one client.
+
+Each "worker" here is its own ``ImagetwinClient`` with its own ``Fleet`` on its own Redis
+connection pool, as separate processes would have; they share only Redis and the emulator.
+Scans are scripted never to end until the test ends them, and are started with a callback URL
+so they are polled only every 60 s: any read before that is the fleet's doing.
+
+Redis comes from ``IMAGETWIN_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``); without one
+the tests skip, unless ``CI`` is set, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from fastapi import FastAPI, Request
+
+from imagetwin_async import (
+    CallbackReceiver,
+    ConfigurationError,
+    ImagetwinClient,
+    RateLimit,
+    ScanFailed,
+    ScanResult,
+)
+from imagetwin_async.emulator import Emulator, Endpoint, Outcome
+from imagetwin_async.fastapi import get_callback_receiver, get_fleet, imagetwin_lifespan
+from imagetwin_async.fleet import Fleet
+from imagetwin_async.redis import RedisLimiter, limiter_key
+
+from ._files import write_pdf
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
+PUBLIC_URL = "http://127.0.0.1:9/imagetwin/callbacks"  # nothing listens: the test delivers
+TOKEN = "fleet-shared-token-0123456789abcdef"
+GENEROUS = 10.0  # far below the 60 s fallback poll, far above any loaded machine's delay
+EmulatorFactory = Callable[..., Awaitable[Emulator]]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0).ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        message = f"no Redis at {REDIS_URL} ({exc}); set IMAGETWIN_REDIS_URL"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the fleet tests: {message}")
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    name = f"imagetwin-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match=f"{name}:*"))
+    if stale:
+        client.delete(*stale)
+    client.close()
+
+
+@pytest.fixture
+async def emu(imagetwin_emulator_factory: EmulatorFactory) -> Emulator:
+    emulator = await imagetwin_emulator_factory(speed=60)
+    emulator.script(Outcome.never(), times=20)
+    return emulator
+
+
+Worker = tuple[ImagetwinClient, Fleet, CallbackReceiver]
+
+
+@pytest.fixture
+async def workers(
+    emu: Emulator, redis_url: str, prefix: str
+) -> AsyncIterator[Callable[[], Awaitable[Worker]]]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start() -> Worker:
+            client = await stack.enter_async_context(
+                ImagetwinClient(
+                    emu.api_key,
+                    base_url=emu.url,
+                    scan_limit=RateLimit(20, per=1.0),
+                    result_limit=RateLimit(60, per=1.0),
+                    poll_interval=0.02,
+                    max_poll_interval=60.0,
+                    backoff_base=0.01,
+                    backoff_cap=0.05,
+                )
+            )
+            fleet = await stack.enter_async_context(
+                Fleet.from_url(redis_url, emu.api_key, prefix=prefix)
+            )
+            await stack.enter_async_context(fleet.attach(client))
+            receiver = CallbackReceiver(fleet, PUBLIC_URL, token=TOKEN, rehint_after=60.0)
+            return client, fleet, receiver
+
+        yield start
+
+
+def reads_of(emu: Emulator, scan_id: str) -> int:
+    return sum(1 for r in emu.requests if r.endpoint == Endpoint.RESULT and r.scan_id == scan_id)
+
+
+def callback(scan_id: str) -> bytes:
+    return json.dumps({"scanId": scan_id, "status": "finished"}).encode()
+
+
+async def start_scan(client: ImagetwinClient, tmp_path: Path) -> str:
+    paper = write_pdf(tmp_path / f"{uuid.uuid4().hex}.pdf", pages=2)
+    started = await client.scan(paper, callback_url=f"{PUBLIC_URL}/{TOKEN}")
+    return started.scan_id
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(GENEROUS):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_callback_landing_on_another_worker_reaches_the_waiter(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    (waiter, _, _), (_, _, other_receiver) = await workers(), await workers()
+    scan_id = await start_scan(waiter, tmp_path)
+    waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
+    await asyncio.sleep(0.1)
+    emu.finish_scan(scan_id)
+    assert other_receiver.receive(callback(scan_id)) == 204  # the load balancer chose the other
+    async with asyncio.timeout(GENEROUS):  # not the 60 s fallback poll
+        result = await waiting
+    assert result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_a_callback_before_anyone_waits_is_kept_for_a_wait_on_any_worker(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    (starter, _, _), (_, _, receiving), (late, _, _) = (
+        await workers(),
+        await workers(),
+        await workers(),
+    )
+    scan_id = await start_scan(starter, tmp_path)
+    emu.finish_scan(scan_id)
+    receiving.receive(callback(scan_id))
+    await asyncio.sleep(0.2)  # the callback has come and gone: nobody waited
+    async with asyncio.timeout(GENEROUS):
+        result = await late.wait_for_result(scan_id)  # a worker that never saw it start
+    assert result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_several_workers_waiting_for_one_scan_cost_one_read(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The worker that started the scan waits (as a web handler does), three more join: they
+    poll nothing themselves while it lives, and its one read answers all four."""
+    fleet = [await workers() for _ in range(4)]
+    scan_id = await start_scan(fleet[0][0], tmp_path)
+    waits = [asyncio.create_task(fleet[0][0].wait_for_result(scan_id))]
+    await asyncio.sleep(0.05)
+    waits += [asyncio.create_task(client.wait_for_result(scan_id)) for client, _, _ in fleet[1:]]
+    await asyncio.sleep(0.3)  # the joiners would each have read it by now (poll_interval 0.02)
+    assert reads_of(emu, scan_id) == 0
+    emu.finish_scan(scan_id)
+    fleet[3][2].receive(callback(scan_id))
+    async with asyncio.timeout(GENEROUS):
+        results = await asyncio.gather(*waits)
+    assert {r.scan_id for r in results} == {scan_id}
+    assert reads_of(emu, scan_id) == 1
+    assert sum(f.stats.deferred for _, f, _ in fleet) >= 3
+    # A wait that starts now, anywhere, is answered from the fleet's store.
+    async with asyncio.timeout(GENEROUS):
+        again = await (await workers())[0].wait_for_result(scan_id)
+    assert again == results[0]
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_hints_to_every_worker_at_once_still_cost_one_read(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The same callback delivered to each worker (a retrying sender, replicas behind DNS)."""
+    fleet = [await workers() for _ in range(3)]
+    scan_id = await start_scan(fleet[0][0], tmp_path)
+    waits = [asyncio.create_task(fleet[0][0].wait_for_result(scan_id))]
+    await asyncio.sleep(0.05)
+    waits += [asyncio.create_task(client.wait_for_result(scan_id)) for client, _, _ in fleet[1:]]
+    await asyncio.sleep(0.1)
+    emu.finish_scan(scan_id)
+    for _, _, receiver in fleet:
+        receiver.receive(callback(scan_id))
+    async with asyncio.timeout(GENEROUS):
+        await asyncio.gather(*waits)
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_workers_starting_to_wait_together_poll_as_one(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """Four waits at the same instant, three on workers that never saw the scan start (and so
+    would read it at once, then every poll_interval): one of them becomes its reader."""
+    fleet = [await workers() for _ in range(4)]
+    scan_id = await start_scan(fleet[0][0], tmp_path)
+    waits = [asyncio.create_task(client.wait_for_result(scan_id)) for client, _, _ in fleet]
+    await asyncio.sleep(0.3)  # 15 poll intervals: unshared, each joiner would read ~6 times
+    running_reads = reads_of(emu, scan_id)
+    emu.finish_scan(scan_id)
+    fleet[2][2].receive(callback(scan_id))
+    async with asyncio.timeout(GENEROUS):
+        await asyncio.gather(*waits)
+    assert running_reads <= 6  # one reader's cold schedule, not four
+    assert reads_of(emu, scan_id) - running_reads == 1  # and one read of the finished scan
+
+
+async def test_a_failed_scan_is_shared_as_the_same_failure(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    (first, _, receiver), (second, _, _) = await workers(), await workers()
+    scan_id = await start_scan(first, tmp_path)
+    waits = [asyncio.create_task(first.wait_for_result(scan_id))]
+    await asyncio.sleep(0.05)
+    waits.append(asyncio.create_task(second.wait_for_result(scan_id)))
+    await asyncio.sleep(0.1)
+    emu.finish_scan(scan_id, Outcome.failed())
+    receiver.receive(callback(scan_id))
+    async with asyncio.timeout(GENEROUS):
+        outcomes = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(o, ScanFailed) for o in outcomes)
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_a_damaged_stored_result_is_read_again_never_believed(
+    emu: Emulator,
+    workers: Callable[[], Awaitable[Worker]],
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+) -> None:
+    client, fleet, receiver = await workers()
+    scan_id = await start_scan(client, tmp_path)
+    emu.finish_scan(scan_id)
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    await raw.set(fleet._key("result", scan_id), b'{"result": {"scanId": 5}}')  # an attacker's
+    await raw.aclose()
+    receiver.receive(callback(scan_id))
+    async with asyncio.timeout(GENEROUS):
+        result = await client.wait_for_result(scan_id)
+    assert isinstance(result, ScanResult) and result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+
+
+async def test_redis_down_each_worker_goes_on_alone_without_hanging(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    async with (
+        ImagetwinClient(
+            emu.api_key,
+            base_url=emu.url,
+            scan_limit=RateLimit(20, per=1.0),
+            result_limit=RateLimit(60, per=1.0),
+            poll_interval=0.02,
+            max_poll_interval=60.0,
+        ) as client,
+        Fleet.from_url("redis://127.0.0.1:1/0", emu.api_key) as fleet,  # nothing listens
+        fleet.attach(client),
+    ):
+        receiver = CallbackReceiver(fleet, PUBLIC_URL, token=TOKEN, rehint_after=60.0)
+        scan_id = await start_scan(client, tmp_path)
+        waiting = asyncio.create_task(client.wait_for_result(scan_id))
+        await asyncio.sleep(0.1)
+        emu.finish_scan(scan_id)
+        assert receiver.receive(callback(scan_id)) == 204  # still hints this worker
+        async with asyncio.timeout(GENEROUS):
+            result = await waiting
+    assert result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+    assert fleet.stats.fallbacks >= 1
+    assert emu.counters.scans_billed == 1
+
+
+async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
+    emu: Emulator, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """The worker polling a scan for the fleet is SIGKILLed: its reader key stops being
+    renewed, and a surviving waiter reads the scan as soon as the key lapses."""
+    async with (
+        ImagetwinClient(
+            emu.api_key,
+            base_url=emu.url,
+            scan_limit=RateLimit(20, per=1.0),
+            result_limit=RateLimit(60, per=1.0),
+            poll_interval=0.02,
+            max_poll_interval=60.0,
+        ) as client,
+        Fleet.from_url(redis_url, emu.api_key, prefix=prefix, reader_ttl=0.6) as fleet,
+        fleet.attach(client),
+    ):
+        scan_id = await start_scan(client, tmp_path)
+        raw = redis.asyncio.Redis.from_url(redis_url)
+        await raw.set(fleet._key("reader", scan_id), "a-killed-worker", px=500)
+        await raw.aclose()
+        waiting = asyncio.create_task(client.wait_for_result(scan_id))
+        emu.finish_scan(scan_id)  # its callback went to the dead worker: none reaches us
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the dead reader still "holds" it
+        async with asyncio.timeout(2.0):  # key lapses at 0.5 s, a renewal every 0.2 s
+            result = await waiting
+    assert result.scan_id == scan_id
+    assert fleet.stats.takeovers == 1
+    assert reads_of(emu, scan_id) == 1
+
+
+# ---- configuration in one place: imagetwin_lifespan -------------------------------------------
+
+
+async def test_a_fleet_without_a_shared_callback_token_refuses_to_start(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four workers each drawing a token would answer 404 to three callbacks in four."""
+    monkeypatch.setenv("IMAGETWIN_REDIS_URL", redis_url)
+    monkeypatch.delenv("IMAGETWIN_CALLBACK_TOKEN", raising=False)
+    monkeypatch.setenv("IMAGETWIN_API_KEY", "sk-test-fleet")
+    app = FastAPI()
+    lifespan = imagetwin_lifespan(public_url="https://my.service/imagetwin/callbacks")
+    with pytest.raises(ConfigurationError, match="IMAGETWIN_CALLBACK_TOKEN"):
+        async with lifespan(app):
+            pass
+
+
+async def test_the_lifespan_reads_the_fleet_from_the_environment(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGETWIN_REDIS_URL", redis_url)
+    monkeypatch.setenv("IMAGETWIN_CALLBACK_TOKEN", TOKEN)
+    monkeypatch.setenv("IMAGETWIN_API_KEY", "sk-test-fleet")
+    made: list[dict[str, object]] = []
+
+    def make_client(**limits: object) -> ImagetwinClient:
+        made.append(limits)
+        return ImagetwinClient(**limits)  # type: ignore[arg-type]
+
+    app = FastAPI()
+    lifespan = imagetwin_lifespan(make_client, public_url="https://my.service/imagetwin/callbacks")
+    async with lifespan(app):
+        request = Request({"type": "http", "app": app})
+        fleet = get_fleet(request)
+        receiver = get_callback_receiver(request)
+        assert isinstance(fleet, Fleet)
+        assert receiver.client is fleet  # callbacks go to the fleet, not one worker
+        assert receiver.callback_url.endswith(f"/{TOKEN}")
+        assert {type(v) for v in made[0].values()} == {RedisLimiter}
+    assert get_fleet(Request({"type": "http", "app": app})) is None
+    raw = redis.Redis.from_url(redis_url)
+    for base in (limiter_key("sk-test-fleet", g) for g in ("scan", "result", "fleet")):
+        stale = list(raw.scan_iter(match=f"{base}*"))
+        if stale:
+            raw.delete(*stale)
+    raw.close()
+
+
+async def test_every_worker_learns_scan_durations_from_the_whole_fleet(
+    workers: Callable[[], Awaitable[Worker]], redis_url: str
+) -> None:
+    """Four workers each seeing a quarter of the scans would each learn four times slower."""
+    (a, fleet_a, _), (b, _, _) = await workers(), await workers()
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    junk = {"k": "ob", "p": "someone", "lo": "nan", "hi": "1e308"}
+    await raw.xadd(fleet_a._stream, junk)  # type: ignore[arg-type]  # a damaged entry
+    await raw.aclose()
+    for seconds in (50.0, 60.0, 70.0, 55.0, 65.0):
+        a.scheduler.observe(seconds - 5.0, seconds + 5.0)
+    async with asyncio.timeout(GENEROUS):
+        while not b.scheduler.model.ready:
+            await asyncio.sleep(0.01)
+    assert b.scheduler.model.fit == pytest.approx(a.scheduler.model.fit)

@@ -1,0 +1,316 @@
+"""The PostgreSQL journal: a batch pod rescheduled onto a fresh disk, and pods sharing a journal.
+
+Needs a PostgreSQL server (``IMAGETWIN_POSTGRES_URL``, default
+``postgresql://127.0.0.1:5432/test``, trust auth). Each test works in its own schema, dropped
+after, so parallel runs never meet. Without a server the tests skip, unless ``CI`` is set:
+there they must run, so they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from imagetwin_async import ImagetwinClient, JournalError, JournalLocked, RateLimit
+from imagetwin_async._journal_postgres import PostgresJournal
+from imagetwin_async.emulator import Emulator, ThreadedEmulator
+
+from ._files import write_pdf
+
+pytestmark = pytest.mark.postgres
+
+POSTGRES_URL = os.environ.get("IMAGETWIN_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+Factory = Callable[..., Awaitable[Emulator]]
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        message = (
+            f"no PostgreSQL at {POSTGRES_URL} ({type(exc).__name__}). Start one, or point "
+            "IMAGETWIN_POSTGRES_URL at one (a schema per test is created and dropped)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {message}")
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def url(server: str) -> Iterator[str]:
+    """A journal URL whose tables live in a schema of this test's own."""
+    schema = f"imagetwin_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}")
+    yield f"{server}?options=-csearch_path%3D{schema}#sweep"
+    with psycopg.connect(server, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def client_for(emu: Emulator) -> ImagetwinClient:
+    return ImagetwinClient(
+        emu.api_key,
+        base_url=emu.url,
+        scan_limit=RateLimit(20, per=1.0),
+        result_limit=RateLimit(60, per=1.0),
+        poll_interval=0.02,
+        max_poll_interval=0.2,
+        backoff_base=0.01,
+        backoff_cap=0.05,
+    )
+
+
+def documents(folder: Path, n: int, tag: str = "") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = write_pdf(folder / f"{tag}paper{i}.pdf", pages=1 + i % 5)
+        with path.open("ab") as out:  # distinct content for every (tag, i)
+            out.write(f"% {tag} item {i}\n".encode())
+        paths.append(path)
+    return paths
+
+
+def billed_per_content(emu: Emulator) -> collections.Counter[tuple[str, ...]]:
+    return collections.Counter(
+        tuple(f.sha256 for f in scan.files) for scan in emu.scans.values() if scan.billed
+    )
+
+
+@pytest.fixture
+async def emulator(imagetwin_emulator_factory: Factory) -> Emulator:
+    return await imagetwin_emulator_factory(
+        speed=1.0, processing_time=0.2, rate_limits={"scan": (1000, 60.0), "result": (1000, 60.0)}
+    )
+
+
+async def test_a_pod_rescheduled_onto_a_fresh_disk_reruns_from_the_server(
+    emulator: Emulator, url: str, tmp_path: Path
+) -> None:
+    paths = documents(tmp_path / "docs", 4)
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=url)
+        before = len(emulator.requests)
+        again = await client.submit_and_wait(paths, journal=url)
+    assert all(o.ok for o in first)
+    assert [o.result for o in again] == [o.result for o in first]
+    assert {o.note for o in again} == {"from the journal"}
+    assert len(emulator.requests) == before  # not one request
+
+
+async def test_the_intent_is_on_the_server_before_the_post_leaves(
+    emulator: Emulator, url: str, tmp_path: Path
+) -> None:
+    seen: list[tuple[str | None, int]] = []
+    journal = await PostgresJournal.open(url)
+    original = journal.sending
+
+    async def sending(key: str, label: str, sent_at: float, until: float | None = None) -> None:
+        await original(key, label, sent_at, until)
+        # What another connection (a pod started right now) reads, and the POSTs so far.
+        async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
+            cursor = await db.execute("SELECT state FROM imagetwin_journal_items")
+            row = await cursor.fetchone()
+        posts = sum(1 for r in emulator.requests if r.method == "POST" and "/v1/" in r.path)
+        seen.append((row[0] if row else None, posts))
+
+    journal.sending = sending  # type: ignore[method-assign]
+    async with client_for(emulator) as client:
+        outcomes = await client.submit_and_wait(documents(tmp_path / "d", 1), journal=journal)
+    await journal.close()
+    assert outcomes[0].ok
+    assert seen == [("sending", 0)]
+
+
+async def test_a_live_claim_is_never_taken_over(url: str) -> None:
+    """Two pods on one journal: what one is sending, the other neither sees nor sends."""
+    pod_a = await PostgresJournal.open(url)
+    pod_b = await PostgresJournal.open(url)
+    try:
+        await pod_a.sending("item-1", "paper1.pdf", 1.0)
+        assert "item-1" not in await pod_b.entries()
+        with pytest.raises(JournalLocked, match="another run"):
+            await pod_b.sending("item-1", "paper1.pdf", 2.0)
+        with pytest.raises(JournalError):
+            await pod_b.forget("item-1")
+        await pod_a.started("item-1", "scan-a")
+        # Started: B may see it (and wait for that scan), never send it.
+        assert (await pod_b.entries())["item-1"].scan_id == "scan-a"
+        with pytest.raises(JournalLocked):
+            await pod_b.sending("item-1", "paper1.pdf", 3.0)
+    finally:
+        await pod_a.close()
+        await pod_b.close()
+
+
+async def test_a_dead_pods_claims_pass_to_the_next_run_at_once(url: str) -> None:
+    dead = await PostgresJournal.open(url)
+    await dead.sending("item-1", "paper1.pdf", 1.0)
+    await dead.close()  # its session ends, as when the pod is killed
+    heir = await PostgresJournal.open(url)
+    try:
+        entries = await heir.entries()
+        assert entries["item-1"].state == "sending"  # to settle through scan-overview
+        await heir.forget("item-1")  # settled: never arrived
+        await heir.sending("item-1", "paper1.pdf", 2.0)
+    finally:
+        await heir.close()
+
+
+async def test_a_dead_pods_ambiguous_items_wait_while_another_pod_is_sending(url: str) -> None:
+    """Settling reads scan-overview; another pod's unrecorded POSTs would confuse it."""
+    dead = await PostgresJournal.open(url)
+    await dead.sending("lost", "lost.pdf", 1.0)
+    await dead.close()
+    busy = await PostgresJournal.open(url)
+    await busy.sending("busy", "busy.pdf", 2.0)
+    heir = await PostgresJournal.open(url)
+    try:
+        assert set(await heir.entries()) == set()
+        with pytest.raises(JournalLocked):
+            await heir.sending("lost", "lost.pdf", 3.0)  # never resent blindly
+        await busy.close()
+        assert set(await heir.entries()) == {"lost", "busy"}  # both dead now: ours to settle
+    finally:
+        await heir.close()
+
+
+async def test_pods_sweeping_overlapping_shards_pay_for_each_content_once(
+    emulator: Emulator, url: str, tmp_path: Path
+) -> None:
+    """Three pods run overlapping shards of one batch against one journal at the same time."""
+    paths = documents(tmp_path / "docs", 12)
+    shards = [paths[0:6], paths[3:9], paths[6:12] + paths[0:2]]
+    async with client_for(emulator) as client:
+        runs = await asyncio.gather(
+            *(client.submit_and_wait(shard, journal=url, submit_concurrency=2) for shard in shards)
+        )
+        # Items another pod held came back JournalLocked; a re-run of every shard collects them.
+        again = await asyncio.gather(*(client.submit_and_wait(s, journal=url) for s in shards))
+    errors = {type(o.error).__name__ for run in runs for o in run if not o.ok}
+    assert errors <= {"JournalLocked"}
+    assert all(o.ok for run in again for o in run)
+    billed = billed_per_content(emulator)
+    assert len(billed) == 12
+    assert max(billed.values()) == 1, "two pods paid for one content"
+
+
+async def test_meta_values_are_kept_per_journal(url: str) -> None:
+    journal = await PostgresJournal.open(url)
+    other = await PostgresJournal.open(url, name="other")
+    try:
+        assert await journal.load_meta("model") is None
+        await journal.store_meta("model", '{"mu": 3.1}')
+        await journal.store_meta("model", '{"mu": 3.2}')
+        assert await journal.load_meta("model") == '{"mu": 3.2}'
+        assert await other.load_meta("model") is None
+    finally:
+        await journal.close()
+        await other.close()
+
+
+async def test_an_unreachable_server_is_a_journal_error_before_anything_is_sent(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    url = "postgresql://batch:s3cret-pw@127.0.0.1:1/test#sweep"  # nothing listens on port 1
+    async with client_for(emulator) as client:
+        with pytest.raises(JournalError) as caught:
+            await client.submit_and_wait(documents(tmp_path / "d", 1), journal=url)
+    assert "s3cret-pw" not in str(caught.value)
+    assert caught.value.__cause__ is None or "s3cret-pw" not in str(caught.value.__cause__)
+    assert emulator.counters.scans_billed == 0
+
+
+async def test_tables_from_a_newer_version_are_refused(url: str) -> None:
+    journal = await PostgresJournal.open(url)
+    await journal.close()
+    async with await psycopg.AsyncConnection.connect(url.partition("#")[0], autocommit=True) as db:
+        await db.execute("UPDATE imagetwin_journal_meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(JournalError, match="newer"):
+        await PostgresJournal.open(url)
+
+
+# ---- the kill test, as for SQLite -----------------------------------------------------------
+
+
+def _start_worker(emu: ThreadedEmulator, journal: str, files: list[Path]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        # A pod whose clock is a minute ahead of the service's (no jump): settling works in
+        # the service's time whatever the host says.
+        [sys.executable, "-m", "tests._journal_worker", emu.url, emu.api_key, journal, "60", "0"]
+        + [str(f) for f in files],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_sigkill_anywhere_never_costs_a_second_scan(url: str, tmp_path: Path) -> None:
+    """The SQLite journal's kill test against PostgreSQL: a batch pod SIGKILLed at random
+    points (every third run while a scan's answer is held back, so the kill lands between the
+    POST and the journal hearing of it), restarted each time, until 20 runs were killed."""
+    rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "20261201")))
+    kills = runs = 0
+    finals: list[dict[str, Any]] = []
+    with ThreadedEmulator(
+        speed=1.0,
+        processing_time=1.0,
+        rate_limits={"scan": (1000, 60.0), "result": (1000, 60.0)},
+    ) as threaded:
+        emu = threaded.emulator
+        round_ = 0
+        while kills < 20:
+            files = documents(tmp_path / "docs", 12, tag=f"r{round_}-")
+            round_ += 1
+            # A few kills in each round of documents, then a run left to finish it (a journaled
+            # batch spaces its POSTs, so a 12-item round takes seconds).
+            round_kills = rng.randint(1, 4)
+            while True:
+                runs += 1
+                if runs % 3 == 0:
+                    threaded.call(lambda e: e.inject_fault("delay", endpoint="scan", delay=5.0))
+                worker = _start_worker(threaded, url, files)
+                assert worker.stdout is not None
+                assert worker.stdout.readline().strip() == "ready"
+                kill_at = rng.uniform(0.05, 3.0) if round_kills > 0 else 120.0
+                round_kills -= 1
+                try:
+                    out, _ = worker.communicate(timeout=kill_at)
+                except subprocess.TimeoutExpired:
+                    worker.send_signal(signal.SIGKILL)
+                    worker.wait()
+                    kills += 1
+                    continue
+                assert worker.returncode == 0
+                final = json.loads(out.strip().splitlines()[-1])
+                assert len(final) == len(files)
+                finals.extend(final)
+                break
+        billed = billed_per_content(emu)
+    adopted = sum(1 for o in finals if o["note"] and "adopted" in o["note"])
+    ambiguous = [o for o in finals if o["error"] == "AmbiguousSubmission"]
+    print(
+        f"postgres kill test: {runs} runs, {kills} killed, {len(finals)} items, "
+        f"{sum(billed.values())} scans billed, {adopted} adopted, {len(ambiguous)} ambiguous"
+    )
+    assert kills >= 20
+    assert max(billed.values()) == 1, "some content was paid for twice"
+    assert [o for o in finals if not o["ok"] and o not in ambiguous] == []
+    assert len(billed) >= len(finals) - len(ambiguous)
