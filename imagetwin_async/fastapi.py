@@ -16,6 +16,13 @@
         started = await client.scan(paper, callback_url=callback_url)
         return {"scan_id": started.scan_id}  # then client.wait_for_result(scan_id) somewhere
 
+Responses: ``ScanResultModel``, ``ScanStartedModel`` and ``ScanOutcomeModel`` are pydantic
+models of the SDK's values, usable as ``response_model`` (return the SDK object itself):
+
+    @app.get("/papers/{scan_id}", response_model=ScanResultModel)
+    async def paper(scan_id: str, client: ImagetwinClientDep) -> Any:
+        return await client.wait_for_result(scan_id)
+
 Needs the ``fastapi`` extra (``pip install imagetwin-async[fastapi]``); the rest of the SDK
 never imports this module, so it works without FastAPI installed.
 """
@@ -28,11 +35,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from starlette.routing import NoMatchFound
-
 from ._callbacks import CallbackReceiver, CallbackStats
 from ._client import ImagetwinClient
+from ._extras import missing_extra
+
+try:
+    from fastapi import APIRouter, Depends, FastAPI, Request, Response
+    from starlette.routing import NoMatchFound
+except ModuleNotFoundError as _missing:  # exercised by the wheel smoke test
+    raise missing_extra(_missing, "fastapi", "imagetwin_async.fastapi") from _missing
+
+from ._responses import ScanErrorModel, ScanOutcomeModel, ScanResultModel, ScanStartedModel
 
 __all__ = [
     "CALLBACK_ROUTE_NAME",
@@ -42,6 +55,10 @@ __all__ = [
     "CallbackStats",
     "CallbackUrlDep",
     "ImagetwinClientDep",
+    "ScanErrorModel",
+    "ScanOutcomeModel",
+    "ScanResultModel",
+    "ScanStartedModel",
     "callback_router",
     "get_callback_receiver",
     "get_callback_url",
@@ -50,7 +67,7 @@ __all__ = [
     "use_client",
 ]
 
-logger = logging.getLogger("imagetwin_async.fastapi")
+logger: logging.Logger = logging.getLogger("imagetwin_async.fastapi")
 
 DEFAULT_CALLBACK_PATH: Final = "/imagetwin/callbacks"
 CALLBACK_ROUTE_NAME: Final = "imagetwin_callback"
