@@ -20,17 +20,17 @@ from aiohttp.test_utils import TestServer
 from imagetwin_async import ImagetwinClient, InvalidArgument, ScanPending, TransportError
 
 KEY = "sk-options-test-1234"
-SCAN_ID = "a" * 32
+SCAN_ID = "a" * 64
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, list[web.Request]]]:
-    """An API that answers 202 at once, except ``/result/stall...`` which hangs for a minute."""
+    """An API that answers 202 at once, except for scan ids starting ffff: those hang a minute."""
     seen: list[web.Request] = []
 
     async def result(request: web.Request) -> web.Response:
         seen.append(request)
-        if request.match_info["scan_id"].startswith("stall"):
+        if request.match_info["scan_id"].startswith("ffff"):
             await asyncio.sleep(60)
         return web.json_response({"status": "running"}, status=202)
 
@@ -55,7 +55,7 @@ async def test_timeout_applies_even_on_the_callers_session(
         aiohttp.ClientSession() as session,  # its own default time-out is 5 minutes
         ImagetwinClient(KEY, base_url=url, session=session, timeout=0.3, max_retries=0) as client,
     ):
-        assert await timed_read(client, "stall" + "0" * 27) < 3.0
+        assert await timed_read(client, "ffff" + "0" * 60) < 3.0
         assert not session.closed
 
 
@@ -64,7 +64,7 @@ async def test_a_per_call_timeout_overrides_the_clients(
 ) -> None:
     url, _ = server
     async with ImagetwinClient(KEY, base_url=url, timeout=120, max_retries=0) as client:
-        assert await timed_read(client, "stall" + "1" * 27, timeout=0.3) < 3.0
+        assert await timed_read(client, "ffff" + "1" * 60, timeout=0.3) < 3.0
         # ... and only that call's: the next one, without it, is answered normally.
         assert isinstance(await client.get_result(SCAN_ID), ScanPending)
 
