@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -17,6 +18,13 @@ from ._mock import mocked
 
 API = "https://api.imagetwin.test/v1"
 KEY = "sk-test-0123456789abcdef"
+
+# A runner may start the suite with SIGINT ignored (a background job of a shell without job
+# control is); every child would inherit that, Python would install no KeyboardInterrupt
+# handler, and the tests that Ctrl-C a child would hang. A *handled* signal is reset to the
+# default in a child at exec, so handling it here gives the children a normal Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
