@@ -683,7 +683,7 @@ class RedisModelStore:
         ttl: float | None = 30 * 86400.0,
     ) -> None:
         self._redis = client
-        self.key = limiter_key(api_key, "durations", prefix=prefix)
+        self.key: str = limiter_key(api_key, "durations", prefix=prefix)
         self.ttl = ttl
 
     def __repr__(self) -> str:
