@@ -1,8 +1,8 @@
-"""Write the sample documents in ``examples/samples/`` (run from anywhere; output is reproducible).
+"""Write the sample documents in ``imagetwin_async/samples/``, shipped in the wheel (reproducible).
 
     python examples/make_samples.py
 
-Small, made-up "papers" to try ``imagetwin scan --emulator examples/samples`` with: PDFs of a
+Small, made-up "papers" to try ``imagetwin scan --emulator --samples`` with: PDFs of a
 few pages with simple figures (raster images embedded as XObjects and vector charts) and a
 folder of PNG figures. Only pypdf (a dependency of the SDK) and the standard library are used,
 and the bytes are the same on every run, so the emulator's content-derived findings are too.
@@ -25,7 +25,7 @@ from pypdf.generic import (
     StreamObject,
 )
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "imagetwin_async" / "samples"
 Pixel = tuple[int, int, int]
 Painter = Callable[[int, int], Pixel]
 

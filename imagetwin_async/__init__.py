@@ -43,11 +43,13 @@ from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLite
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import (
     CallbackNotice,
+    ScanFailure,
     ScanOutcome,
     ScanOverview,
     ScanPending,
     ScanResult,
     ScanStarted,
+    ScanSuccess,
     ScanSummary,
 )
 from ._modelstore import FileModelStore, JournalModelStore, ModelStore
@@ -97,12 +99,14 @@ __all__ = [
     "SQLiteJournal",
     "ScanCancelled",
     "ScanFailed",
+    "ScanFailure",
     "ScanNotFound",
     "ScanOutcome",
     "ScanOverview",
     "ScanPending",
     "ScanResult",
     "ScanStarted",
+    "ScanSuccess",
     "ScanSummary",
     "SchedulerStats",
     "ServerError",

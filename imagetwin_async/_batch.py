@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Final, Literal, Protocol, TypedDict
+from typing import Any, Final, Literal, Protocol, TypedDict
 
 import attrs
 
@@ -40,7 +40,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry
 from ._journal_open import open_journal
-from ._models import ScanOutcome, ScanOverview, ScanResult, ScanStarted
+from ._models import ScanFailure, ScanOutcome, ScanOverview, ScanResult, ScanStarted, ScanSuccess
 from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._pacing import UnansweredScans
 from ._protocol import Request, build_scan_request, nothing_started
@@ -111,6 +111,7 @@ class BatchKwargs(ScanKwargs, total=False):
 
     timeout: float | None
     progress: Callable[[BatchProgress], None] | None
+    on_started: Callable[[Any, str], None] | None
     submit_concurrency: int
     journal: str | os.PathLike[str] | Journal | None
     ambiguous: AmbiguousPolicy
@@ -129,6 +130,9 @@ class BatchOptions:
     sandbox: bool = False
     timeout: float | None = None
     progress: Callable[[BatchProgress], None] | None = None
+    # Called with (item, scan_id) once an item's scan is known to exist (new or resumed), so a
+    # caller can list every billed scan even if the batch is then cancelled.
+    on_started: Callable[[Any, str], None] | None = None
     submit_concurrency: int = _DEFAULT_SUBMIT_CONCURRENCY
     journal: str | os.PathLike[str] | Journal | None = None
     ambiguous: AmbiguousPolicy = "settle"
@@ -391,22 +395,22 @@ class BatchRunner:
             async with asyncio.timeout_at(self._deadline):
                 outcome = await self._process(item, prepared, state)
         except TimeoutError:
-            outcome = ScanOutcome(item, state.scan_id, error=_timed_out(state))
+            outcome = ScanFailure(item, state.scan_id, error=_timed_out(state))
         except AuthenticationError as exc:
             # Every later item would be refused the same way: stop submitting, fail them fast.
             self._stop_submitting = exc
-            outcome = ScanOutcome(item, state.scan_id, error=exc)
+            outcome = ScanFailure(item, state.scan_id, error=exc)
         except (ScanFailed, ScanNotFound) as exc:
             if state.key and state.scan_id is not None:
                 await self._record.failed(state.key, f"{type(exc).__name__}: {exc}")
-            outcome = ScanOutcome(item, state.scan_id, error=exc)
+            outcome = ScanFailure(item, state.scan_id, error=exc)
         except ImagetwinError as exc:
-            outcome = ScanOutcome(item, state.scan_id, error=exc)
+            outcome = ScanFailure(item, state.scan_id, error=exc)
         except Exception as exc:  # a bug must cost this item, not stall the whole batch
             logger.exception("batch item %d failed unexpectedly", index)
             error = ImagetwinError(f"unexpected {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-            outcome = ScanOutcome(item, state.scan_id, error=error)
+            outcome = ScanFailure(item, state.scan_id, error=error)
         self._finish(index, outcome, done, ran=state.counted)
 
     async def _process(
@@ -444,10 +448,11 @@ class BatchRunner:
             finally:
                 prep.upload.close()
         state.counted = True
+        self._started(item, state.scan_id)
         self._count(submitted=1, running=1)
         result = await self._services.wait(state.scan_id)
         await self._record.finished(prep.key, result)
-        return ScanOutcome(item, state.scan_id, result=result, note=note)
+        return ScanSuccess(item, state.scan_id, result=result, note=note)
 
     async def _send(
         self, item: BatchItem, prep: _Prepared, state: _ItemState
@@ -607,6 +612,14 @@ class BatchRunner:
         )
         self._report()
 
+    def _started(self, item: BatchItem, scan_id: str) -> None:
+        if self._options.on_started is None:
+            return
+        try:
+            self._options.on_started(item, scan_id)
+        except Exception:  # a broken listener must not break the batch
+            logger.exception("the batch's on_started callback failed")
+
     def _report(self) -> None:
         if self._options.progress is None:
             return
@@ -669,8 +682,8 @@ def _known_outcome(
     """The outcome the journal already holds for this item, if any (no request needed)."""
     if entry is None:
         return None
-    if entry.state == "done":
-        return ScanOutcome(item, entry.scan_id, result=entry.result, note="from the journal")
+    if entry.state == "done" and entry.result is not None:
+        return ScanSuccess(item, entry.scan_id, result=entry.result, note="from the journal")
     if entry.state == "failed":
         said = entry.error or "ScanFailed: the scan failed (recorded in the journal)"
         kind, _, message = said.partition(": ")
@@ -679,9 +692,9 @@ def _known_outcome(
             if kind == "ScanNotFound"
             else ScanFailed(message or said, status=500, endpoint="GET /result/{scanId}")
         )
-        return ScanOutcome(item, entry.scan_id, error=error, note="from the journal")
+        return ScanFailure(item, entry.scan_id, error=error, note="from the journal")
     if entry.state == "sending" and ambiguous != "resubmit":
-        return ScanOutcome(item, None, error=_ambiguous_error(entry))
+        return ScanFailure(item, None, error=_ambiguous_error(entry))
     return None
 
 

@@ -187,12 +187,12 @@ class CallbackReceiver:
             timings = client.timings if isinstance(client, _Timed) else DEFAULT_TIMINGS
             rehint_after = timings.max_poll_interval
         self.client = client
-        self.public_url = public_url.rstrip("/")
-        self.path = parts.path.rstrip("/")
+        self.public_url: str = public_url.rstrip("/")
+        self.path: str = parts.path.rstrip("/")
         """The route's path without the token (``/imagetwin/callbacks``), from ``public_url``."""
         self.max_body = max_body
         self.rehint_after = rehint_after
-        self.stats = CallbackStats()
+        self.stats: CallbackStats = CallbackStats()
         self._token = token
         self._token_bytes = token.encode()
         self._clock = clock

@@ -10,18 +10,19 @@ import warnings
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, Unpack, overload
+from typing import Any, Final, Literal, Self, TypeVar, Unpack, cast, overload
 
 import aiohttp
 import attrs
 
 from . import _protocol as protocol
 from . import _spec
+from . import _telemetry as telemetry
 from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
 from ._call_checks import check_batch, check_timeout
 from ._errors import ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
-from ._models import ScanOutcome, ScanOverview, ScanPending, ScanResult, ScanStarted
+from ._models import Outcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._modelstore import ModelStore
 from ._polling import PollScheduler, read_rate_of
 from ._scanning import ScanStarter
@@ -29,11 +30,16 @@ from ._session import ApiKey, RetryPolicy, Transport
 from ._spec import SizeUnit
 from ._timings import Timings
 from ._uploads import Uploadable, prepare_upload
+from ._useragent import user_agent
 
 __all__ = ["DEFAULT_BASE_URL", "ImagetwinClient"]
 
+# A batch's item type: outcomes carry it as their ``source``.
+Item = TypeVar("Item", bound=BatchItem)
+
 DEFAULT_BASE_URL = "https://api.imagetwin.ai/v1"
 API_KEY_ENV = "IMAGETWIN_API_KEY"
+BASE_URL_ENV = "IMAGETWIN_BASE_URL"
 
 
 class _Unset(enum.Enum):
@@ -56,7 +62,10 @@ class ImagetwinClient:
     ``timings=Timings(...)`` sets them all at once, and each keyword below overrides one
     (defaults: ``Timings()``, the vendor's limits and a 5 s first poll). ``scan_limit`` /
     ``result_limit`` take a ``RateLimit`` or any ``Limiter`` (one shared through Redis, say).
-    Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open).
+    Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open;
+    ``timeout`` and ``connect_timeout`` still apply to every request). ``base_url`` defaults to
+    ``IMAGETWIN_BASE_URL``, else the real API. Endpoint methods take ``timeout=`` to bound each
+    attempt of that one call instead of the client's ``timeout``.
     ``model_store`` (a ``ModelStore``, e.g. ``FileModelStore()``) keeps what the poll scheduler
     learned about scan durations across runs, so the next run polls well from its first scan.
     ``max_retry_after``: the longest Retry-After waited for; a longer one raises
@@ -69,7 +78,7 @@ class ImagetwinClient:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         scan_limit: RateLimit | Limiter | None = None,
         result_limit: RateLimit | Limiter | None = None,
         poll_interval: float | None = None,
@@ -111,11 +120,14 @@ class ImagetwinClient:
                 overrides[name] = limit_s
         if size_unit not in ("MB", "MiB"):
             raise ConfigurationError(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
-        self.timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
+        self.timings: Timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
         """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
         t = self.timings
+        # None: IMAGETWIN_BASE_URL (an emulator or proxy set in the environment), else the API.
+        if base_url is None:
+            base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         self.base_url = base_url
-        self.closed = False
+        self.closed: bool = False
         # How the reference's "MB" is read: "MB" (10**6, stricter, default) or "MiB" (2**20).
         self.size_unit: SizeUnit = size_unit
         self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
@@ -133,6 +145,7 @@ class ImagetwinClient:
             ),
             timeout=aiohttp.ClientTimeout(total=t.timeout, connect=t.connect_timeout),
             session=session,
+            user_agent=user_agent(),
         )
         self._scheduler = PollScheduler(
             self.get_result,
@@ -195,6 +208,7 @@ class ImagetwinClient:
         exclude_identical_paper: bool | None = None,
         sandbox: bool = False,
         block: bool = True,
+        timeout: float | None = None,
     ) -> ScanStarted:
         """Start one (billed) scan of a document or of up to 25 images.
 
@@ -202,8 +216,10 @@ class ImagetwinClient:
         with a name (``FileContent``, or a FastAPI ``UploadFile``). Everything is checked before
         any byte is sent (``InvalidUpload``). ``block=False`` raises ``RateLimitBusy`` instead
         of waiting for a free slot. A POST that may have started a scan is never retried:
-        that case raises ``AmbiguousSubmission``.
+        that case raises ``AmbiguousSubmission``. ``timeout`` bounds each attempt of this call
+        in seconds (default: the client's ``timeout``).
         """
+        call_timeout = self._call_timeout(timeout)
         request = protocol.build_scan_request(
             min_score=min_score,
             callback_url=callback_url,
@@ -212,7 +228,18 @@ class ImagetwinClient:
         )
         # Checking reads the files (a PDF's page count): off the event loop.
         upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
-        return await self._starter.start(request, upload, block=block)
+        return await self._starter.start(request, upload, block=block, timeout=call_timeout)
+
+    def _call_timeout(self, timeout: float | None) -> aiohttp.ClientTimeout | None:
+        """A per-call time-out, or None for the client's own."""
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not timeout > 0:
+            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout!r}")
+        connect = self.timings.connect_timeout
+        return aiohttp.ClientTimeout(
+            total=timeout, connect=min(timeout, connect) if connect is not None else None
+        )
 
     async def scan_pdf(self, path: str | os.PathLike[str]) -> ScanStarted:
         """Deprecated endpoint ``/scanPdf``: one PDF. Use ``scan`` instead."""
@@ -236,13 +263,18 @@ class ImagetwinClient:
         )
         return await self._starter.start(request, upload)
 
-    async def get_result(self, scan_id: str, *, block: bool = True) -> ScanResult | ScanPending:
+    async def get_result(
+        self, scan_id: str, *, block: bool = True, timeout: float | None = None
+    ) -> ScanResult | ScanPending:
         """One read of a scan's result: ``ScanResult`` when done, ``ScanPending`` while running.
 
-        Raises ``ScanNotFound`` (404) and ``ScanFailed`` (500).
+        Raises ``ScanNotFound`` (404) and ``ScanFailed`` (500). ``timeout`` bounds each attempt
+        of this call in seconds (default: the client's ``timeout``).
         """
+        call_timeout = self._call_timeout(timeout)
         request = protocol.build_result_request(scan_id)
-        response = await self._transport.send(request, block=block)
+        telemetry.note_read(scan_id)
+        response = await self._transport.send(request, block=block, timeout=call_timeout)
         return protocol.read_result(
             response.status, response.headers, response.body, request=request
         )
@@ -254,7 +286,8 @@ class ImagetwinClient:
         ``ScanFailed`` / ``ScanNotFound`` as the result endpoint says.
         """
         protocol.validate_scan_id(scan_id)
-        return await self._scheduler.wait(scan_id, timeout=check_timeout(timeout))
+        with telemetry.waiting(scan_id):  # a span, the scans-waiting gauge, reads per scan
+            return await self._scheduler.wait(scan_id, timeout=check_timeout(timeout))
 
     def notify_finished(self, scan_id: str) -> bool:
         """A hint that ``scan_id`` ended (a callback arrived): poll it now.
@@ -270,11 +303,17 @@ class ImagetwinClient:
         end_date: dt.date | str,
         *,
         export_format: Literal["json"] = "json",
+        timeout: float | None = None,
     ) -> ScanOverview: ...
 
     @overload
     async def scan_overview(
-        self, start_date: dt.date | str, end_date: dt.date | str, *, export_format: Literal["csv"]
+        self,
+        start_date: dt.date | str,
+        end_date: dt.date | str,
+        *,
+        export_format: Literal["csv"],
+        timeout: float | None = None,
     ) -> str: ...
 
     async def scan_overview(
@@ -283,11 +322,13 @@ class ImagetwinClient:
         end_date: dt.date | str,
         *,
         export_format: Literal["json", "csv"] = "json",
+        timeout: float | None = None,
     ) -> ScanOverview | str:
         """Scans performed between two UTC dates, both included: a ``ScanOverview`` for
-        ``json``, the server's text for ``csv``."""
+        ``json``, the server's text for ``csv``. ``timeout``: as for ``get_result``."""
+        call_timeout = self._call_timeout(timeout)
         request = protocol.build_overview_request(start_date, end_date, export_format)
-        response = await self._transport.send(request)
+        response = await self._transport.send(request, timeout=call_timeout)
         return protocol.read_overview(
             response.status, response.headers, response.body, request=request
         )
@@ -312,9 +353,10 @@ class ImagetwinClient:
     # ---- batches ------------------------------------------------------------------------
 
     async def submit_and_wait(
-        self, batch: Iterable[BatchItem], **options: Unpack[BatchKwargs]
-    ) -> list[ScanOutcome]:
-        """Scan every item and wait for every result: one ``ScanOutcome`` per item, in order.
+        self, batch: Iterable[Item], **options: Unpack[BatchKwargs]
+    ) -> list[Outcome[Item]]:
+        """Scan every item and wait for every result: one ``ScanOutcome`` per item, in order
+        (a ``ScanSuccess`` or a ``ScanFailure``, its ``source`` typed as the items are).
 
         Keyword arguments (all optional; ``BatchKwargs``)::
 
@@ -322,6 +364,7 @@ class ImagetwinClient:
                                     # as for ``scan``, applied to every item
             timeout=None            # seconds for the whole batch
             progress=None           # called with a ``BatchProgress`` at every change
+            on_started=None         # called with (item, scan_id) once a scan exists
             submit_concurrency=20   # uploads open at once (the scan limiter sets the pace)
             journal=None            # a path or a ``Journal``: resumable, never paid twice
             ambiguous="settle"      # "settle" | "report" | "resubmit", see below
@@ -343,11 +386,12 @@ class ImagetwinClient:
         waits ``settle_delay`` after a lost POST before it believes an empty window.
         """
         runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
-        return await runner.run()
+        # The runner makes only ScanSuccess / ScanFailure, each with its item as source.
+        return cast("list[Outcome[Item]]", await runner.run())
 
     def iter_outcomes(
-        self, batch: Iterable[BatchItem], **options: Unpack[BatchKwargs]
-    ) -> AsyncGenerator[ScanOutcome, None]:
+        self, batch: Iterable[Item], **options: Unpack[BatchKwargs]
+    ) -> AsyncGenerator[Outcome[Item], None]:
         """Like ``submit_and_wait`` (the same keyword arguments), but yields each outcome as
         soon as it is known.
 
@@ -359,7 +403,7 @@ class ImagetwinClient:
         is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
         runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
-        return runner.iterate()
+        return cast("AsyncGenerator[Outcome[Item], None]", runner.iterate())
 
     def _batch_services(self) -> BatchServices:
         """What a batch runs on: this client's scan starter, scheduler and scan-overview."""

@@ -170,7 +170,8 @@ class DurationModel:
         self._mu0 = math.log(prior.median)
         self._params = (self._mu0, 0.0, 0.0, 0.0, 0.0, prior.sigma)  # a, b1, b2, m1, m2, sigma
         self._ready = False
-        self.version = 0  # bumped at every change of the fit: lets callers cache derived values
+        # Bumped at every change of the fit: lets callers cache derived values.
+        self.version: int = 0
 
     # ---- what callers read ----------------------------------------------------------------
 

@@ -6,19 +6,27 @@ The camelCase names of the wire format live only in ``_convert``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Generic, Literal, TypeAlias
 
 import attrs
+from typing_extensions import TypeVar
 
 from ._errors import ImagetwinError
 
+# A batch item's type; covariant because outcomes are frozen (a list of ScanOutcome[str] is
+# a list of ScanOutcome[object]); bare ``ScanOutcome`` means ``ScanOutcome[object]``.
+S_co = TypeVar("S_co", covariant=True, default=object)
+
 __all__ = [
     "CallbackNotice",
+    "Outcome",
+    "ScanFailure",
     "ScanOutcome",
     "ScanOverview",
     "ScanPending",
     "ScanResult",
     "ScanStarted",
+    "ScanSuccess",
     "ScanSummary",
 ]
 
@@ -122,18 +130,25 @@ class CallbackNotice:
 
 
 @attrs.frozen
-class ScanOutcome:
+class ScanOutcome(Generic[S_co]):
     """What became of one batch item: a result, or the error that stopped it.
 
     ``scan_id`` is None when the server never accepted the item (an invalid upload, a refused
-    request); ``source`` is the item exactly as it was passed in. ``note`` says where a
-    resumed item's outcome came from ("from the journal", "adopted from scan-overview").
+    request); ``source`` is the item exactly as it was passed in (typed as the batch's items).
+    ``note`` says where a resumed item's outcome came from ("from the journal", "adopted from
+    scan-overview"). Batches hand back its two kinds, ``ScanSuccess`` (``ok`` is True,
+    ``result`` set) and ``ScanFailure`` (``ok`` is False, ``error`` set), so a type checker
+    narrows ``result`` and ``error`` after ``if outcome.ok:`` (mypy) or
+    ``isinstance(outcome, ScanSuccess)`` / ``outcome.result is not None`` (mypy and pyright).
 
     >>> for outcome in await client.submit_and_wait(["a.pdf", "b.pdf"]):
-    ...     print(outcome.source, outcome.result if outcome.ok else outcome.error)
+    ...     if outcome.ok:
+    ...         print(outcome.source, outcome.result.finding_count)
+    ...     else:
+    ...         print(outcome.source, outcome.error)
     """
 
-    source: object
+    source: S_co
     scan_id: str | None = None
     result: ScanResult | None = None
     error: ImagetwinError | None = None
@@ -143,3 +158,41 @@ class ScanOutcome:
     def ok(self) -> bool:
         """True when the scan finished and its result is here."""
         return self.result is not None and self.error is None
+
+
+@attrs.frozen
+class ScanSuccess(ScanOutcome[S_co]):
+    """A batch item whose scan finished: ``result`` is its ``ScanResult``.
+
+    >>> ScanSuccess("a.pdf", scan_id, result=result).ok
+    True
+    """
+
+    result: ScanResult = attrs.field(kw_only=True)
+    error: None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def ok(self) -> Literal[True]:
+        """Always True: the result is here."""
+        return True
+
+
+@attrs.frozen
+class ScanFailure(ScanOutcome[S_co]):
+    """A batch item that ended without a result: ``error`` says why (``scan_id`` may be set).
+
+    >>> ScanFailure("a.pdf", None, error=InvalidUpload("a.pdf: not found")).ok
+    False
+    """
+
+    error: ImagetwinError = attrs.field(kw_only=True)
+    result: None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def ok(self) -> Literal[False]:
+        """Always False: see ``error``."""
+        return False
+
+
+# What a batch hands back for an item whose type is ``S_co``.
+Outcome: TypeAlias = ScanSuccess[S_co] | ScanFailure[S_co]

@@ -79,7 +79,7 @@ class FileModelStore:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_cache_path()
+        self.path: Path = Path(path) if path is not None else default_cache_path()
 
     def __repr__(self) -> str:
         return f"FileModelStore({str(self.path)!r})"

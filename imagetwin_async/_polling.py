@@ -175,7 +175,7 @@ class PollScheduler:
         self._burst = float(max(read_burst, 1))
         self._tokens = self._burst
         self._tokens_at = -math.inf
-        self.model = model or DurationModel()
+        self.model: DurationModel = model or DurationModel()
         self.model_store = model_store
         self._store_loaded = model_store is None
         self._load_lock: asyncio.Lock | None = None
@@ -199,7 +199,7 @@ class PollScheduler:
         self._saving: asyncio.Task[None] | None = None
         self._watch_listeners: list[Callable[[str, bool], None]] = []
         self._observation_listeners: list[Callable[[float, float, ScanFeatures | None], None]] = []
-        self.stats = SchedulerStats()
+        self.stats: SchedulerStats = SchedulerStats()
 
     # ---- public ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ start), and the upload is closed once the request is over, retries included.
 
 from __future__ import annotations
 
+from aiohttp import ClientTimeout
+
 from ._models import ScanStarted
 from ._polling import PollScheduler, ScanFeatures
 from ._protocol import Request, read_scan_started
@@ -30,6 +32,7 @@ class ScanStarter:
         *,
         block: bool = True,
         before_send: BeforeSend | None = None,
+        timeout: ClientTimeout | None = None,
     ) -> ScanStarted:
         """POST ``upload`` as ``request`` says; the ``ScanStarted`` answer, or its error.
 
@@ -38,7 +41,7 @@ class ScanStarter:
         """
         try:
             response = await self._transport.send(
-                request, upload=upload, block=block, before_send=before_send
+                request, upload=upload, block=block, before_send=before_send, timeout=timeout
             )
         finally:
             upload.close()

@@ -26,6 +26,7 @@ import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import _telemetry as telemetry
 from ._backoff import full_jitter_ceiling
 from ._errors import (
     ConfigurationError,
@@ -197,6 +198,7 @@ class Transport:
         timeout: aiohttp.ClientTimeout,
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        user_agent: str | None = None,
     ) -> None:
         url = URL(base_url)
         if not url.is_absolute() or url.scheme not in ("http", "https") or not url.host:
@@ -216,6 +218,7 @@ class Transport:
         self.answer_times: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=_ANSWER_LOG)
         )
+        self._user_agent = user_agent
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -240,6 +243,28 @@ class Transport:
         upload: Upload | None = None,
         block: bool = True,
         before_send: BeforeSend | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> RawResponse:
+        """``_send`` inside a trace span and metrics (see ``_telemetry``; no-op without it)."""
+        with telemetry.api_call(request.method, request.endpoint, request.path) as call:
+            return await self._send(
+                request,
+                upload=upload,
+                block=block,
+                before_send=before_send,
+                timeout=timeout,
+                call=call,
+            )
+
+    async def _send(
+        self,
+        request: Request,
+        *,
+        upload: Upload | None,
+        block: bool,
+        before_send: BeforeSend | None,
+        timeout: aiohttp.ClientTimeout | None,
+        call: telemetry.CallTrace,
     ) -> RawResponse:
         """Send ``request``, retrying only what provably had no effect.
 
@@ -261,7 +286,14 @@ class Transport:
             changed: UploadChanged | None = None
             try:
                 response = await self._attempt(
-                    request, upload, limiter, attempt=attempt, block=block, before_send=before_send
+                    request,
+                    upload,
+                    limiter,
+                    attempt=attempt,
+                    block=block,
+                    before_send=before_send,
+                    timeout=timeout or self._timeout,
+                    call=call,
                 )
             except LimiterUnavailable as exc:
                 # Nothing was sent: wait the outage out, within its budget, then give up.
@@ -383,12 +415,15 @@ class Transport:
         attempt: int,
         block: bool,
         before_send: BeforeSend | None = None,
+        timeout: aiohttp.ClientTimeout,
+        call: telemetry.CallTrace,
     ) -> RawResponse:
         if request.file_field is not None and upload is None:
             raise InvalidArgument(f"{request.endpoint} needs files to upload")
         asked = time.monotonic()
         slot = await limiter.acquire(block=block) if limiter is not None else None
         sent = time.monotonic()
+        call.waited(sent - asked)
         try:
             if before_send is not None:
                 await before_send()
@@ -406,10 +441,14 @@ class Transport:
                 headers={
                     "Authorization": f"Bearer {self._key.reveal()}",
                     "Accept": "application/json",
+                    **({"User-Agent": self._user_agent} if self._user_agent else {}),
                 },
+                # Per request, so a session the caller passed in keeps our time-outs too.
+                timeout=timeout,
                 # A redirect could carry the key to another host; the API does not redirect.
                 allow_redirects=False,
             ) as response:
+                call.answered(response.status)
                 body, complete = await _read_capped(response, request.max_body)
                 # Any answer may echo the request's headers back (an error page, a redirect, a
                 # misbehaving proxy): no body or header leaves here with the key in it.
@@ -434,6 +473,14 @@ class Transport:
             attempt + 1,
             sent - asked,
             time.monotonic() - sent,
+            # The same facts as fields, for JSON log formatters (never the key).
+            extra={
+                "method": request.method,
+                "path": f"/{request.path}",
+                "status": response.status,
+                "attempt": attempt + 1,
+                "wait": sent - asked,
+            },
         )
         if not complete and (error := oversized_answer(request, response.status)) is not None:
             raise error
@@ -452,7 +499,10 @@ class Transport:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                async with self.session.get(target) as response:
+                headers = {"User-Agent": self._user_agent} if self._user_agent else None
+                async with self.session.get(
+                    target, headers=headers, timeout=self._timeout
+                ) as response:
                     if response.status != 200:
                         raise TransportError(
                             f"GET {target.with_query(None)}: HTTP {response.status}",
@@ -478,6 +528,7 @@ class Transport:
         raise TransportError(f"download failed: {why}", endpoint="GET report") from failure
 
     def _log_retry(self, request: Request, attempt: int, why: str, delay: float) -> None:
+        telemetry.note_retry(request.method, request.endpoint, why)
         logger.debug(
             "%s /%s: %s; retry %d/%d in %.3fs",
             request.method,
@@ -486,6 +537,13 @@ class Transport:
             attempt + 1,
             self._retry.max_retries,
             delay,
+            extra={
+                "method": request.method,
+                "path": f"/{request.path}",
+                "attempt": attempt + 1,
+                "retry_in": delay,
+                "reason": why,
+            },
         )
 
 

@@ -21,6 +21,13 @@ Several workers (``uvicorn --workers 4``, replicas): set ``IMAGETWIN_REDIS_URL``
 shares the rate limits, the callbacks and the results among them (``imagetwin_async.fleet``;
 needs the ``redis`` extra too). See docs/fleet.md.
 
+Responses: ``ScanResultModel``, ``ScanStartedModel`` and ``ScanOutcomeModel`` are pydantic
+models of the SDK's values, usable as ``response_model`` (return the SDK object itself):
+
+    @app.get("/papers/{scan_id}", response_model=ScanResultModel)
+    async def paper(scan_id: str, client: ImagetwinClientDep) -> Any:
+        return await client.wait_for_result(scan_id)
+
 Needs the ``fastapi`` extra (``pip install imagetwin-async[fastapi]``); the rest of the SDK
 never imports this module, so it works without FastAPI installed.
 """
@@ -35,13 +42,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Annotated, Final
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from starlette.routing import NoMatchFound
-
 from ._callbacks import CallbackReceiver, CallbackStats
 from ._client import API_KEY_ENV, ImagetwinClient
 from ._errors import ConfigurationError
+from ._extras import missing_extra
 from ._limits import RateLimit
+
+try:
+    from fastapi import APIRouter, Depends, FastAPI, Request, Response
+    from starlette.routing import NoMatchFound
+except ModuleNotFoundError as _missing:  # exercised by the wheel smoke test
+    raise missing_extra(_missing, "fastapi", "imagetwin_async.fastapi") from _missing
+
+from ._responses import ScanErrorModel, ScanOutcomeModel, ScanResultModel, ScanStartedModel
 
 if TYPE_CHECKING:  # the fleet needs the redis extra: imported only when Redis is configured
     from .fleet import Fleet
@@ -54,6 +67,10 @@ __all__ = [
     "CallbackStats",
     "CallbackUrlDep",
     "ImagetwinClientDep",
+    "ScanErrorModel",
+    "ScanOutcomeModel",
+    "ScanResultModel",
+    "ScanStartedModel",
     "callback_router",
     "get_callback_receiver",
     "get_callback_url",
@@ -63,7 +80,7 @@ __all__ = [
     "use_client",
 ]
 
-logger = logging.getLogger("imagetwin_async.fastapi")
+logger: logging.Logger = logging.getLogger("imagetwin_async.fastapi")
 
 DEFAULT_CALLBACK_PATH: Final = "/imagetwin/callbacks"
 CALLBACK_ROUTE_NAME: Final = "imagetwin_callback"

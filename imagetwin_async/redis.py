@@ -36,16 +36,21 @@ from types import TracebackType
 from typing import Any, Final, Self, final
 
 import attrs
-import redis.asyncio
-import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from . import _redis_scripts as scripts
 from ._backoff import Backoff
 from ._errors import ConfigurationError, LimiterUnavailable, RateLimitBusy
+from ._extras import missing_extra
 from ._limit_rules import busy_error, log_pause, pause_after_429, why_wait
 from ._limits import LimitState, RateLimit, Slot
 from ._timings import DEFAULT_TIMINGS
+
+try:
+    import redis.asyncio
+    import redis.exceptions
+    from redis.commands.core import AsyncScript
+except ModuleNotFoundError as _missing:  # exercised by the wheel smoke test
+    raise missing_extra(_missing, "redis", "imagetwin_async.redis") from _missing
 
 __all__ = [
     "RedisLimiter",
@@ -56,7 +61,7 @@ __all__ = [
     "redis_limits",
 ]
 
-log = logging.getLogger("imagetwin_async.redis")
+log: logging.Logger = logging.getLogger("imagetwin_async.redis")
 
 DEFAULT_LEASE: Final = 30.0
 # A dead Redis must fail an acquire in seconds, not hang it: redis-py waits forever by default.
@@ -171,8 +176,8 @@ class RedisLimiter:
             raise ConfigurationError("RedisLimiter needs a key (see limiter_key)")
         self.limit = limit
         self.key = key
-        self.name = name or f"{limit.requests}/{limit.per:g}s"
-        self.lease = float(lease)
+        self.name: str = name or f"{limit.requests}/{limit.per:g}s"
+        self.lease: float = float(lease)
         self._client = client
         self._close_client = close_client
         self._keys = [f"{key}:inflight", f"{key}:cooling", f"{key}:state", f"{key}:void"]
@@ -678,7 +683,7 @@ class RedisModelStore:
         ttl: float | None = 30 * 86400.0,
     ) -> None:
         self._redis = client
-        self.key = limiter_key(api_key, "durations", prefix=prefix)
+        self.key: str = limiter_key(api_key, "durations", prefix=prefix)
         self.ttl = ttl
 
     def __repr__(self) -> str:

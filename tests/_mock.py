@@ -7,6 +7,7 @@ it builds uses this subclass, which supplies a stand-in writer. Remove once fixe
 
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Any
 
@@ -16,10 +17,15 @@ from aioresponses import aioresponses as _aioresponses
 __all__ = ["mocked"]
 
 
+# Older aiohttp (the lowest versions CI tests) has no such argument.
+_NEEDS_WRITER = "stream_writer" in inspect.signature(ClientResponse.__init__).parameters
+
+
 class _Response(ClientResponse):
     def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
         # The request is "already sent" (writer=None), so aiohttp only reads output_size.
-        kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
+        if _NEEDS_WRITER:
+            kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
         super().__init__(method, url, **kwargs)
 
 

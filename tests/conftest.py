@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import signal
+import warnings
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +18,37 @@ from ._mock import mocked
 
 API = "https://api.imagetwin.test/v1"
 KEY = "sk-test-0123456789abcdef"
+
+# A runner may start the suite with SIGINT ignored (a background job of a shell without job
+# control is); every child would inherit that, Python would install no KeyboardInterrupt
+# handler, and the tests that Ctrl-C a child would hang. A *handled* signal is reset to the
+# default in a child at exec, so handling it here gives the children a normal Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    """Close the event loop looptime makes around a sync test on Python 3.12 and 3.13.
+
+    looptime asks the policy for the current loop around every test; with none set (a sync
+    test), ``get_event_loop()`` there creates one that nobody closes, and its sockets later
+    surface as a ResourceWarning in an unrelated test (an error: warnings are errors here).
+    """
+    result = yield
+    # pytest-asyncio marks the tests it runs (auto mode); their loop is its business.
+    if pyfuncitem.get_closest_marker("asyncio") is None:
+        policy = asyncio.get_event_loop_policy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                loop = policy.get_event_loop()
+            except RuntimeError:
+                loop = None
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()
+            policy.set_event_loop(None)
+    return result
 
 
 @pytest.fixture

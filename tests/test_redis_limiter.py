@@ -11,6 +11,7 @@ the tests skip, unless ``CI`` is set: there they must run, so they fail instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -506,7 +507,13 @@ async def test_a_lost_reply_gives_its_slot_back_at_once(redis_url: str, key: str
                 client_w.write(data)
                 await client_w.drain()
 
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+        try:
+            await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+        finally:  # both sides closed, whichever way the proxy ended: no stream left to the GC
+            for writer in (client_w, redis_w):
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
 
     server = await asyncio.start_server(proxy, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -53,14 +53,17 @@ async def test_a_retried_upload_sends_the_same_bytes_again(
     server: tuple[str, Recorder], pdf: Path, images: list[Path], tmp_path: Path, kind: str
 ) -> None:
     url, recorder = server
-    files: object = {
-        "pdf": pdf,
-        "images": images,
-        "bytes": FileContent("fig.png", png_bytes(7)),
-        "stream": FileContent("paper.pdf", pdf.open("rb")),
-    }[kind]
-    async with ImagetwinClient(KEY, base_url=url, backoff_base=0.001, backoff_cap=0.01) as client:
-        started = await client.scan(files, min_score=0.5)  # type: ignore[arg-type]
+    with pdf.open("rb") as stream:  # opened for every kind, closed whatever happens
+        files: object = {
+            "pdf": pdf,
+            "images": images,
+            "bytes": FileContent("fig.png", png_bytes(7)),
+            "stream": FileContent("paper.pdf", stream),
+        }[kind]
+        async with ImagetwinClient(
+            KEY, base_url=url, backoff_base=0.001, backoff_cap=0.01
+        ) as client:
+            started = await client.scan(files, min_score=0.5)  # type: ignore[arg-type]
     assert started.scan_id == _spec.SANDBOX_FINISHED_ID
     first, second = recorder.bodies
     assert first == second

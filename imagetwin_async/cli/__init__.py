@@ -1,6 +1,6 @@
 """``imagetwin``: the command line program, built on the SDK with click and rich.
 
-    $ imagetwin scan --emulator examples/samples
+    $ imagetwin scan --emulator --samples
     $ imagetwin --help
 
 Only this package imports click and rich (the ``cli`` extra); ``imagetwin_async`` itself never
@@ -21,6 +21,11 @@ _EXTRA = "click", "rich"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``imagetwin`` with ``argv`` (default: the process's arguments); return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["emulator"]:  # needs neither click nor rich: works without the extra
+        from ._emulator_command import serve_emulator  # noqa: PLC0415
+
+        return serve_emulator(args[1:])
     try:
         from ._commands import run  # noqa: PLC0415 - the import that needs the extra
     except ModuleNotFoundError as exc:
@@ -31,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE
-    return run(argv)
+    return run(args)

@@ -8,11 +8,11 @@ a bad path, an ``ImagetwinError``, Ctrl-C) into one red line and an exit code fr
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -43,7 +43,9 @@ from ._connect import (
     typical_scan_seconds,
 )
 from ._discover import PathError, discover
+from ._emulator_command import serve_emulator
 from ._exitcodes import ExitCode
+from ._inputs import expand
 from ._journal import journal
 from ._messages import Message, describe, hint_for, missing_key
 from ._output import OutputFormat, Row, exit_code, print_overview, print_rows
@@ -163,7 +165,7 @@ def cli(
 
     \b
     Try it with no key, against a built-in emulator:
-      imagetwin scan --emulator examples/samples
+      imagetwin scan --emulator --samples
     With a key (IMAGETWIN_API_KEY or --api-key), every scan is billed.
 
     Exit codes: 0 all clean, 1 findings, 2 usage error (nothing sent), 3 errors, 4 still
@@ -196,9 +198,20 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _consoles(progress: bool | None) -> tuple[Console, Console]:
-    """(stdout, stderr) consoles; ``progress=True`` forces a terminal on stderr."""
+    """(stdout, stderr) consoles; ``progress=True`` forces a terminal on stderr.
+
+    Piped or redirected, stdout is never wrapped: a row stays one line (whole ids, a
+    ``grep file.pdf`` finds it), whatever COLUMNS says.
+    """
     err = Console(stderr=True, force_terminal=True) if progress else Console(stderr=True)
-    return Console(), err
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=_UNWRAPPED)
+    return out, err
+
+
+# Wide enough for any row: rich fits a table to its content, so nothing is padded to this.
+_UNWRAPPED = 10_000
 
 
 def _show(err: Console, message: Message) -> None:
@@ -241,8 +254,13 @@ def _execute(
     emulator: bool,
     body: Callable[[ImagetwinClient], Awaitable[int]],
     interrupted: Callable[[], None] = lambda: None,
+    unfinished: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run ``body`` with a client; map every expected failure to a message and exit code."""
+    """Run ``body`` with a client; map every expected failure to a message and exit code.
+
+    ``interrupted`` runs on Ctrl-C and ``unfinished`` when an error stops the run: both print
+    what the run had (every scan already submitted, billed, among it).
+    """
     _setup_logging(err, g.verbose)
     connection = g.connection(emulator=emulator)
 
@@ -259,6 +277,7 @@ def _execute(
         _show(err, Message(str(exc)))
         return ExitCode.USAGE
     except ImagetwinError as exc:
+        unfinished()
         _show(err, describe(exc, target=connection.target))
         return ExitCode.ERROR
     except KeyboardInterrupt:
@@ -332,7 +351,12 @@ def _print_links(out: Console, rows: Sequence[Row]) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, metavar="PATH...")
+@click.option(
+    "--samples",
+    is_flag=True,
+    help="Also scan the sample manuscripts shipped with imagetwin (try: --emulator --samples).",
+)
 @click.option(
     "--images",
     type=click.Choice(["per-dir", "single", "each"]),
@@ -386,6 +410,7 @@ def scan(
     g: Globals,
     *,
     paths: tuple[str, ...],
+    samples: bool,
     images: Literal["per-dir", "single", "each"],
     min_score: float | None,
     exclude_identical_paper: bool | None,
@@ -401,12 +426,18 @@ def scan(
     progress: bool | None,
     emulator: bool,
 ) -> int:
-    """Scan documents (.pdf, .docx) and images: files, directories (recursive) or globs.
+    """Scan documents (.pdf, .docx) and images: files, directories (recursive) or globs;
+    - reads paths from stdin, one a line.
 
     Each document is one scan; images are grouped (--images). Prints a table, or --json /
     --csv for scripts, and exits 0 if all are clean, 1 if any has findings, 3 on errors.
     """
     output = _output_format(fmt, as_json, as_csv)
+    if samples and not emulator and g.base_url.rstrip("/") == DEFAULT_BASE_URL and not sandbox:
+        raise click.UsageError("--samples is for trying imagetwin: add --emulator (or --sandbox)")
+    paths = tuple(expand(paths, sys.stdin, samples=samples))
+    if not paths:
+        raise click.UsageError("give PATH... to scan, - to read paths from stdin, or --samples")
     if not wait and (report_dir is not None or timeout is not None or journal is not None):
         raise click.UsageError("--report-dir, --timeout and --journal need --wait")
     out, err = _consoles(progress)
@@ -452,7 +483,7 @@ def scan(
         return _report_rows(out, err, rows, output, elapsed=time.monotonic() - started)
 
     def interrupted() -> None:
-        rows = state.finished_rows()
+        rows = state.rows_so_far()
         if rows:
             print_rows(out, rows, output, elapsed=time.monotonic() - started, interrupted=True)
         p = state.display.progress if state.display else BatchProgress(total=len(jobs))
@@ -473,7 +504,15 @@ def scan(
             ),
         )
 
-    return _execute(g, err, emulator=emulator, body=body, interrupted=interrupted)
+    def unfinished() -> None:
+        # An error stopped the run: the scans it had started are billed, so list them.
+        rows = state.rows_so_far()
+        if any(row.scan_id for row in rows):
+            print_rows(out, rows, output, elapsed=time.monotonic() - started)
+
+    return _execute(
+        g, err, emulator=emulator, body=body, interrupted=interrupted, unfinished=unfinished
+    )
 
 
 # ---- result, wait, report -------------------------------------------------------------------
@@ -500,11 +539,12 @@ def result(
 
     async def body(client: ImagetwinClient) -> int:
         row = await fetch_result(client, scan_id)
-        print_rows(out, [row], output)
+        code = ExitCode.RUNNING if row.running else exit_code([row])
+        print_rows(out, [row], output, code=code)
         if output == "table" and row.result is not None:
             _print_result_links(out, row.result)
         _print_hints(err, [row])
-        return ExitCode.RUNNING if row.running else exit_code([row])
+        return code
 
     return _execute(g, err, emulator=emulator, body=body)
 
@@ -515,7 +555,7 @@ def _print_result_links(out: Console, result: ScanResult) -> None:
 
 
 @cli.command()
-@click.argument("scan_ids", nargs=-1, required=True, metavar="SCAN_ID...")
+@click.argument("scan_ids", nargs=-1, required=True, metavar="SCAN_ID...|-")
 @click.option("--timeout", type=Duration(), default=None, help="Give up after this long.")
 @_output_options
 @_emulator_option
@@ -531,10 +571,13 @@ def wait(
     progress: bool | None,
     emulator: bool,
 ) -> int:
-    """Wait for scans started earlier (scan --no-wait) and print their results."""
+    """Wait for scans started earlier (scan --no-wait) and print their results; - reads the
+    ids from stdin, one a line."""
     output = _output_format(fmt, as_json, as_csv)
     out, err = _consoles(progress)
-    ids = list(dict.fromkeys(scan_ids))  # each id once
+    ids = list(dict.fromkeys(expand(scan_ids, sys.stdin)))  # each id once
+    if not ids:
+        raise click.UsageError("no scan ids (stdin was empty)")
     state = RunState(ids)
     connection = g.connection(emulator=emulator)
     started = time.monotonic()
@@ -552,11 +595,13 @@ def wait(
             rows = await run_wait(client, ids, timeout, state)
         return _report_rows(out, err, rows, output, elapsed=time.monotonic() - started)
 
+    # Every id is a running scan until its result says otherwise.
+    state.started.update({i: Row(sid, scan_id=sid, running=True) for i, sid in enumerate(ids)})
+
     def interrupted() -> None:
-        rows = state.finished_rows()
-        if rows:
-            print_rows(out, rows, output, interrupted=True)
-        _show(err, Message(f"interrupted: {len(rows)} of {len(ids)} results were in"))
+        print_rows(out, state.rows_so_far(), output, interrupted=True)
+        done = len(state.finished_rows())
+        _show(err, Message(f"interrupted: {done} of {len(ids)} results were in"))
 
     return _execute(g, err, emulator=emulator, body=body, interrupted=interrupted)
 
@@ -660,40 +705,7 @@ def overview(
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def emulator(args: tuple[str, ...]) -> int:
     """Serve a local emulator of the API (its options: imagetwin emulator --help)."""
-    # Imported here: serving needs aiohttp.web and the emulator, the other commands do not.
-    from ..emulator import DEFAULT_API_KEY, add_arguments, emulator_options, serve  # noqa: PLC0415
-
-    parser = add_arguments(
-        argparse.ArgumentParser(
-            prog="imagetwin emulator",
-            description="Serve a local emulator of the Imagetwin API, to try imagetwin or test "
-            "your code without a key. Point the CLI at it with --base-url and --api-key.",
-        )
-    )
-    try:
-        ns = parser.parse_args(args)
-    except SystemExit as exc:  # --help, or a usage error argparse has already printed
-        return int(exc.code or 0)
-    options = emulator_options(ns)
-    key = (ns.api_keys or [DEFAULT_API_KEY])[0]
-    err = Console(stderr=True)
-    if ns.port:
-        err.print(
-            Text(
-                f"Use it with: imagetwin --base-url http://{ns.host}:{ns.port}/v1 --api-key {key}"
-                + (f" --speed {ns.speed:g}" if ns.speed != 1 else "")
-                + " scan PATH...",
-                style="dim",
-            )
-        )
-    try:
-        asyncio.run(serve(options))
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:  # the port is taken, the address is not ours
-        _show(err, Message(f"cannot serve on {ns.host}:{ns.port}: {exc}"))
-        return ExitCode.ERROR
-    return ExitCode.CLEAN
+    return serve_emulator(args)
 
 
 cli.add_command(journal)

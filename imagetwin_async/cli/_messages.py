@@ -38,8 +38,7 @@ def missing_key() -> Message:
     return Message(
         "no API key: pass --api-key KEY or set "
         f"{API_KEY_ENV} (generate one at https://app.imagetwin.ai/account)",
-        "To try imagetwin without a key, add --emulator: "
-        "imagetwin scan --emulator examples/samples",
+        "To try imagetwin without a key, add --emulator: imagetwin scan --emulator --samples",
     )
 
 

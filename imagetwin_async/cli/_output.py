@@ -130,13 +130,20 @@ def print_rows(
     *,
     elapsed: float | None = None,
     interrupted: bool = False,
+    code: ExitCode | None = None,
 ) -> None:
-    """Print ``rows`` to ``console`` (stdout) as a table, JSON or CSV."""
+    """Print ``rows`` to ``console`` (stdout) as a table, JSON or CSV.
+
+    ``code`` is the exit code the command will return, when it is not ``exit_code(rows)``
+    (``imagetwin result`` of a running scan exits 4): the JSON summary says the same.
+    """
+    if code is None:
+        code = ExitCode.INTERRUPTED if interrupted else exit_code(rows)
     if fmt == "json":
         document = {
             "summary": {
                 **summary(rows),
-                "exit_code": int(ExitCode.INTERRUPTED if interrupted else exit_code(rows)),
+                "exit_code": int(code),
                 "interrupted": interrupted,
             },
             "scans": [row.as_dict() for row in rows],

@@ -48,10 +48,17 @@ class RunState:
     labels: Sequence[str]
     rows: dict[int, Row] = attrs.field(factory=dict)
     display: BatchDisplay | None = None
+    # Scans the server accepted whose result is not in yet: billed, so never left out.
+    started: dict[int, Row] = attrs.field(factory=dict)
 
     def finished_rows(self) -> list[Row]:
         """Rows known so far, in input order."""
         return [self.rows[i] for i in sorted(self.rows)]
+
+    def rows_so_far(self) -> list[Row]:
+        """Finished rows and, for every scan submitted but not finished, a ``running`` row."""
+        merged = {**self.started, **self.rows}
+        return [merged[i] for i in sorted(merged)]
 
 
 async def run_scan(
@@ -62,7 +69,13 @@ async def run_scan(
     # iter_outcomes hands back each item object as given: find its job by identity.
     index_of = {id(source): i for i, source in enumerate(sources)}
     progress = state.display.update if state.display is not None else None
-    batch: BatchKwargs = {**options.batch, "progress": progress}
+
+    def started(item: object, scan_id: str) -> None:
+        index = index_of[id(item)]
+        job = jobs[index]
+        state.started[index] = Row(job.label, job.files, scan_id, running=True)
+
+    batch: BatchKwargs = {**options.batch, "progress": progress, "on_started": started}
     async for outcome in client.iter_outcomes(sources, **batch):
         index = index_of[id(outcome.source)]
         job = jobs[index]

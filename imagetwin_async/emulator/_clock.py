@@ -33,7 +33,7 @@ class Clock:
         self._real0 = source()
         self._emulated0 = 0.0
         # Emulated Unix time at start: fixed windows align to its calendar minutes.
-        self.start_time = time.time() if start_time is None else start_time
+        self.start_time: float = time.time() if start_time is None else start_time
 
     @property
     def speed(self) -> float:

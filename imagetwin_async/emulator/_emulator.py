@@ -110,11 +110,11 @@ class Emulator:
         scan_date_zone: tzinfo = UTC,
     ) -> None:
         self.host = host
-        self.port = port
-        self.api_keys = _normalise_keys(api_keys)
-        self.clock = Clock(speed, source=time_source, start_time=start_time)
-        self.limiter = RateLimiter(parse_algorithm(rate_limit_algorithm), rate_limits)
-        self.retry_after = retry_after
+        self.port: int = port
+        self.api_keys: dict[str, str] = _normalise_keys(api_keys)
+        self.clock: Clock = Clock(speed, source=time_source, start_time=start_time)
+        self.limiter: RateLimiter = RateLimiter(parse_algorithm(rate_limit_algorithm), rate_limits)
+        self.retry_after: bool = retry_after
         # The zone scan-overview writes its zone-less scanDate in (the reference says UTC).
         self.scan_date_zone = scan_date_zone
         self.processing_time = _processing_time(processing_time)
@@ -122,10 +122,10 @@ class Emulator:
         self.corrupt_documents: CorruptDocuments = corrupt_documents
         self.size_unit: _spec.SizeUnit = _check_size_unit(size_unit)
         self.control_api = control_api
-        self.store = ScanStore()
-        self.scripts = Scripts()
-        self.faults = FaultQueue()
-        self.counters = Counters()
+        self.store: ScanStore = ScanStore()
+        self.scripts: Scripts = Scripts()
+        self.faults: FaultQueue = FaultQueue()
+        self.counters: Counters = Counters()
         self.requests: deque[RequestRecord] = deque(maxlen=max_records)
         self.callbacks: list[CallbackRecord] = []
         self._callback_sender = CallbackSender(callback_timeout)

@@ -57,9 +57,9 @@ class FixedWindow:
     __slots__ = ("_count", "_window", "limit", "offset", "per")
 
     def __init__(self, limit: int, per: float, *, offset: float = 0.0) -> None:
-        self.limit = limit
-        self.per = per
-        self.offset = offset
+        self.limit: int = limit
+        self.per: float = per
+        self.offset: float = offset
         self._window: int | None = None
         self._count = 0
 
@@ -86,10 +86,10 @@ class SlidingWindow:
     def __init__(
         self, limit: int, per: float, *, closed: bool = False, count_rejected: bool = False
     ) -> None:
-        self.limit = limit
-        self.per = per
-        self.closed = closed
-        self.count_rejected = count_rejected
+        self.limit: int = limit
+        self.per: float = per
+        self.closed: bool = closed
+        self.count_rejected: bool = count_rejected
         self._log: deque[float] = deque()
 
     def acquire(self, now: float) -> float | None:
@@ -115,8 +115,8 @@ class TokenBucket:
     __slots__ = ("_last", "_tokens", "capacity", "per")
 
     def __init__(self, capacity: int, per: float) -> None:
-        self.capacity = capacity
-        self.per = per
+        self.capacity: int = capacity
+        self.per: float = per
         self._tokens = float(capacity)
         self._last: float | None = None
 
@@ -145,7 +145,7 @@ class RateLimiter:
         self, algorithm: Algorithm | None, limits: Mapping[str, tuple[int, float]]
     ) -> None:
         self.algorithm = algorithm
-        self.limits = dict(limits)
+        self.limits: dict[str, tuple[int, float]] = dict(limits)
         self._windows: dict[tuple[str, str], Window] = {}
 
     def acquire(self, key: str, group: str, now: float) -> float | None:

@@ -19,7 +19,7 @@ from imagetwin_async.cli import main
 from imagetwin_async.emulator import ThreadedEmulator
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "examples" / "samples"
+SAMPLES = REPO / "imagetwin_async" / "samples"
 SPEED = 60
 KEY = "sk-cli-test-5ec7e7"  # distinctive, so a test can prove it never appears in output
 
@@ -42,9 +42,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin: str = ""
+) -> Result:
+    """``imagetwin ARGS`` in a subprocess, its stdin, stdout and stderr all pipes."""
     done = subprocess.run(
         [sys.executable, "-m", "imagetwin_async.cli", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         encoding="utf-8",

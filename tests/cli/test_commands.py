@@ -39,7 +39,7 @@ def test_scan_samples_json_and_reports(
     cli: Cli, emulator: ThreadedEmulator, tmp_path: Path
 ) -> None:
     reports = tmp_path / "reports"
-    out = cli("scan", "examples/samples", "--json", "--report-dir", str(reports))
+    out = cli("scan", "--samples", "--json", "--report-dir", str(reports))
 
     assert out.code == 1, out.stderr  # findings, no errors
     document = json.loads(out.stdout)
@@ -125,10 +125,10 @@ def test_bad_path(main_in_process: Main) -> None:
 
 
 def test_glob_matching_nothing(main_in_process: Main) -> None:
-    out = main_in_process("scan", "--emulator", "examples/samples/*.docx")
+    out = main_in_process("scan", "--emulator", "imagetwin_async/samples/*.docx")
 
     assert out.code == 2
-    assert "no files match examples/samples/*.docx" in out.stderr
+    assert "no files match imagetwin_async/samples/*.docx" in out.stderr
 
 
 def test_rejected_upload_names_file_and_limit(
@@ -308,13 +308,21 @@ def test_interrupt_says_what_was_submitted(emulator: ThreadedEmulator) -> None:
     assert "interrupted: 2 of 2 scans had been submitted and 1 had finished" in stderr
     assert "imagetwin overview" in stderr
     assert "Traceback" not in stderr
-    partial = json.loads(stdout)  # what did come back is shown
+    partial = json.loads(stdout)  # what did come back is shown ...
     assert partial["summary"]["interrupted"] is True
-    assert [Path(s["source"]).name for s in partial["scans"]] == ["cell-counts.pdf"]
+    assert partial["summary"]["exit_code"] == 130
+    by_name = {Path(s["source"]).name: s for s in partial["scans"]}
+    assert by_name["cell-counts.pdf"]["status"] == "clean"
+    # ... and the billed scan still running is listed with its id: nothing paid for is lost.
+    running = by_name["western-blot-study.pdf"]
+    assert running["status"] == "running"
+    assert running["scan_id"] in emulator.emulator.scans
+    assert partial["summary"]["total"] == 2
+    assert partial["summary"]["not_finished"] == 1
 
 
 def test_emulator_flag_needs_no_key() -> None:
-    out = run_cli("scan", "--emulator", "examples/samples", "--json")
+    out = run_cli("scan", "--emulator", "--samples", "--json")
 
     assert out.code == 1, out.stderr
     assert json.loads(out.stdout)["summary"]["total"] == 4
@@ -419,7 +427,7 @@ def test_a_second_run_starts_from_the_durations_the_first_one_learned(
     cache = tmp_path / "cache"
     connect = ("--base-url", emulator.url, "--api-key", KEY, "--speed", str(SPEED))
     env = clean_env(IMAGETWIN_CACHE_DIR=str(cache))
-    first = run_cli(*connect, "scan", "examples/samples", "--json", env=env)
+    first = run_cli(*connect, "scan", "--samples", "--json", env=env)
     assert first.code == 1, first.stderr
     (saved,) = cache.glob("durations-*.json")
     state = json.loads(saved.read_text())
@@ -427,6 +435,6 @@ def test_a_second_run_starts_from_the_durations_the_first_one_learned(
     assert KEY not in saved.read_text()
 
     saved.write_text("{ damaged")
-    second = run_cli(*connect, "scan", "examples/samples", "--json", env=env)
+    second = run_cli(*connect, "scan", "--samples", "--json", env=env)
     assert second.code == 1, second.stderr
     assert len(json.loads(saved.read_text())["observations"]) == 4  # replaced, not appended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 
 from imagetwin_async import (
@@ -22,6 +23,7 @@ from imagetwin_async import (
     ScanPending,
     ScanResult,
     ScanStarted,
+    ScanSuccess,
     SchedulerStats,
     Timings,
     Uploadable,
@@ -51,12 +53,24 @@ async def main() -> None:
                 pass
             else:
                 print(result.highest_score, result.finding_count)
-        outcomes: list[ScanOutcome] = await client.submit_and_wait(
+        # Sequence, not list: a list of outcomes of str items is not a list of ScanOutcome[object].
+        outcomes: Sequence[ScanOutcome] = await client.submit_and_wait(
             ["a.pdf", "b.docx", ["fig1.png", "fig2.tif"]], journal="sweep.journal", progress=show
         )
         for outcome in outcomes:
             error: ImagetwinError | None = outcome.error
             print(outcome.source, outcome.scan_id, outcome.ok, error)
+        # The README's loop: `.ok` narrows `result` and `error`; `source` is the item's type.
+        for done_item in await client.submit_and_wait(["a.pdf", "b.pdf"]):
+            if done_item.ok:
+                findings: int = done_item.result.finding_count
+                name: str = done_item.source
+                print(name, findings)
+            else:
+                why: ImagetwinError = done_item.error
+                print(done_item.source.upper(), why)
+            if isinstance(done_item, ScanSuccess):
+                print(done_item.result.clean)
         async with contextlib.aclosing(client.iter_outcomes(["c.pdf"])) as stream:
             async for item in stream:
                 print(item.result)
