@@ -9,7 +9,8 @@ KEYS (one hash tag, so a Redis Cluster keeps them on one node):
   2 ``<base>:cooling``   sorted set, token -> free time (answered, or lease ran out)
   3 ``<base>:state``     hash: paused_until, quiet_since, floor, halved_at
   4 ``<base>:void``      sorted set, token -> until when acquires with it are refused
-ARGV (common): 1 requests N, 2 hold (per + margin), 3 per, 4 lease; then per-script values.
+ARGV (common): 1 requests N, 2 hold (per + margin), 3 per, 4 lease, 5 the longest pause any
+reader keeps (``RateLimit.max_pause``); then per-script values.
 
 A slot is occupied from its grant until its free time; at most N are occupied at any moment.
 Every reply is ``report()``: {status, next_slot_in, poll_in, available, in_flight, paused_for,
@@ -29,6 +30,7 @@ local n = tonumber(ARGV[1])
 local hold = tonumber(ARGV[2])
 local per = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
+local max_pause = tonumber(ARGV[5])
 
 -- Scores are written with explicit precision: Lua's default number format keeps 14 digits,
 -- which would round a Unix time to 0.1 ms.
@@ -46,6 +48,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now))
 
 local st = redis.call('HMGET', KEYS[3], 'paused_until', 'quiet_since', 'floor', 'halved_at')
 local paused_until = tonumber(st[1]) or 0
+if paused_until > now + max_pause then
+  -- Whoever wrote it (an older client, another SDK, a lying Retry-After): cut it to max_pause
+  -- once, for every reader, so it ends instead of sliding ahead with each read.
+  paused_until = now + max_pause
+  redis.call('HSET', KEYS[3], 'paused_until', fmt(paused_until))
+end
 local quiet_since = tonumber(st[2])
 local floor_cap = tonumber(st[3]) or n
 local halved_at = tonumber(st[4])
@@ -111,15 +119,15 @@ local function report(status)
 end
 """
 
-# ARGV 5 "1" to only look, 6.. tokens of this process's waiters, first come first. Grants as
+# ARGV 6 "1" to only look, 7.. tokens of this process's waiters, first come first. Grants as
 # many as are free, in order; status: how many, their tokens follow the report.
 ACQUIRE: Final = (
     _PRELUDE
     + r"""
 local granted = {}
-if ARGV[5] ~= '1' and paused_until <= now then
+if ARGV[6] ~= '1' and paused_until <= now then
   local free = capacity(now) - redis.call('ZCARD', KEYS[1]) - redis.call('ZCARD', KEYS[2])
-  for i = 6, #ARGV do
+  for i = 7, #ARGV do
     if free <= 0 then break end
     -- A voided token belongs to an acquire that was cancelled: never grant it late.
     if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
@@ -136,7 +144,7 @@ return reply
 """
 )
 
-# ARGV 5 token, 6 seconds since the answer, by the holder's clock when it sent this call (a
+# ARGV 6 token, 7 seconds since the answer, by the holder's clock when it sent this call (a
 # busy process may run the call late; the answer time must not move later, or a slot idles).
 # It is never earlier than the truth: this script runs after the call was sent. Status: 1
 # released, 2 released after its lease ran out (the later answer wins), 0 lost (it had already
@@ -144,14 +152,14 @@ return reply
 RELEASE: Final = (
     _PRELUDE
     + r"""
-local answered = now - math.min(math.max(tonumber(ARGV[6]), 0), lease)
+local answered = now - math.min(math.max(tonumber(ARGV[7]), 0), lease)
 local status = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[5]) then
-  redis.call('ZREM', KEYS[1], ARGV[5])
-  redis.call('ZADD', KEYS[2], fmt(answered + hold), ARGV[5])
+if redis.call('ZSCORE', KEYS[1], ARGV[6]) then
+  redis.call('ZREM', KEYS[1], ARGV[6])
+  redis.call('ZADD', KEYS[2], fmt(answered + hold), ARGV[6])
   status = 1
-elseif redis.call('ZSCORE', KEYS[2], ARGV[5]) then
-  redis.call('ZADD', KEYS[2], 'GT', fmt(answered + hold), ARGV[5])
+elseif redis.call('ZSCORE', KEYS[2], ARGV[6]) then
+  redis.call('ZADD', KEYS[2], 'GT', fmt(answered + hold), ARGV[6])
   status = 2
 end
 touch()
@@ -159,14 +167,14 @@ return report(status)
 """
 )
 
-# ARGV 5.. tokens held by a live process. A token whose lease ran out but that has not freed
+# ARGV 6.. tokens held by a live process. A token whose lease ran out but that has not freed
 # yet is revived: it stayed occupied all along, so nobody can have been granted its place.
 # Status: the number of tokens lost (already freed on their lease); they follow the report.
 RENEW: Final = (
     _PRELUDE
     + r"""
 local lost = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local token = ARGV[i]
   if redis.call('ZSCORE', KEYS[1], token) then
     redis.call('ZADD', KEYS[1], 'XX', fmt(now + lease), token)
@@ -184,27 +192,27 @@ return reply
 """
 )
 
-# ARGV 5 marker lifetime (s), 6.. tokens of acquires that were cancelled or granted to a waiter
+# ARGV 6 marker lifetime (s), 7.. tokens of acquires that were cancelled or granted to a waiter
 # that was gone: nothing was sent with them, so their slots are free at once, and the marker
 # refuses them should an acquire call still on the wire reach Redis only now.
 VOID: Final = (
     _PRELUDE
     + r"""
 local removed = 0
-for i = 6, #ARGV do
-  redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[5])), ARGV[i])
+for i = 7, #ARGV do
+  redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[6])), ARGV[i])
   removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) + redis.call('ZREM', KEYS[2], ARGV[i])
 end
-redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[5]) * 1000))
+redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[6]) * 1000))
 return report(removed)
 """
 )
 
-# ARGV 5 pause in seconds (this process's back-off or the server's Retry-After).
+# ARGV 6 pause in seconds (this process's back-off or the server's Retry-After).
 RATE_LIMITED: Final = (
     _PRELUDE
     + r"""
-paused_until = math.max(paused_until, now + tonumber(ARGV[5]))
+paused_until = math.max(paused_until, now + math.min(tonumber(ARGV[6]), max_pause))
 local current = capacity(now)
 if halved_at and now - halved_at < per then
   -- The same overload answering several requests, maybe in several processes: one signal.

@@ -182,7 +182,13 @@ class RedisLimiter:
         self._close_client = close_client
         self._keys = [f"{key}:inflight", f"{key}:cooling", f"{key}:state", f"{key}:void"]
         self._hold = limit.per + limit.margin
-        self._common = [limit.requests, repr(self._hold), repr(limit.per), repr(self.lease)]
+        self._common = [
+            limit.requests,
+            repr(self._hold),
+            repr(limit.per),
+            repr(self.lease),
+            repr(limit.max_pause),
+        ]
         self._acquire_script = client.register_script(scripts.ACQUIRE)
         self._release_script = client.register_script(scripts.RELEASE)
         self._renew_script = client.register_script(scripts.RENEW)

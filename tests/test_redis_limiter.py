@@ -327,6 +327,24 @@ async def test_a_429_pauses_and_slows_every_process_sharing_the_key(make: Make) 
     slot.release()
 
 
+async def test_a_foreign_day_long_pause_in_redis_holds_no_reader_past_max_pause(
+    make: Make, redis_url: str, key: str
+) -> None:
+    """An older client (or another SDK) on the same key stored a 24 h pause from a lying
+    Retry-After: every reader keeps it at most ``max_pause``, so the fleet is not frozen."""
+    raw = redis.Redis.from_url(redis_url)
+    seconds, micros = raw.time()
+    raw.hset(f"{key}:state", "paused_until", f"{seconds + micros / 1e6 + 86400:.6f}")
+    raw.close()
+    limiter = make(RateLimit(4, per=1.0, margin=0.0, max_pause=0.5))
+    state = await limiter.refresh()
+    assert 0.3 < state.paused_for <= 0.5 + EARLY
+    started = now()
+    slot = await asyncio.wait_for(limiter.acquire(), 5.0)
+    assert now() - started <= 0.5 + 0.5  # max_pause and a poll's slack, not a day
+    slot.release()
+
+
 async def test_back_off_without_retry_after_grows_and_resets(make: Make) -> None:
     class High(random.Random):
         def uniform(self, a: float, b: float) -> float:
