@@ -333,13 +333,21 @@ class ImagetwinClient:
             response.status, response.headers, response.body, request=request
         )
 
-    async def download_report(self, result: ScanResult | str, path: str | os.PathLike[str]) -> Path:
+    async def download_report(
+        self,
+        result: ScanResult | str,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+    ) -> Path:
         """Stream a scan's PDF report to ``path`` (a directory, existing or ending in ``/``:
         ``<scan_id>.pdf`` inside it, created if needed).
 
         ``result`` is a ``ScanResult`` or the report URL. The API key is not sent: the link
-        is public and served by another host.
+        is public and served by another host. ``timeout`` bounds the download in seconds
+        (default: the client's ``timeout``).
         """
+        call_timeout = self._call_timeout(timeout)
         url = result.pdf_report if isinstance(result, ScanResult) else result
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
@@ -348,7 +356,9 @@ class ImagetwinClient:
         scan_id = result.scan_id if isinstance(result, ScanResult) else None
         is_dir = names_dir or await asyncio.to_thread(Path(path).is_dir)
         target = protocol.report_target(path, is_dir=is_dir, scan_id=scan_id, url=url)
-        return await self._transport.download(url, target, max_bytes=_spec.MAX_REPORT_BYTES)
+        return await self._transport.download(
+            url, target, max_bytes=_spec.MAX_REPORT_BYTES, timeout=call_timeout
+        )
 
     # ---- batches ------------------------------------------------------------------------
 

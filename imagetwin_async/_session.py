@@ -486,11 +486,19 @@ class Transport:
             raise error
         return RawResponse(response.status, headers, body)
 
-    async def download(self, url: str, path: Path, *, max_bytes: int) -> Path:
+    async def download(
+        self,
+        url: str,
+        path: Path,
+        *,
+        max_bytes: int,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Path:
         """Stream ``url`` to ``path`` (atomically: a temp file renamed into place).
 
         No API key is sent: report links are public and may live on another host. More than
         ``max_bytes`` (decompressed) raises ``ResponseTooLarge`` and leaves nothing behind.
+        ``timeout``: this download's (default: the transport's).
         """
         target = URL(url)
         if not target.is_absolute() or target.scheme not in ("http", "https"):
@@ -501,7 +509,7 @@ class Transport:
             with os.fdopen(fd, "wb") as out:
                 headers = {"User-Agent": self._user_agent} if self._user_agent else None
                 async with self.session.get(
-                    target, headers=headers, timeout=self._timeout
+                    target, headers=headers, timeout=timeout or self._timeout
                 ) as response:
                     if response.status != 200:
                         raise TransportError(

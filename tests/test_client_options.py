@@ -11,6 +11,7 @@ import platform
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -34,8 +35,17 @@ async def server() -> AsyncIterator[tuple[str, list[web.Request]]]:
             await asyncio.sleep(60)
         return web.json_response({"status": "running"}, status=202)
 
+    async def report(request: web.Request) -> web.StreamResponse:
+        # A report host that sends its headers and a first chunk, then stalls.
+        response = web.StreamResponse(headers={"Content-Type": "application/pdf"})
+        await response.prepare(request)
+        await response.write(b"%PDF-1.7\n")
+        await asyncio.sleep(60)
+        return response
+
     app = web.Application()
     app.router.add_get("/v1/result/{scan_id}", result)
+    app.router.add_get("/reports/{name}", report)
     async with TestServer(app, host="127.0.0.1") as srv:
         yield str(srv.make_url("/v1")), seen
 
@@ -67,6 +77,22 @@ async def test_a_per_call_timeout_overrides_the_clients(
         assert await timed_read(client, "ffff" + "1" * 60, timeout=0.3) < 3.0
         # ... and only that call's: the next one, without it, is answered normally.
         assert isinstance(await client.get_result(SCAN_ID), ScanPending)
+
+
+async def test_a_report_download_takes_a_per_call_timeout(
+    server: tuple[str, list[web.Request]], tmp_path: Path
+) -> None:
+    """A report host that stalls mid-file: the call's own time-out ends it, nothing is left."""
+    url, _ = server
+    report_url = url.removesuffix("/v1") + "/reports/x.pdf"
+    async with ImagetwinClient(KEY, base_url=url, timeout=120, max_retries=0) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            await client.download_report(report_url, tmp_path / "r.pdf", timeout=0.3)
+        assert time.monotonic() - started < 3.0
+        with pytest.raises(InvalidArgument):
+            await client.download_report(report_url, tmp_path / "r.pdf", timeout=-1)
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_per_call_timeout_must_be_positive() -> None:
