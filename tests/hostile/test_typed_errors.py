@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from imagetwin_async import ImagetwinClient, ImagetwinError, InvalidArgument
+from imagetwin_async import _journal as journal_module
 from imagetwin_async._journal import JournalError
 
 from ._server import HostileServer
@@ -67,12 +68,16 @@ async def test_a_journal_that_cannot_be_opened_is_a_journal_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A read-only directory, as a non-root user sees it (root, as in CI containers, could
-    # write there anyway): the lock file's open is refused.
-    def refuse(self: Path, *args: object, **kwargs: object) -> object:
-        raise PermissionError(13, "Permission denied", str(self))
+    # A missing directory, and a read-only one as a non-root user sees it (root, as in CI
+    # containers, could write there anyway, so the lock's open is refused for it here).
+    with pytest.raises(JournalError, match="does not exist"):
+        await client.submit_and_wait([pdf], journal=tmp_path / "missing" / "batch.journal")
+    (tmp_path / "ro").mkdir()
 
-    monkeypatch.setattr(Path, "open", refuse)
+    def refuse(path: Path) -> object:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(journal_module, "_take_lock", refuse)
     with pytest.raises(JournalError, match="Permission denied") as caught:
         await client.submit_and_wait([pdf], journal=tmp_path / "ro" / "batch.journal")
     assert isinstance(caught.value, ImagetwinError)
