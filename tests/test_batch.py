@@ -244,3 +244,22 @@ async def test_a_batch_keeps_its_learned_durations_in_the_journal(
         await journal.close()
         assert second.scheduler.model.ready
         assert second.scheduler.model.observations == 6 + 3
+
+
+async def test_a_rerun_on_the_same_journal_file_polls_warm(
+    imagetwin_emulator_factory: Factory, tmp_path: Path
+) -> None:
+    # The SQLite journal's meta table carries the model: a new process re-running the batch
+    # file with more documents (a restarted service) starts from what the first run learned.
+    emu = await imagetwin_emulator_factory(speed=SPEED, processing_time=30.0)
+    journal = tmp_path / "sweep.journal"
+    first_docs = [write_pdf(tmp_path / f"a{i}.pdf", pages=i + 1) for i in range(6)]
+    async with fast_client(emu) as first:
+        assert all(o.ok for o in await first.submit_and_wait(first_docs, journal=journal))
+    more = [write_pdf(tmp_path / f"b{i}.pdf", pages=i + 7) for i in range(2)]  # new content
+    async with fast_client(emu) as second:
+        assert not second.scheduler.model.ready
+        outcomes = await second.submit_and_wait([*first_docs, *more], journal=journal)
+        assert all(o.ok for o in outcomes)
+        assert [o.note for o in outcomes[:6]] == ["from the journal"] * 6
+        assert second.scheduler.model.observations == 6 + 2  # six restored, two new
