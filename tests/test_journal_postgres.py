@@ -165,7 +165,9 @@ async def test_a_dead_pods_claims_pass_to_the_next_run_at_once(url: str) -> None
     await dead.close()  # its session ends, as when the pod is killed
     heir = await PostgresJournal.open(url)
     try:
-        entries = await heir.entries()
+        async with asyncio.timeout(5.0):  # the backend exits a moment after the socket closes
+            while "item-1" not in (entries := await heir.entries()):
+                await asyncio.sleep(0.01)
         assert entries["item-1"].state == "sending"  # to settle through scan-overview
         await heir.forget("item-1")  # settled: never arrived
         await heir.sending("item-1", "paper1.pdf", 2.0)
@@ -186,7 +188,11 @@ async def test_a_dead_pods_ambiguous_items_wait_while_another_pod_is_sending(url
         with pytest.raises(JournalLocked):
             await heir.sending("lost", "lost.pdf", 3.0)  # never resent blindly
         await busy.close()
-        assert set(await heir.entries()) == {"lost", "busy"}  # both dead now: ours to settle
+        # Both dead now, ours to settle, once the server has seen busy's session end (its
+        # backend exits a moment after the socket closes).
+        async with asyncio.timeout(5.0):
+            while set(await heir.entries()) != {"lost", "busy"}:
+                await asyncio.sleep(0.01)
     finally:
         await heir.close()
 
