@@ -54,7 +54,7 @@ from .redis import RedisLimits, limiter_key, redis_limits
 
 __all__ = ["Fleet", "FleetError", "FleetStats", "open_fleet"]
 
-log = logging.getLogger("imagetwin_async.fleet")
+log: logging.Logger = logging.getLogger("imagetwin_async.fleet")
 
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
 _SOCKET_TIMEOUT: Final = 5.0
@@ -174,7 +174,7 @@ class Fleet:
         self._reads: dict[str, list[asyncio.Future[None]]] = {}  # another worker reads these
         self._detach: list[Callable[[], None]] = []
         self._model: DurationModel | None = None
-        self.stats = FleetStats()
+        self.stats: FleetStats = FleetStats()
 
     @classmethod
     def from_url(cls, url: str, api_key: str, **options: Any) -> Fleet:
