@@ -9,9 +9,11 @@ middle of a batch, and Redis gone for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -152,44 +154,55 @@ def _images(tmp_path: Path, count: int) -> list[Path]:
     return paths
 
 
+@contextlib.asynccontextmanager
+async def _client_on_redis(
+    emu: Emulator, redis_url: str, *, socket_timeout: float, outage_timeout: float
+) -> AsyncIterator[ImagetwinClient]:
+    """A client on the emulator whose limits live in Redis at ``redis_url`` (fast polls and
+    back-off, so an outage is met within a test's seconds)."""
+    limits = redis_limits(
+        redis_url,
+        emu.api_key,
+        scan_limit=RateLimit(20, per=1.0),
+        result_limit=RateLimit(60, per=1.0),
+        prefix=f"imagetwin-hostile-{uuid.uuid4().hex}",
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+    )
+    async with (
+        limits,
+        ImagetwinClient(
+            emu.api_key,
+            base_url=emu.url,
+            scan_limit=limits.scan,
+            result_limit=limits.result,
+            poll_interval=0.02,
+            max_poll_interval=0.1,
+            backoff_base=0.01,
+            backoff_cap=0.1,
+            limiter_outage_timeout=outage_timeout,
+        ) as client,
+    ):
+        yield client
+
+
 async def test_a_redis_restart_mid_batch_costs_time_not_items(
     redis_url: str, tmp_path: Path
 ) -> None:
     """Redis drops every connection for 0.3 s while 30 items queue: every item still ends ok."""
-    key_prefix = f"imagetwin-hostile-{uuid.uuid4().hex}"
     async with (
         Emulator(speed=60, processing_time=1.0) as emu,
         CuttableProxy("127.0.0.1", urlsplit(redis_url).port or 6379) as proxy,
+        _client_on_redis(
+            emu, _via(redis_url, proxy.port), socket_timeout=0.5, outage_timeout=10.0
+        ) as client,
     ):
-        limits = redis_limits(
-            _via(redis_url, proxy.port),
-            emu.api_key,
-            scan_limit=RateLimit(20, per=1.0),
-            result_limit=RateLimit(60, per=1.0),
-            prefix=key_prefix,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-        )
-        async with (
-            limits,
-            ImagetwinClient(
-                emu.api_key,
-                base_url=emu.url,
-                scan_limit=limits.scan,
-                result_limit=limits.result,
-                poll_interval=0.02,
-                max_poll_interval=0.1,
-                backoff_base=0.01,
-                backoff_cap=0.1,
-                limiter_outage_timeout=10.0,
-            ) as client,
-        ):
-            batch = asyncio.ensure_future(client.submit_and_wait(_images(tmp_path, 30), timeout=30))
-            await asyncio.sleep(0.3)
-            await proxy.cut()
-            await asyncio.sleep(0.3)
-            await proxy.restore()
-            outcomes = await batch
+        batch = asyncio.ensure_future(client.submit_and_wait(_images(tmp_path, 30), timeout=30))
+        await asyncio.sleep(0.3)
+        await proxy.cut()
+        await asyncio.sleep(0.3)
+        await proxy.restore()
+        outcomes = await batch
     assert [o.error for o in outcomes if not o.ok] == []
     assert emu.counters.scans_billed == 30
 
@@ -197,32 +210,16 @@ async def test_a_redis_restart_mid_batch_costs_time_not_items(
 async def test_a_dead_redis_fails_the_batch_in_its_budget_instead_of_hanging(
     tmp_path: Path,
 ) -> None:
-    async with Emulator(speed=60, processing_time=1.0) as emu:
-        limits = redis_limits(
-            "redis://127.0.0.1:1/0",  # nothing listens on port 1
-            emu.api_key,
-            scan_limit=RateLimit(20, per=1.0),
-            result_limit=RateLimit(60, per=1.0),
-            socket_timeout=0.2,
-            socket_connect_timeout=0.2,
-        )
-        async with (
-            limits,
-            ImagetwinClient(
-                emu.api_key,
-                base_url=emu.url,
-                scan_limit=limits.scan,
-                result_limit=limits.result,
-                backoff_base=0.01,
-                backoff_cap=0.1,
-                limiter_outage_timeout=1.0,
-            ) as client,
-        ):
-            started = time.monotonic()
-            outcomes = await asyncio.wait_for(
-                client.submit_and_wait(_images(tmp_path, 5)), timeout=10
-            )
-            elapsed = time.monotonic() - started
+    async with (
+        Emulator(speed=60, processing_time=1.0) as emu,
+        # Nothing listens on port 1.
+        _client_on_redis(
+            emu, "redis://127.0.0.1:1/0", socket_timeout=0.2, outage_timeout=1.0
+        ) as client,
+    ):
+        started = time.monotonic()
+        outcomes = await asyncio.wait_for(client.submit_and_wait(_images(tmp_path, 5)), timeout=10)
+        elapsed = time.monotonic() - started
     assert elapsed < 5.0
     assert all(isinstance(o.error, RedisLimiterError) for o in outcomes)
     assert all(isinstance(o.error, LimiterUnavailable) and o.scan_id is None for o in outcomes)
@@ -235,33 +232,13 @@ async def test_a_redis_outage_during_polling_ends_the_wait_in_its_budget(
     async with (
         Emulator(speed=60, processing_time=600.0) as emu,
         CuttableProxy("127.0.0.1", urlsplit(redis_url).port or 6379) as proxy,
+        _client_on_redis(
+            emu, _via(redis_url, proxy.port), socket_timeout=0.2, outage_timeout=1.0
+        ) as client,
     ):
-        limits = redis_limits(
-            _via(redis_url, proxy.port),
-            emu.api_key,
-            scan_limit=RateLimit(20, per=1.0),
-            result_limit=RateLimit(60, per=1.0),
-            prefix=f"imagetwin-hostile-{uuid.uuid4().hex}",
-            socket_timeout=0.2,
-            socket_connect_timeout=0.2,
-        )
-        async with (
-            limits,
-            ImagetwinClient(
-                emu.api_key,
-                base_url=emu.url,
-                scan_limit=limits.scan,
-                result_limit=limits.result,
-                poll_interval=0.02,
-                max_poll_interval=0.05,
-                backoff_base=0.01,
-                backoff_cap=0.1,
-                limiter_outage_timeout=1.0,
-            ) as client,
-        ):
-            started = await client.scan(_images(tmp_path, 1))
-            await proxy.cut()
-            begun = time.monotonic()
-            with pytest.raises(RedisLimiterError):
-                await asyncio.wait_for(client.wait_for_result(started.scan_id), timeout=10)
-            assert time.monotonic() - begun < 5.0
+        started = await client.scan(_images(tmp_path, 1))
+        await proxy.cut()
+        begun = time.monotonic()
+        with pytest.raises(RedisLimiterError):
+            await asyncio.wait_for(client.wait_for_result(started.scan_id), timeout=10)
+        assert time.monotonic() - begun < 5.0
