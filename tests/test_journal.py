@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,6 +26,7 @@ from imagetwin_async import (
 from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
 from ._files import write_pdf
+from ._kill_harness import billed_per_content, kill, kill_rounds, start_worker, unique_documents
 
 Factory = Callable[..., Awaitable[Emulator]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +49,6 @@ def documents(tmp_path: Path, n: int) -> list[Path]:
     folder = tmp_path / "docs"
     folder.mkdir(exist_ok=True)
     return [write_pdf(folder / f"paper{i}.pdf", pages=1 + i) for i in range(n)]
-
-
-def billed_per_content(emu: Emulator) -> collections.Counter[tuple[str, ...]]:
-    return collections.Counter(
-        tuple(f.sha256 for f in scan.files) for scan in emu.scans.values() if scan.billed
-    )
 
 
 def requests(emu: Emulator, method: str) -> int:
@@ -267,44 +257,6 @@ SKEWS = [-600.0, -45.0, 35.0, 60.0, 600.0]
 ZONES = [dt.timezone(dt.timedelta(hours=h, minutes=m)) for h, m in ((5, 45), (-3, 0), (1, 0))]
 
 
-def _start_worker(
-    emu: ThreadedEmulator,
-    journal: Path,
-    files: list[Path],
-    skew: float,
-    jump: float,
-    per: float = 1.0,
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests._journal_worker",
-            emu.url,
-            emu.api_key,
-            str(journal),
-            str(skew),
-            str(jump),
-            *map(str, files),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "KILL_TEST_PER": str(per)},
-    )
-
-
-def _unique_documents(folder: Path, round_: int, n: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = write_pdf(folder / f"r{round_}-paper{i}.pdf", pages=1 + i % 5)
-        with path.open("ab") as out:  # a trailing comment: same pages, distinct content
-            out.write(f"% round {round_} item {i}\n".encode())
-        paths.append(path)
-    return paths
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("drops", [False, True], ids=["no-faults", "5%-drop-after-register"])
 @pytest.mark.parametrize(
@@ -328,83 +280,29 @@ def test_sigkill_anywhere_never_costs_a_second_scan(
     """
     seed = int(os.environ.get("KILL_TEST_SEED", "20261129"))
     rng = random.Random(f"{seed}{skew}{jump}{drops}")
-    journal = tmp_path / "sweep.journal"
-    kills = runs = 0
-    finals: list[dict[str, Any]] = []
-    after_kill_429s: list[tuple[str, str, float]] = []
     with ThreadedEmulator(
         speed=1.0,
         processing_time=1.0,
         rate_limits={"scan": (20, 1.0), "result": (60, 1.0)},
         scan_date_zone=rng.choice(ZONES),
     ) as threaded:
-        emu = threaded.emulator
-        round_ = 0
-        killed_last = False
-        while kills < KILLS_PER_CASE:
-            files = _unique_documents(tmp_path / "docs", round_, 12)
-            round_ += 1
-            # A few kills in each round of documents, then a run left to finish it.
-            round_kills = rng.randint(1, 4)
-            while True:
-                runs += 1
-                if runs % 3 == 0:
-                    # Hold the next answer back: the kill lands between POST and journal write.
-                    threaded.call(lambda e: e.inject_fault("delay", endpoint="scan", delay=5.0))
-                if drops:
-                    for _ in range(sum(rng.random() < 0.05 for _ in files)):
-                        threaded.call(lambda e: e.inject_fault("drop-after", endpoint="scan"))
-                first = threaded.call(lambda e: len(e.requests))
-                worker = _start_worker(threaded, journal, files, skew, jump)
-                assert worker.stdout is not None
-                assert worker.stdout.readline().strip() == "ready"
-                # (Kills land during settling, uploads, answers held back and polls alike.)
-                kill_at = rng.uniform(0.05, 3.0) if round_kills > 0 else 120.0
-                round_kills -= 1
-                try:
-                    out, _ = worker.communicate(timeout=kill_at)
-                except subprocess.TimeoutExpired:
-                    worker.send_signal(signal.SIGKILL)
-                    worker.wait()
-                    kills += 1
-                    killed = True
-                else:
-                    killed = False
-                if killed_last:  # this run came right after a kill: did it draw a 429?
-                    answers = threaded.call(lambda e, n=first: list(e.requests)[n:])
-                    after_kill_429s.extend(
-                        (r.method, r.path, r.time) for r in answers if r.status == 429
-                    )
-                killed_last = killed
-                if killed:
-                    continue
-                assert worker.returncode == 0
-                final = json.loads(out.strip().splitlines()[-1])
-                assert len(final) == len(files)
-                finals.extend(final)
-                break
-        threaded.call(lambda e: e.faults.clear())
-        billed = billed_per_content(emu)
-    adopted = sum(1 for o in finals if o["note"] and "adopted" in o["note"])
-    ambiguous = [o for o in finals if o["error"] == "AmbiguousSubmission"]
-    summary = (
-        f"kill test clock{skew:+g}s jump{jump:+g}s drops={drops}: {runs} runs, {kills} killed, "
-        f"{len(finals)} items, {sum(billed.values())} scans billed, "
-        f"{max(billed.values())} at most per content, {adopted} adopted, {len(ambiguous)} "
-        f"left in doubt ({len(ambiguous) / kills:.2f} a kill), 429s in runs right after a "
-        f"kill: {len(after_kill_429s)}"
-    )
+        run = kill_rounds(
+            threaded,
+            tmp_path / "sweep.journal",
+            tmp_path / "docs",
+            kills=KILLS_PER_CASE,
+            rng=rng,
+            skew=skew,
+            jump=jump,
+            drops=drops,
+        )
+    summary = run.summary(f"kill test clock{skew:+g}s jump{jump:+g}s drops={drops}")
     print(summary)
     if log := os.environ.get("KILL_TEST_LOG"):
         with open(log, "a") as out:
             out.write(summary + "\n")
-    assert kills >= KILLS_PER_CASE
-    assert max(billed.values()) == 1, "some content was paid for twice"
-    assert [o for o in finals if not o["ok"] and o not in ambiguous] == []
-    assert all(o["candidates"] for o in ambiguous), "an in-doubt item without its candidates"
-    assert len(ambiguous) <= kills, "more than one item a kill left in doubt"
-    assert len(billed) >= len(finals) - len(ambiguous)
-    assert after_kill_429s == [], "a resumed run spent a window its predecessor had filled"
+    run.assert_never_paid_twice(KILLS_PER_CASE)
+    assert run.after_kill_429s == [], "a resumed run spent a window its predecessor had filled"
 
 
 @pytest.mark.slow
@@ -413,14 +311,14 @@ def test_a_run_resumed_right_after_a_kill_draws_no_429(tmp_path: Path) -> None:
     new process with fresh limiters, must count that spending (from the journal) or the
     server answers 429."""
     journal = tmp_path / "sweep.journal"
-    files = _unique_documents(tmp_path / "docs", 0, 30)
+    files = unique_documents(tmp_path / "docs", "r0-", 30)
     per = 6.0  # 20 scans and 60 reads in 6 s: wider than a process's start-up
     with ThreadedEmulator(
         speed=1.0,
         processing_time=1.0,
         rate_limits={"scan": (20, per), "result": (60, per)},
     ) as threaded:
-        worker = _start_worker(threaded, journal, files, 0.0, 0.0, per)
+        worker = start_worker(threaded, journal, files, per=per)
         assert worker.stdout is not None
         assert worker.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
@@ -428,10 +326,9 @@ def test_a_run_resumed_right_after_a_kill_draws_no_429(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.5)  # polls: reads spend their budget too
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        kill(worker)
         first = threaded.call(lambda e: len(e.requests))
-        rerun = _start_worker(threaded, journal, files, 0.0, 0.0, per)
+        rerun = start_worker(threaded, journal, files, per=per)
         out, _ = rerun.communicate(timeout=180)
         answers = threaded.call(lambda e: list(e.requests)[first:])
         billed = billed_per_content(threaded.emulator)

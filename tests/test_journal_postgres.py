@@ -9,17 +9,11 @@ there they must run, so they fail instead.
 from __future__ import annotations
 
 import asyncio
-import collections
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -29,6 +23,7 @@ from imagetwin_async._journal_postgres import PostgresJournal
 from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
 from ._files import write_pdf
+from ._kill_harness import billed_per_content, kill_rounds
 
 pytestmark = pytest.mark.postgres
 
@@ -85,12 +80,6 @@ def documents(folder: Path, n: int, tag: str = "") -> list[Path]:
             out.write(f"% {tag} item {i}\n".encode())
         paths.append(path)
     return paths
-
-
-def billed_per_content(emu: Emulator) -> collections.Counter[tuple[str, ...]]:
-    return collections.Counter(
-        tuple(f.sha256 for f in scan.files) for scan in emu.scans.values() if scan.billed
-    )
 
 
 @pytest.fixture
@@ -255,68 +244,18 @@ async def test_tables_from_a_newer_version_are_refused(url: str) -> None:
 # ---- the kill test, as for SQLite -----------------------------------------------------------
 
 
-def _start_worker(emu: ThreadedEmulator, journal: str, files: list[Path]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        # A pod whose clock is a minute ahead of the service's (no jump): settling works in
-        # the service's time whatever the host says.
-        [sys.executable, "-m", "tests._journal_worker", emu.url, emu.api_key, journal, "60", "0"]
-        + [str(f) for f in files],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 def test_sigkill_anywhere_never_costs_a_second_scan(url: str, tmp_path: Path) -> None:
     """The SQLite journal's kill test against PostgreSQL: a batch pod SIGKILLed at random
     points (every third run while a scan's answer is held back, so the kill lands between the
-    POST and the journal hearing of it), restarted each time, until 20 runs were killed."""
+    POST and the journal hearing of it), restarted each time, until 20 runs were killed. The
+    pod's clock is a minute ahead of the service's: settling works in the service's time
+    whatever the host says."""
     rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "20261201")))
-    kills = runs = 0
-    finals: list[dict[str, Any]] = []
     with ThreadedEmulator(
         speed=1.0,
         processing_time=1.0,
         rate_limits={"scan": (1000, 60.0), "result": (1000, 60.0)},
     ) as threaded:
-        emu = threaded.emulator
-        round_ = 0
-        while kills < 20:
-            files = documents(tmp_path / "docs", 12, tag=f"r{round_}-")
-            round_ += 1
-            # A few kills in each round of documents, then a run left to finish it (a journaled
-            # batch spaces its POSTs, so a 12-item round takes seconds).
-            round_kills = rng.randint(1, 4)
-            while True:
-                runs += 1
-                if runs % 3 == 0:
-                    threaded.call(lambda e: e.inject_fault("delay", endpoint="scan", delay=5.0))
-                worker = _start_worker(threaded, url, files)
-                assert worker.stdout is not None
-                assert worker.stdout.readline().strip() == "ready"
-                kill_at = rng.uniform(0.05, 3.0) if round_kills > 0 else 120.0
-                round_kills -= 1
-                try:
-                    out, _ = worker.communicate(timeout=kill_at)
-                except subprocess.TimeoutExpired:
-                    worker.send_signal(signal.SIGKILL)
-                    worker.wait()
-                    kills += 1
-                    continue
-                assert worker.returncode == 0
-                final = json.loads(out.strip().splitlines()[-1])
-                assert len(final) == len(files)
-                finals.extend(final)
-                break
-        billed = billed_per_content(emu)
-    adopted = sum(1 for o in finals if o["note"] and "adopted" in o["note"])
-    ambiguous = [o for o in finals if o["error"] == "AmbiguousSubmission"]
-    print(
-        f"postgres kill test: {runs} runs, {kills} killed, {len(finals)} items, "
-        f"{sum(billed.values())} scans billed, {adopted} adopted, {len(ambiguous)} ambiguous"
-    )
-    assert kills >= 20
-    assert max(billed.values()) == 1, "some content was paid for twice"
-    assert [o for o in finals if not o["ok"] and o not in ambiguous] == []
-    assert len(billed) >= len(finals) - len(ambiguous)
+        run = kill_rounds(threaded, url, tmp_path / "docs", kills=20, rng=rng, skew=60.0)
+    print(run.summary("postgres kill test"))
+    run.assert_never_paid_twice(20)
