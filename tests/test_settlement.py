@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 
+import attrs
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -138,69 +139,57 @@ def test_the_service_clock_narrows_and_survives_a_jump_of_the_service() -> None:
 # ---- the property: nothing registered is ever resent; nothing adopted is another's ----
 
 
+@attrs.frozen
+class World:
+    """One settling situation: the service's clock and zone, the client's sends, which of them
+    registered a scan (and when), the scans the client knows, the death and the late read."""
+
+    offset: float  # service time - client monotonic time
+    wall_skew: float  # the client's wall clock: must not matter
+    jump: float  # ... nor its jump mid-run
+    zone: float  # scanDate's zone, in seconds
+    rtt: float
+    sends: list[float]
+    registered: list[bool]
+    delays: list[float]  # from a send to its registration
+    known_at: list[float]  # sends of the scans the client saw answered
+    died: float
+    lag: float  # how late the overview may list a scan (the client's bound)
+    true_lag: float  # ... and how late it really does
+    read_delay: float  # from the death to the overview's read (negative: read too early)
+    answers: list[float]  # when the client heard a Date header
+    order: list[int]
+
+
 @st.composite
-def worlds(draw: st.DrawFn) -> tuple[object, ...]:
-    offset = draw(st.floats(-1e6, 1e6))  # service time - client monotonic time
-    wall_skew = draw(st.floats(-900, 900))  # the client's wall clock: must not matter
-    jump = draw(st.floats(-900, 900))  # ... nor its jump mid-run
-    zone = draw(st.integers(-48, 56)) * 900.0  # scanDate's zone, quarter hours
-    rtt = draw(st.floats(0.001, 2.0))
+def worlds(draw: st.DrawFn) -> World:
     n = draw(st.integers(1, 6))
     sends = sorted(draw(st.lists(st.floats(0, 30), min_size=n, max_size=n)))
-    registered = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    delays = draw(st.lists(st.floats(0, 1.5), min_size=n, max_size=n))
     known_count = draw(st.integers(1, 4))
-    known_at = draw(st.lists(st.floats(-50, 40), min_size=known_count, max_size=known_count))
-    died = max(sends) + draw(st.floats(0, 3))
     lag = draw(st.floats(0, 5))
-    true_lag = draw(st.floats(0, 1)) * lag
-    read_delay = draw(st.floats(-3, 20))  # read too early, too
-    answers = draw(st.lists(st.floats(-60, 60), min_size=1, max_size=12))
-    order = draw(st.permutations(list(range(n))))
-    return (
-        offset,
-        wall_skew,
-        jump,
-        zone,
-        rtt,
-        sends,
-        registered,
-        delays,
-        known_at,
-        died,
-        lag,
-        true_lag,
-        read_delay,
-        answers,
-        order,
+    return World(
+        offset=draw(st.floats(-1e6, 1e6)),
+        wall_skew=draw(st.floats(-900, 900)),
+        jump=draw(st.floats(-900, 900)),
+        zone=draw(st.integers(-48, 56)) * 900.0,  # quarter hours
+        rtt=draw(st.floats(0.001, 2.0)),
+        sends=sends,
+        registered=draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+        delays=draw(st.lists(st.floats(0, 1.5), min_size=n, max_size=n)),
+        known_at=draw(st.lists(st.floats(-50, 40), min_size=known_count, max_size=known_count)),
+        died=max(sends) + draw(st.floats(0, 3)),
+        lag=lag,
+        true_lag=draw(st.floats(0, 1)) * lag,
+        read_delay=draw(st.floats(-3, 20)),
+        answers=draw(st.lists(st.floats(-60, 60), min_size=1, max_size=12)),
+        order=draw(st.permutations(list(range(n)))),
     )
 
 
 @settings(max_examples=400, deadline=None)
 @given(worlds())
-def test_no_item_that_registered_a_scan_is_ever_resent(world: tuple[object, ...]) -> None:
-    (
-        offset,
-        _wall_skew,
-        _jump,
-        zone,
-        rtt,
-        sends,
-        registered,
-        delays,
-        known_at,
-        died,
-        lag,
-        true_lag,
-        read_delay,
-        answers,
-        order,
-    ) = world
-    assert isinstance(offset, float) and isinstance(zone, float) and isinstance(rtt, float)
-    assert isinstance(sends, list) and isinstance(registered, list) and isinstance(delays, list)
-    assert isinstance(known_at, list) and isinstance(answers, list) and isinstance(order, list)
-    assert isinstance(died, float) and isinstance(lag, float) and isinstance(true_lag, float)
-    assert isinstance(read_delay, float)
+def test_no_item_that_registered_a_scan_is_ever_resent(w: World) -> None:
+    offset, zone, rtt, died, lag = w.offset, w.zone, w.rtt, w.died, w.lag
 
     def service(mono: float) -> float:
         return mono + offset
@@ -208,7 +197,7 @@ def test_no_item_that_registered_a_scan_is_ever_resent(world: tuple[object, ...]
     # The client learns the service's clock from Date headers only (its wall clock, skewed
     # and jumping, is never read).
     clock = ServiceClock()
-    for at in answers:
+    for at in w.answers:
         clock.observe(at, at + rtt, http_date(service(at + rtt / 2)))
 
     def naive(service_time: float) -> float:
@@ -218,7 +207,7 @@ def test_no_item_that_registered_a_scan_is_ever_resent(world: tuple[object, ...]
     calibration = ZoneCalibration()
     listed: list[ListedScan] = []
     pairs = []
-    for i, at in enumerate(known_at):
+    for i, at in enumerate(w.known_at):
         reg = at + rtt / 2
         pairs.append((naive(service(reg)), Interval(clock.at(at).lo, clock.at(at + rtt).hi)))
         listed.append(ListedScan(f"known{i}", naive(service(reg))))
@@ -226,18 +215,18 @@ def test_no_item_that_registered_a_scan_is_ever_resent(world: tuple[object, ...]
     # The items in doubt: their windows run from the send to the process's death.
     windows: dict[str, Interval | None] = {}
     truth: dict[str, str | None] = {}
-    read_mono = died + read_delay
-    for i in order:
+    read_mono = died + w.read_delay
+    for i in w.order:
         key = f"item{i}"
-        windows[key] = Interval(clock.at(sends[i]).lo, clock.at(died).hi)
-        reg = min(sends[i] + delays[i], died)
-        truth[key] = f"scan{i}" if registered[i] else None
-        if registered[i] and reg + true_lag <= read_mono:  # the overview lists it late
+        windows[key] = Interval(clock.at(w.sends[i]).lo, clock.at(died).hi)
+        reg = min(w.sends[i] + w.delays[i], died)
+        truth[key] = f"scan{i}" if w.registered[i] else None
+        if w.registered[i] and reg + w.true_lag <= read_mono:  # the overview lists it late
             listed.append(ListedScan(f"scan{i}", naive(service(reg))))
     decisions = decide_settlement(
         windows,
         listed,
-        known_ids={f"known{i}" for i in range(len(known_at))},
+        known_ids={f"known{i}" for i in range(len(w.known_at))},
         zone=calibration,
         read_at=clock.at(read_mono).lo,
         lag=lag,
