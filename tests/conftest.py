@@ -15,6 +15,7 @@ from imagetwin_async import ImagetwinClient, RateLimit
 
 from ._files import png_bytes, write_pdf
 from ._mock import mocked
+from ._services import require_redis
 
 API = "https://api.imagetwin.test/v1"
 KEY = "sk-test-0123456789abcdef"
@@ -49,6 +50,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
             loop.close()
             policy.set_event_loop(None)
     return result
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis that answers (``IMAGETWIN_REDIS_URL``): skipped without one, failed in CI."""
+    return require_redis()
 
 
 @pytest.fixture

@@ -24,27 +24,17 @@ from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
 from ._files import write_pdf
 from ._kill_harness import billed_per_content, kill_rounds
+from ._services import require_postgres
 
 pytestmark = pytest.mark.postgres
 
-POSTGRES_URL = os.environ.get("IMAGETWIN_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 Factory = Callable[..., Awaitable[Emulator]]
 
 
 @pytest.fixture(scope="module")
 def server() -> str:
-    try:
-        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
-    except psycopg.Error as exc:
-        message = (
-            f"no PostgreSQL at {POSTGRES_URL} ({type(exc).__name__}). Start one, or point "
-            "IMAGETWIN_POSTGRES_URL at one (a schema per test is created and dropped)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL tests: {message}")
-        pytest.skip(message)
-    return POSTGRES_URL
+    return require_postgres()
 
 
 @pytest.fixture

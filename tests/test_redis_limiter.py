@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
 import sys
@@ -41,8 +40,8 @@ from imagetwin_async.redis import (
 )
 
 from ._files import png_bytes
+from ._services import REDIS_URL
 
-REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.redis
@@ -55,21 +54,6 @@ LATE = 0.6
 
 
 # -- fixtures: a reachable Redis, a fresh key per test ----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        message = (
-            f"no Redis at {REDIS_URL} ({exc}). Start one (`redis-server --port 6379 --save ''`) "
-            "or point IMAGETWIN_REDIS_URL at one (database 15 is used and written to)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Redis tests: {message}")
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from imagetwin_async import (
     ImagetwinClient,
@@ -35,8 +33,6 @@ from .._files import png_bytes
 from ._proxy import CuttableProxy
 from ._server import Answer, HostileServer
 from .conftest import SCAN_ID, make_client
-
-REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 HUGE = ["86400", "999999999", "Wed, 01 Dec 2100 00:00:00 GMT", "1e999999"]
 
@@ -109,17 +105,6 @@ async def test_a_nonsense_retry_after_means_back_off(
 
 
 # ---- Redis ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Redis tests: no Redis at {REDIS_URL} ({exc})")
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 def _via(url: str, port: int) -> str:
