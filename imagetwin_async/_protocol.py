@@ -494,12 +494,14 @@ class Delivery(Enum):
 def _refused(status: int, *, retry_after: bool) -> bool:
     """The one rule of money: whether an error answer proves the server started no scan.
 
-    Any 4xx (429 included) is a refusal. Of the 5xx, only a 503 or 504 carrying Retry-After:
-    the service itself saying "not now, come back". Without it the answer may come from a
-    gateway that gave up after the service took the request (proxies answer 503 when the
-    upstream resets, 504 when it is slow), and a 500 or 502 may come after the scan started.
+    Any 4xx (429 included) is a refusal. A redirect is not: 303 "See Other" is how a server
+    says "created, look there", and a gateway may redirect after taking the upload. Of the
+    5xx, only a 503 or 504 carrying Retry-After: the service itself saying "not now, come
+    back". Without it the answer may come from a gateway that gave up after the service took
+    the request (proxies answer 503 when the upstream resets, 504 when it is slow), and a 500
+    or 502 may come after the scan started.
     """
-    return status < 500 or (status in (503, 504) and retry_after)
+    return 400 <= status < 500 or (status in (503, 504) and retry_after)
 
 
 def retry_decision(status: int, headers: Mapping[str, str], *, request: Request) -> RetryDecision:
@@ -507,8 +509,12 @@ def retry_decision(status: int, headers: Mapping[str, str], *, request: Request)
 
     A 429 pauses the endpoint and is retried. Other errors are final except 502/503/504:
     GETs are idempotent, so any of those is retried; a scan POST is retried only where
-    ``_refused`` proves no scan started, and is ambiguous otherwise.
+    ``_refused`` proves no scan started, and is ambiguous otherwise. A redirect (redirects
+    are never followed: the key would go along) is final for a read, and ambiguous for a scan
+    POST, which it may have started.
     """
+    if status < 400:
+        return RetryDecision.AMBIGUOUS if request.starts_scan else RetryDecision.RAISE
     if status == 429:
         return RetryDecision.RETRY_RATE_LIMITED
     if status not in (502, 503, 504):

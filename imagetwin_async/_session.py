@@ -201,6 +201,13 @@ class Transport:
         user_agent: str | None = None,
     ) -> None:
         url = URL(base_url)
+        if url.user is not None or url.password is not None:
+            # aiohttp would refuse them beside our Authorization header on every request, and
+            # they would show wherever the base URL is shown: say so once, naming neither.
+            raise ConfigurationError(
+                "base_url must not carry credentials (user:password@): the API key is the "
+                f"only credential sent; got a URL for host {url.host!r}"
+            )
         if not url.is_absolute() or url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError(f"base_url must be an absolute http(s) URL: {base_url!r}")
         self.base_url = url if url.path.endswith("/") else url.with_path(url.path + "/")
@@ -368,7 +375,7 @@ class Transport:
         """Seconds to wait before sending again, or None: hand this answer to the caller."""
         decision = (
             retry_decision(response.status, response.headers, request=request)
-            if response.status >= 400
+            if response.status >= 300
             else RetryDecision.RAISE
         )
         if decision is RetryDecision.AMBIGUOUS:

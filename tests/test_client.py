@@ -77,6 +77,18 @@ def test_a_base_url_that_is_not_http_is_refused(url: str) -> None:
         ImagetwinClient(KEY, base_url=url)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://user:SECRETPW@127.0.0.1:1/v1", "https://:SECRETPW@proxy.example/v1"]
+)
+def test_a_base_url_with_credentials_is_refused_naming_no_password(url: str) -> None:
+    """A proxy URL pasted with its password: aiohttp would refuse it on every request (beside
+    our Authorization header), and the password would show wherever the URL is shown."""
+    with pytest.raises(ConfigurationError, match="credentials") as caught:
+        ImagetwinClient(KEY, base_url=url)
+    assert "SECRETPW" not in f"{caught.value} {caught.value!r} {caught.value.args!r}"
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
 def test_bad_timings_are_refused() -> None:
     with pytest.raises(ConfigurationError):
         ImagetwinClient(KEY, poll_interval=0)

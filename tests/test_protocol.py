@@ -390,6 +390,18 @@ def test_an_unreadable_success_without_a_scan_id_is_ambiguous(raw: bytes) -> Non
         read_scan_started(200, {}, raw, request=build_scan_request())
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirected_scan_post_is_ambiguous_and_a_redirected_read_is_final(status: int) -> None:
+    """A lying server or gateway answers the upload with a redirect: no proof either way."""
+    headers = {"Location": "https://elsewhere.example/scan"}
+    assert retry_decision(status, headers, request=build_scan_request()) is (
+        RetryDecision.AMBIGUOUS
+    )
+    assert retry_decision(status, headers, request=build_result_request(SCAN_ID)) is (
+        RetryDecision.RAISE
+    )
+
+
 def test_sandbox_scan_504_is_retried_because_it_is_free() -> None:
     assert retry_decision(504, {}, request=build_scan_request(sandbox=True)) is RetryDecision.RETRY
 
@@ -401,7 +413,7 @@ def test_ambiguous_error_says_what_to_do() -> None:
 
 
 @pytest.mark.parametrize("retry_after", [False, True])
-@pytest.mark.parametrize("status", range(400, 600))
+@pytest.mark.parametrize("status", range(300, 600))
 def test_a_scan_error_proves_nothing_started_only_when_it_was_a_refusal(
     status: int, retry_after: bool
 ) -> None:
@@ -414,7 +426,8 @@ def test_a_scan_error_proves_nothing_started_only_when_it_was_a_refusal(
         error: ImagetwinError = ambiguous_error(request, f"the gateway answered {status}")
     else:
         error = error_for_status(status, headers, b"", request=request)
-    refused = status < 500 or (status in (503, 504) and retry_after)
+    # A redirect is no refusal: 303 "See Other" is how a server says "created, look there".
+    refused = 400 <= status < 500 or (status in (503, 504) and retry_after)
     assert nothing_started(error) is refused
 
 

@@ -34,6 +34,7 @@ from .conftest import (
     assert_no_key,
     assert_no_key_logged,
     files_under,
+    make_client,
 )
 
 
@@ -64,6 +65,31 @@ async def test_a_scan_answer_with_a_path_for_an_id_is_not_a_started_scan(
     server.answer = lambda seen: Answer(200, json={"scanId": bad_id, "message": "ok"})
     with pytest.raises(AmbiguousSubmission, match="not a scan id"):
         await client.scan(pdf)
+
+
+@pytest.mark.parametrize("status", [301, 303, 307])
+async def test_a_scan_answered_by_a_redirect_is_never_paid_twice(
+    server: HostileServer, pdf: Path, tmp_path: Path, status: int
+) -> None:
+    """A server that takes the upload and answers "See Other": the batch must keep the item
+    in its journal in doubt (no key follows the redirect), and a re-run must not send it
+    again."""
+    server.answer = lambda seen: (
+        Answer(status, headers=(("Location", "https://elsewhere.example/scan"),))
+        if seen.method == "POST"
+        else Answer(200, json=[])  # scan-overview: nothing the batch can adopt
+    )
+    journal = tmp_path / "sweep.journal"
+    async with make_client(server) as client:
+        with pytest.raises(AmbiguousSubmission):
+            await client.scan(pdf)
+        for _ in range(2):
+            (outcome,) = await client.submit_and_wait(
+                [pdf], journal=journal, ambiguous="report", settle_delay=0.0
+            )
+            assert isinstance(outcome.error, AmbiguousSubmission)
+    posts = [s for s in server.seen if s.method == "POST"]
+    assert len(posts) == 2  # the bare scan, and the batch's one upload: never resent
 
 
 @pytest.mark.parametrize("bad_id", TRAVERSALS)
