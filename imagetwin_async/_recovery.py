@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
 import attrs
+from yarl import URL
 
 from ._errors import ImagetwinError
 from ._journal import Journal, JournalEntry, JournalError, utc_now
@@ -38,13 +39,22 @@ from ._protocol import validate_scan_id
 from ._servicetime import Interval, ServiceClock, ZoneCalibration
 from ._settlement import Decision, ListedScan, Settlement, decide_settlement
 
-__all__ = ["InDoubt", "Recovery", "SeedableLimiter", "in_doubt", "settle_by_hand"]
+__all__ = [
+    "InDoubt",
+    "Recovery",
+    "SeedableLimiter",
+    "bind_to_service",
+    "in_doubt",
+    "service_identity",
+    "settle_by_hand",
+]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
 ZONE_KEY: Final = "service_clock.scan_date_offset"
 DOUBT_KEY: Final = "in_doubt."  # + item key: the last settling's report, for settling by hand
 RATES_KEY: Final = "rate.recent_answers"
+SERVICE_KEY: Final = "journal.service"  # the base URL whose scans the journal holds
 # Reads of scan-overview while a window may still fill (the overview may list late).
 _MAX_WAITS: Final = 4
 # Known scans used to calibrate scanDate's zone: the latest few are plenty.
@@ -62,6 +72,37 @@ class SeedableLimiter(Protocol):
     """
 
     def seed(self, answered: Iterable[float]) -> None: ...
+
+
+def service_identity(base_url: str) -> str:
+    """The part of a base URL that names the service: scheme, host, port and path (no
+    credentials, query or trailing slash), so equal services compare equal."""
+    url = URL(base_url)
+    if not url.is_absolute():
+        return base_url.rstrip("/")
+    host = (url.host or "").lower()
+    port = f":{url.explicit_port}" if url.explicit_port is not None else ""
+    return f"{url.scheme.lower()}://{host}{port}{url.path.rstrip('/')}"
+
+
+async def bind_to_service(journal: Journal, base_url: str) -> None:
+    """Refuse a journal that holds the scans of another service (``JournalError``).
+
+    A journal's results and scan ids are only true of the service that made them: a journal
+    filled against an emulator, a staging proxy or another API would otherwise hand its
+    results back as this service's, without a request. The first run records its base URL;
+    later runs must use the same one.
+    """
+    wanted = service_identity(base_url)
+    recorded = await journal.load_meta(SERVICE_KEY)
+    if recorded is None:
+        await journal.store_meta(SERVICE_KEY, wanted)
+    elif recorded != wanted:
+        raise JournalError(
+            f"this journal holds the scans of {recorded}, not of {wanted}: its results and "
+            "scan ids mean nothing to this service. Use another journal for this service, or "
+            f"run with base_url={recorded!r}"
+        )
 
 
 class Recovery:
