@@ -252,6 +252,9 @@ class Recovery:
             zone=self._zone,
             read_at=self._clock.at(read_at).lo,
             lag=self._settle_delay,
+            # Scans after this run's start are all known or lost in a window, unless another
+            # client scans with the key: then nothing may be adopted (``decide_settlement``).
+            run_started=self._clock.at(self._started).hi,
         )
 
     async def _apply(self, entry: JournalEntry, decision: Decision) -> None:

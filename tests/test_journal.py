@@ -197,6 +197,39 @@ async def test_a_resent_item_whose_answer_is_lost_again_is_settled_again(
     assert requests(emulator, "POST") == 4  # 1 + the lost one twice + its resend
 
 
+async def test_a_lost_post_never_adopts_the_scan_of_a_web_service_on_the_same_key(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The adversary is a neighbour: a web service scanning with the same key while the
+    batch runs. The batch's POST is lost before it registers, the neighbour's scan lands in
+    that second, and scan-overview cannot tell them apart. The neighbour's later scans prove
+    it is there, so its scan is not adopted (before: the item came back "ok" with the result
+    of someone else's paper, and its own paper was never scanned)."""
+    paths = documents(tmp_path, 2)
+    theirs = [write_pdf(tmp_path / f"web{i}.pdf", pages=9 + i) for i in range(2)]
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as batch, client_for(emulator) as web:
+        await batch.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)  # the zone
+        posts = requests(emulator, "POST")
+        emulator.inject_fault("drop-before", endpoint="scan")  # the batch's next POST
+
+        async def web_service() -> list[str]:
+            while requests(emulator, "POST") == posts:  # right after the batch's lost POST
+                await asyncio.sleep(0.002)
+            first = await web.scan(theirs[0])
+            await asyncio.sleep(3.0)
+            return [first.scan_id, (await web.scan(theirs[1])).scan_id]
+
+        outcomes, web_ids = await asyncio.gather(
+            batch.submit_and_wait(paths[1:], journal=journal, settle_delay=4.0), web_service()
+        )
+    (outcome,) = outcomes
+    assert outcome.scan_id not in web_ids
+    assert isinstance(outcome.error, AmbiguousSubmission)
+    assert "another client scans with this key" in str(outcome.error)
+    assert outcome.error.candidates == (web_ids[0],)
+
+
 @pytest.mark.parametrize(("policy", "billed"), [("report", 3), ("resubmit", 4)])
 async def test_the_ambiguous_policy_is_the_callers_choice(
     emulator: Emulator, tmp_path: Path, policy: str, billed: int
