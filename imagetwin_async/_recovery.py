@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import math
@@ -76,13 +77,29 @@ class SeedableLimiter(Protocol):
 
 def service_identity(base_url: str) -> str:
     """The part of a base URL that names the service: scheme, host, port and path (no
-    credentials, query or trailing slash), so equal services compare equal."""
+    credentials, query or trailing slash), so equal services compare equal.
+
+    Every service on this machine's loopback is one: an emulator (the CLI's ``--emulator``
+    starts one on a new port each run), whose results are as made up as another's.
+    """
     url = URL(base_url)
     if not url.is_absolute():
         return base_url.rstrip("/")
     host = (url.host or "").lower()
+    path = url.path.rstrip("/")
+    if _loopback(host):
+        return f"{url.scheme.lower()}://localhost:*{path} (this machine: an emulator)"
     port = f":{url.explicit_port}" if url.explicit_port is not None else ""
-    return f"{url.scheme.lower()}://{host}{port}{url.path.rstrip('/')}"
+    return f"{url.scheme.lower()}://{host}{port}{path}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def bind_to_service(journal: Journal, base_url: str) -> None:
@@ -101,7 +118,7 @@ async def bind_to_service(journal: Journal, base_url: str) -> None:
         raise JournalError(
             f"this journal holds the scans of {recorded}, not of {wanted}: its results and "
             "scan ids mean nothing to this service. Use another journal for this service, or "
-            f"run with base_url={recorded!r}"
+            "the service it was filled against"
         )
 
 

@@ -293,22 +293,26 @@ async def test_a_foreign_sqlite_file_is_refused(emulator: Emulator, tmp_path: Pa
 async def test_a_journal_filled_against_an_emulator_never_answers_for_another_service(
     imagetwin_emulator_factory: Factory, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """The adversary is a user's own journal: filled in a test run against an emulator (or a
-    staging proxy), then reused against another service. Its results were never that
-    service's; handing them back as "from the journal" would pass papers nobody scanned."""
-    other = await imagetwin_emulator_factory(speed=1.0, processing_time=0.2, seed=5)
+    """The adversary is a user's own journal: filled in a test run against an emulator, then
+    reused against the real API. Its results were never the API's; handing them back as
+    "from the journal" would pass papers nobody scanned."""
     paths = documents(tmp_path, 2)
     journal = tmp_path / "batch.journal"
     async with client_for(emulator) as client:
         assert all(o.ok for o in await client.submit_and_wait(paths, journal=journal))
-    async with client_for(other) as client:
-        with pytest.raises(JournalError, match=f"holds the scans of {emulator.url}"):
+    before = len(emulator.requests)
+    # The real API (nothing may reach it: the journal is refused before any request).
+    async with ImagetwinClient("live-key", base_url="https://api.imagetwin.ai/v1") as client:
+        with pytest.raises(JournalError, match=r"holds the scans of http://localhost:\*/v1"):
             await client.submit_and_wait(paths, journal=journal)
-    assert list(other.requests) == []  # not one request, nothing billed
-    # The same service under another spelling of its URL is the same service.
-    async with ImagetwinClient(**{**emulator.client_kwargs(), "base_url": emulator.url + "/"}) as c:
+    # Another emulator on this machine (the CLI's --emulator takes a new port each run) is
+    # as made up as the first: its journal goes on serving.
+    other = await imagetwin_emulator_factory(speed=1.0, processing_time=0.2, seed=5)
+    async with ImagetwinClient(**{**other.client_kwargs(), "base_url": other.url + "/"}) as c:
         again = await c.submit_and_wait(paths, journal=journal)
     assert {o.note for o in again} == {"from the journal"}
+    assert len(emulator.requests) == before
+    assert requests(other, "POST") == 0  # (one overview read dates its clock)
 
 
 # ---- the kill test --------------------------------------------------------------------
