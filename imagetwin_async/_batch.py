@@ -411,9 +411,14 @@ class BatchRunner:
             # Every later item would be refused the same way: stop submitting, fail them fast.
             self._stop_submitting = exc
             outcome = ScanFailure(item, state.scan_id, error=exc)
-        except (ScanFailed, ScanNotFound) as exc:
+        except ScanFailed as exc:
             if state.key and state.scan_id is not None:
                 await self._record.failed(state.key, f"{type(exc).__name__}: {exc}")
+            outcome = ScanFailure(item, state.scan_id, error=exc)
+        except ScanNotFound as exc:
+            # Not recorded: the server handed out this id (and billed it); a 404 for it may be
+            # a lagging replica or a lying proxy, and a re-run asks again instead of keeping a
+            # paid result lost for good.
             outcome = ScanFailure(item, state.scan_id, error=exc)
         except ImagetwinError as exc:
             outcome = ScanFailure(item, state.scan_id, error=exc)

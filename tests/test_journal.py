@@ -197,6 +197,26 @@ async def test_a_resent_item_whose_answer_is_lost_again_is_settled_again(
     assert requests(emulator, "POST") == 4  # 1 + the lost one twice + its resend
 
 
+async def test_a_404_for_a_scan_the_server_started_is_asked_again_on_a_re_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The adversary is a lagging replica (or a lying proxy): it answers 404 for a scan the
+    service just started and billed. That item fails this run, but the journal keeps the
+    scan, so the re-run reads its result instead of returning the 404 "from the journal"
+    for good (a paid result lost)."""
+    paths = documents(tmp_path, 2)
+    journal = tmp_path / "batch.journal"
+    emulator.inject_fault("404", endpoint="result")
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=journal)
+    assert sorted(type(o.error).__name__ for o in first) == ["NoneType", "ScanNotFound"]
+    async with client_for(emulator) as client:
+        again = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in again)
+    assert [o.scan_id for o in again] == [o.scan_id for o in first]
+    assert emulator.counters.scans_billed == 2  # waited for again, never sent again
+
+
 async def test_a_lost_post_never_adopts_the_scan_of_a_web_service_on_the_same_key(
     emulator: Emulator, tmp_path: Path
 ) -> None:
