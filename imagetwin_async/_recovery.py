@@ -187,8 +187,10 @@ class Recovery:
     def _window(self, entry: JournalEntry) -> Interval | None:
         if entry.until is None or not self._clock.calibrated:
             return None
-        ended = self._lost.get(entry.key, self._started)
-        return Interval(entry.sent_at, min(entry.until, self._clock.at(ended).hi))
+        ended = self._clock.at(self._lost.get(entry.key, self._started)).hi
+        # A send dated after the window's end is a lie (see ``seed``): the window is then all
+        # time up to its end, and its decision waits for nothing in the future.
+        return Interval(min(entry.sent_at, ended), min(entry.until, ended))
 
     async def settle(self, entries: Mapping[str, JournalEntry]) -> dict[str, Decision]:
         """Decide every entry left "sending"; adoptions and resends are written to the
@@ -332,8 +334,12 @@ class Recovery:
         # sender died (a server working through its queue): as late as settling allows.
         late = died + self._settle_delay
         # Scan POSTs are journaled one by one: answered ones at their answer, the rest then.
+        # Every answer recorded came before this run began: one dated later is a lie (an
+        # earlier run dated by a server whose clock was off, say), and counted as dated it
+        # would hold a slot for years.
+        recent = {group: [min(t, died) for t in times] for group, times in recent.items()}
         scans = [
-            e.answered_at if e.answered_at is not None else min(e.until or late, late)
+            min(e.answered_at, died) if e.answered_at is not None else min(e.until or late, late)
             for e in entries.values()
             if e.until is not None
         ]

@@ -217,6 +217,39 @@ async def test_a_404_for_a_scan_the_server_started_is_asked_again_on_a_re_run(
     assert emulator.counters.scans_billed == 2  # waited for again, never sent again
 
 
+@pytest.mark.parametrize("in_doubt", [False, True])
+async def test_a_journal_dated_years_ahead_by_a_lying_clock_does_not_stall_the_next_run(
+    emulator: Emulator, tmp_path: Path, in_doubt: bool
+) -> None:
+    """The adversary is a server whose clock lied on an earlier run (a Date header ten years
+    ahead): the journal's times, in the service's time, lie with it. Seeded as dated, the
+    scan limiter held every slot for ten years and the next run never sent a thing."""
+    paths = documents(tmp_path, 3)
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        await client.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)
+    future = time.time() + 10 * 365 * 86400
+    db = sqlite3.connect(journal)
+    db.execute("UPDATE items SET sent_at = ?, until = ?, answered_at = ?", (future,) * 3)
+    columns = [d[0] for d in db.execute("SELECT * FROM items").description]
+    row = dict(zip(columns, db.execute("SELECT * FROM items").fetchone(), strict=True))
+    for k in range(25):  # a whole window of answered scans, and maybe one in doubt
+        doubt = in_doubt and k == 0
+        fake = {**row, "key": f"earlier{k}", "state": "sending" if doubt else "done"}
+        fake["scan_id"] = None if doubt else row["scan_id"]
+        marks = ", ".join("?" * len(columns))
+        insert = f"INSERT INTO items ({', '.join(columns)}) VALUES ({marks})"
+        db.execute(insert, list(fake.values()))
+    db.commit()
+    db.close()
+    async with client_for(emulator) as client:
+        outcomes = await asyncio.wait_for(
+            client.submit_and_wait(paths, journal=journal, settle_delay=SETTLE), timeout=20
+        )
+    assert all(o.ok for o in outcomes)
+    assert set(billed_per_content(emulator).values()) == {1}
+
+
 async def test_a_lost_post_never_adopts_the_scan_of_a_web_service_on_the_same_key(
     emulator: Emulator, tmp_path: Path
 ) -> None:
