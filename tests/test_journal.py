@@ -361,7 +361,7 @@ async def test_a_journal_filled_against_an_emulator_never_answers_for_another_se
     # Another emulator on this machine (the CLI's --emulator takes a new port each run) is
     # as made up as the first: its journal goes on serving.
     other = await imagetwin_emulator_factory(speed=1.0, processing_time=0.2, seed=5)
-    async with ImagetwinClient(other.api_key, base_url=other.url + "/", speed=1.0) as c:
+    async with ImagetwinClient(**{**other.client_kwargs(), "base_url": other.url + "/"}) as c:
         again = await c.submit_and_wait(paths, journal=journal)
     assert {o.note for o in again} == {"from the journal"}
     assert len(emulator.requests) == before
@@ -477,7 +477,6 @@ def test_sigkill_anywhere_never_costs_a_second_scan(
                 except subprocess.TimeoutExpired:
                     worker.send_signal(signal.SIGKILL)
                     worker.wait()
-                    worker.stdout.close()
                     kills += 1
                     killed = True
                 else:
@@ -542,7 +541,6 @@ def test_a_run_resumed_right_after_a_kill_draws_no_429(tmp_path: Path) -> None:
         time.sleep(0.5)  # polls: reads spend their budget too
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        worker.stdout.close()
         first = threaded.call(lambda e: len(e.requests))
         rerun = _start_worker(threaded, journal, files, 0.0, 0.0, per)
         out, _ = rerun.communicate(timeout=180)
