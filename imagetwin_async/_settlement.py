@@ -159,7 +159,7 @@ def _stranger(
 ) -> str | None:
     """An unknown API scan that can only be another client's: surely dated after this run
     started (its own scans are then all known, or lost inside a window) and in no window."""
-    if run_started is None:
+    if run_started is None or None in windows.values():  # an unknown window may hold any scan
         return None
     spans = [w for w in windows.values() if w is not None]
     for scan in unclaimed:

@@ -275,6 +275,17 @@ def test_a_neighbour_scanning_with_the_key_turns_an_adoption_into_a_report() -> 
         windows, earlier, known_ids=(), zone=UTC_ZONE, read_at=1000.0, lag=5.0, run_started=50.0
     )
     assert before["a"].kind is Settlement.ADOPT
+    # An item whose window is unknown may own any scan: nothing proves a stranger then.
+    unknown = decide_settlement(
+        {**windows, "b": None},
+        neighbour,
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+        run_started=50.0,
+    )
+    assert "another client" not in unknown["a"].reason
 
 
 @settings(max_examples=300, deadline=None)
