@@ -44,7 +44,7 @@ from ._models import ScanFailure, ScanOutcome, ScanOverview, ScanResult, ScanSta
 from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._pacing import UnansweredScans
 from ._protocol import Request, build_scan_request, nothing_started
-from ._recovery import Recovery, settled_note
+from ._recovery import Recovery, bind_to_service, settled_note
 from ._servicetime import ServiceClock
 from ._session import BeforeSend
 from ._settlement import Decision, Settlement
@@ -168,7 +168,8 @@ class BatchServices:
     times (monotonic) per endpoint group; ``limiters``: the client's, per group (a resumed
     journal seeds them). ``durations``: the scheduler, to start from the durations a journal
     kept (when the journal has a meta store). ``size_unit``: how uploads read the reference's
-    "MB" (``ImagetwinClient.size_unit``).
+    "MB" (``ImagetwinClient.size_unit``). ``base_url``: the service the scans are made on; a
+    journal records it and refuses to serve another (``None``: not checked).
     """
 
     start_scan: StartScan
@@ -180,6 +181,7 @@ class BatchServices:
     limiters: Mapping[str, object] = attrs.field(factory=dict)
     durations: WarmStart | None = None
     size_unit: SizeUnit = "MB"
+    base_url: str | None = None
 
 
 class WarmStart(Protocol):
@@ -258,6 +260,15 @@ class BatchRunner:
         owned = False
         if self._options.journal is not None:
             self._journal, owned = await open_journal(self._options.journal)
+            if self._services.base_url is not None:
+                # Before anything is read from it (or written): another service's results
+                # are not ours.
+                try:
+                    await bind_to_service(self._journal, self._services.base_url)
+                except BaseException:
+                    if owned:
+                        await self._journal.close()
+                    raise
             self._record = _Recorder(self._journal)
         durations = self._journal_durations()
         if durations is not None:
@@ -400,9 +411,14 @@ class BatchRunner:
             # Every later item would be refused the same way: stop submitting, fail them fast.
             self._stop_submitting = exc
             outcome = ScanFailure(item, state.scan_id, error=exc)
-        except (ScanFailed, ScanNotFound) as exc:
+        except ScanFailed as exc:
             if state.key and state.scan_id is not None:
                 await self._record.failed(state.key, f"{type(exc).__name__}: {exc}")
+            outcome = ScanFailure(item, state.scan_id, error=exc)
+        except ScanNotFound as exc:
+            # Not recorded: the server handed out this id (and billed it); a 404 for it may be
+            # a lagging replica or a lying proxy, and a re-run asks again instead of keeping a
+            # paid result lost for good.
             outcome = ScanFailure(item, state.scan_id, error=exc)
         except ImagetwinError as exc:
             outcome = ScanFailure(item, state.scan_id, error=exc)

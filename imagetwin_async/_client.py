@@ -427,6 +427,7 @@ class ImagetwinClient:
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
             durations=self._scheduler,
             size_unit=self.size_unit,
+            base_url=self.base_url,
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
 import attrs
+from yarl import URL
 
 from ._errors import ImagetwinError
 from ._journal import Journal, JournalEntry, JournalError, utc_now
@@ -38,13 +40,22 @@ from ._protocol import validate_scan_id
 from ._servicetime import Interval, ServiceClock, ZoneCalibration
 from ._settlement import Decision, ListedScan, Settlement, decide_settlement
 
-__all__ = ["InDoubt", "Recovery", "SeedableLimiter", "in_doubt", "settle_by_hand"]
+__all__ = [
+    "InDoubt",
+    "Recovery",
+    "SeedableLimiter",
+    "bind_to_service",
+    "in_doubt",
+    "service_identity",
+    "settle_by_hand",
+]
 
 logger = logging.getLogger("imagetwin_async.batch")
 
 ZONE_KEY: Final = "service_clock.scan_date_offset"
 DOUBT_KEY: Final = "in_doubt."  # + item key: the last settling's report, for settling by hand
 RATES_KEY: Final = "rate.recent_answers"
+SERVICE_KEY: Final = "journal.service"  # the base URL whose scans the journal holds
 # Reads of scan-overview while a window may still fill (the overview may list late).
 _MAX_WAITS: Final = 4
 # Known scans used to calibrate scanDate's zone: the latest few are plenty.
@@ -62,6 +73,53 @@ class SeedableLimiter(Protocol):
     """
 
     def seed(self, answered: Iterable[float]) -> None: ...
+
+
+def service_identity(base_url: str) -> str:
+    """The part of a base URL that names the service: scheme, host, port and path (no
+    credentials, query or trailing slash), so equal services compare equal.
+
+    Every service on this machine's loopback is one: an emulator (the CLI's ``--emulator``
+    starts one on a new port each run), whose results are as made up as another's.
+    """
+    url = URL(base_url)
+    if not url.is_absolute():
+        return base_url.rstrip("/")
+    host = (url.host or "").lower()
+    path = url.path.rstrip("/")
+    if _loopback(host):
+        return f"{url.scheme.lower()}://localhost:*{path} (this machine: an emulator)"
+    port = f":{url.explicit_port}" if url.explicit_port is not None else ""
+    return f"{url.scheme.lower()}://{host}{port}{path}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def bind_to_service(journal: Journal, base_url: str) -> None:
+    """Refuse a journal that holds the scans of another service (``JournalError``).
+
+    A journal's results and scan ids are only true of the service that made them: a journal
+    filled against an emulator, a staging proxy or another API would otherwise hand its
+    results back as this service's, without a request. The first run records its base URL;
+    later runs must use the same one.
+    """
+    wanted = service_identity(base_url)
+    recorded = await journal.load_meta(SERVICE_KEY)
+    if recorded is None:
+        await journal.store_meta(SERVICE_KEY, wanted)
+    elif recorded != wanted:
+        raise JournalError(
+            f"this journal holds the scans of {recorded}, not of {wanted}: its results and "
+            "scan ids mean nothing to this service. Use another journal for this service, or "
+            "the service it was filled against"
+        )
 
 
 class Recovery:
@@ -129,8 +187,10 @@ class Recovery:
     def _window(self, entry: JournalEntry) -> Interval | None:
         if entry.until is None or not self._clock.calibrated:
             return None
-        ended = self._lost.get(entry.key, self._started)
-        return Interval(entry.sent_at, min(entry.until, self._clock.at(ended).hi))
+        ended = self._clock.at(self._lost.get(entry.key, self._started)).hi
+        # A send dated after the window's end is a lie (see ``seed``): the window is then all
+        # time up to its end, and its decision waits for nothing in the future.
+        return Interval(min(entry.sent_at, ended), min(entry.until, ended))
 
     async def settle(self, entries: Mapping[str, JournalEntry]) -> dict[str, Decision]:
         """Decide every entry left "sending"; adoptions and resends are written to the
@@ -211,6 +271,9 @@ class Recovery:
             zone=self._zone,
             read_at=self._clock.at(read_at).lo,
             lag=self._settle_delay,
+            # Scans after this run's start are all known or lost in a window, unless another
+            # client scans with the key: then nothing may be adopted (``decide_settlement``).
+            run_started=self._clock.at(self._started).hi,
         )
 
     async def _apply(self, entry: JournalEntry, decision: Decision) -> None:
@@ -271,8 +334,12 @@ class Recovery:
         # sender died (a server working through its queue): as late as settling allows.
         late = died + self._settle_delay
         # Scan POSTs are journaled one by one: answered ones at their answer, the rest then.
+        # Every answer recorded came before this run began: one dated later is a lie (an
+        # earlier run dated by a server whose clock was off, say), and counted as dated it
+        # would hold a slot for years.
+        recent = {group: [min(t, died) for t in times] for group, times in recent.items()}
         scans = [
-            e.answered_at if e.answered_at is not None else min(e.until or late, late)
+            min(e.answered_at, died) if e.answered_at is not None else min(e.until or late, late)
             for e in entries.values()
             if e.until is not None
         ]

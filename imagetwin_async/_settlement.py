@@ -16,7 +16,11 @@ evidence is scan-overview: scan ids and zone-less, whole-second dates, no file n
 
 The rule assumes that, inside the windows, every API scan on the key that the journal does
 not know came from one of the items in doubt (no other client scanning with the same key at
-that moment). If more scans are listed than items could have made, nothing is decided.
+that moment). If more scans are listed than items could have made, nothing is decided. Where
+the overview proves the assumption false (``run_started``: an unknown API scan dated after
+this run started and outside every window, i.e. another client scanning with this key, such as
+a web service beside a batch), a scan in a window may be that client's, so nothing is adopted:
+the item is reported with its candidates instead.
 
     >>> from imagetwin_async._servicetime import Interval, ZoneCalibration
     >>> zone = ZoneCalibration(Interval(0.0, 0.0))  # scanDate is exactly UTC
@@ -86,6 +90,7 @@ def decide_settlement(
     zone: ZoneCalibration,
     read_at: float,
     lag: float,
+    run_started: float | None = None,
 ) -> dict[str, Decision]:
     """Decide every in-doubt item at once (their windows can share scans).
 
@@ -93,7 +98,9 @@ def decide_settlement(
     (``None``: unknown, e.g. recorded before service time was kept); ``scans``: the overview
     read (covering every window); ``known_ids``: scan ids the journal already holds;
     ``read_at``: service time no later than when the overview read was sent; ``lag``: how long
-    after registering a scan the overview may still not list it.
+    after registering a scan the overview may still not list it; ``run_started``: service time
+    no earlier than this run's start, after which every API scan on the key is the journal's
+    or an in-doubt item's unless another client shares the key (``None``: not checked).
     """
     unclaimed = [s for s in scans if s.api_scan and s.scan_id not in known_ids]
     dates = {s.scan_id: zone.service_time(s.naive) for s in unclaimed}
@@ -125,12 +132,41 @@ def decide_settlement(
             for key, window in windows.items()
         }
     fits = {key: set(possible(window)) for key, window in windows.items()}
+    stranger = _stranger(unclaimed, dates, windows, run_started)
     decisions: dict[str, Decision] = {}
     for items, listed in _tangles(fits):
         shares = _shares(items, listed, fits)
         for key in items:
-            decisions[key] = _decide(key, windows[key], shares, fits[key])
+            decision = _decide(key, windows[key], shares, fits[key])
+            if decision.kind is Settlement.ADOPT and stranger is not None:
+                decision = Decision(
+                    Settlement.REPORT,
+                    f"another client scans with this key (scan {stranger} is neither this "
+                    "journal's nor in any in-doubt window), so the scan in its window may be "
+                    "theirs",
+                    candidates=tuple(sorted(fits[key])),
+                    window=windows[key],
+                )
+            decisions[key] = decision
     return decisions
+
+
+def _stranger(
+    unclaimed: Sequence[ListedScan],
+    dates: Mapping[str, Interval],
+    windows: Mapping[str, Interval | None],
+    run_started: float | None,
+) -> str | None:
+    """An unknown API scan that can only be another client's: surely dated after this run
+    started (its own scans are then all known, or lost inside a window) and in no window."""
+    if run_started is None or None in windows.values():  # an unknown window may hold any scan
+        return None
+    spans = [w for w in windows.values() if w is not None]
+    for scan in unclaimed:
+        date = dates[scan.scan_id]
+        if date.lo > run_started and not any(date.overlaps(w) for w in spans):
+            return scan.scan_id
+    return None
 
 
 def _tangles(fits: Mapping[str, set[str]]) -> list[tuple[list[str], list[str]]]:

@@ -187,6 +187,92 @@ async def test_a_resent_item_whose_answer_is_lost_again_is_settled_again(
     assert requests(emulator, "POST") == 4  # 1 + the lost one twice + its resend
 
 
+async def test_a_404_for_a_scan_the_server_started_is_asked_again_on_a_re_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The adversary is a lagging replica (or a lying proxy): it answers 404 for a scan the
+    service just started and billed. That item fails this run, but the journal keeps the
+    scan, so the re-run reads its result instead of returning the 404 "from the journal"
+    for good (a paid result lost)."""
+    paths = documents(tmp_path, 2)
+    journal = tmp_path / "batch.journal"
+    emulator.inject_fault("404", endpoint="result")
+    async with client_for(emulator) as client:
+        first = await client.submit_and_wait(paths, journal=journal)
+    assert sorted(type(o.error).__name__ for o in first) == ["NoneType", "ScanNotFound"]
+    async with client_for(emulator) as client:
+        again = await client.submit_and_wait(paths, journal=journal)
+    assert all(o.ok for o in again)
+    assert [o.scan_id for o in again] == [o.scan_id for o in first]
+    assert emulator.counters.scans_billed == 2  # waited for again, never sent again
+
+
+@pytest.mark.parametrize("in_doubt", [False, True])
+async def test_a_journal_dated_years_ahead_by_a_lying_clock_does_not_stall_the_next_run(
+    emulator: Emulator, tmp_path: Path, in_doubt: bool
+) -> None:
+    """The adversary is a server whose clock lied on an earlier run (a Date header ten years
+    ahead): the journal's times, in the service's time, lie with it. Seeded as dated, the
+    scan limiter held every slot for ten years and the next run never sent a thing."""
+    paths = documents(tmp_path, 3)
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        await client.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)
+    future = time.time() + 10 * 365 * 86400
+    db = sqlite3.connect(journal)
+    db.execute("UPDATE items SET sent_at = ?, until = ?, answered_at = ?", (future,) * 3)
+    columns = [d[0] for d in db.execute("SELECT * FROM items").description]
+    row = dict(zip(columns, db.execute("SELECT * FROM items").fetchone(), strict=True))
+    for k in range(25):  # a whole window of answered scans, and maybe one in doubt
+        doubt = in_doubt and k == 0
+        fake = {**row, "key": f"earlier{k}", "state": "sending" if doubt else "done"}
+        fake["scan_id"] = None if doubt else row["scan_id"]
+        marks = ", ".join("?" * len(columns))
+        insert = f"INSERT INTO items ({', '.join(columns)}) VALUES ({marks})"
+        db.execute(insert, list(fake.values()))
+    db.commit()
+    db.close()
+    async with client_for(emulator) as client:
+        outcomes = await asyncio.wait_for(
+            client.submit_and_wait(paths, journal=journal, settle_delay=SETTLE), timeout=20
+        )
+    assert all(o.ok for o in outcomes)
+    assert set(billed_per_content(emulator).values()) == {1}
+
+
+async def test_a_lost_post_never_adopts_the_scan_of_a_web_service_on_the_same_key(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The adversary is a neighbour: a web service scanning with the same key while the
+    batch runs. The batch's POST is lost before it registers, the neighbour's scan lands in
+    that second, and scan-overview cannot tell them apart. The neighbour's later scans prove
+    it is there, so its scan is not adopted (before: the item came back "ok" with the result
+    of someone else's paper, and its own paper was never scanned)."""
+    paths = documents(tmp_path, 2)
+    theirs = [write_pdf(tmp_path / f"web{i}.pdf", pages=9 + i) for i in range(2)]
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as batch, client_for(emulator) as web:
+        await batch.submit_and_wait(paths[:1], journal=journal, settle_delay=SETTLE)  # the zone
+        posts = requests(emulator, "POST")
+        emulator.inject_fault("drop-before", endpoint="scan")  # the batch's next POST
+
+        async def web_service() -> list[str]:
+            while requests(emulator, "POST") == posts:  # right after the batch's lost POST
+                await asyncio.sleep(0.002)
+            first = await web.scan(theirs[0])
+            await asyncio.sleep(3.0)
+            return [first.scan_id, (await web.scan(theirs[1])).scan_id]
+
+        outcomes, web_ids = await asyncio.gather(
+            batch.submit_and_wait(paths[1:], journal=journal, settle_delay=4.0), web_service()
+        )
+    (outcome,) = outcomes
+    assert outcome.scan_id not in web_ids
+    assert isinstance(outcome.error, AmbiguousSubmission)
+    assert "another client scans with this key" in str(outcome.error)
+    assert outcome.error.candidates == (web_ids[0],)
+
+
 @pytest.mark.parametrize(("policy", "billed"), [("report", 3), ("resubmit", 4)])
 async def test_the_ambiguous_policy_is_the_callers_choice(
     emulator: Emulator, tmp_path: Path, policy: str, billed: int
@@ -245,6 +331,31 @@ async def test_a_foreign_sqlite_file_is_refused(emulator: Emulator, tmp_path: Pa
     async with client_for(emulator) as client:
         with pytest.raises(JournalError, match="not an imagetwin journal"):
             await client.submit_and_wait(documents(tmp_path, 1), journal=journal)
+
+
+async def test_a_journal_filled_against_an_emulator_never_answers_for_another_service(
+    imagetwin_emulator_factory: Factory, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The adversary is a user's own journal: filled in a test run against an emulator, then
+    reused against the real API. Its results were never the API's; handing them back as
+    "from the journal" would pass papers nobody scanned."""
+    paths = documents(tmp_path, 2)
+    journal = tmp_path / "batch.journal"
+    async with client_for(emulator) as client:
+        assert all(o.ok for o in await client.submit_and_wait(paths, journal=journal))
+    before = len(emulator.requests)
+    # The real API (nothing may reach it: the journal is refused before any request).
+    async with ImagetwinClient("live-key", base_url="https://api.imagetwin.ai/v1") as client:
+        with pytest.raises(JournalError, match=r"holds the scans of http://localhost:\*/v1"):
+            await client.submit_and_wait(paths, journal=journal)
+    # Another emulator on this machine (the CLI's --emulator takes a new port each run) is
+    # as made up as the first: its journal goes on serving.
+    other = await imagetwin_emulator_factory(speed=1.0, processing_time=0.2, seed=5)
+    async with ImagetwinClient(**{**other.client_kwargs(), "base_url": other.url + "/"}) as c:
+        again = await c.submit_and_wait(paths, journal=journal)
+    assert {o.note for o in again} == {"from the journal"}
+    assert len(emulator.requests) == before
+    assert requests(other, "POST") == 0  # (one overview read dates its clock)
 
 
 # ---- the kill test --------------------------------------------------------------------

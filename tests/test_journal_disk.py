@@ -70,6 +70,7 @@ async def test_a_journal_copied_without_its_log_says_so(tmp_path: Path) -> None:
     assert holder.stdout.readline().strip() == "written"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
+    holder.stdout.close()
     assert path.with_name("batch.journal-wal").exists()
     alone, whole = tmp_path / "alone", tmp_path / "whole"
     alone.mkdir()

@@ -239,3 +239,76 @@ def test_no_item_that_registered_a_scan_is_ever_resent(w: World) -> None:
             assert decision.scan_id == truth[key], "adopted another item's scan"
         if decision.kind is Settlement.WAIT:
             assert decision.wait_until is not None
+
+
+# ---- another client on the key (a web service beside the batch) ---------------------------
+
+
+def test_a_neighbour_scanning_with_the_key_turns_an_adoption_into_a_report() -> None:
+    """The adversary: a web service scanning with the same key while the batch runs. Its scan
+    in the lost POST's second is indistinguishable from the item's own; its scans outside
+    every window prove it is there, so the lone scan is not adopted."""
+    windows: dict[str, Interval | None] = {"a": Interval(100, 104)}
+    lone = [ListedScan("theirs-or-mine", 102)]
+    assert decide(windows, lone) == {"a": (Settlement.ADOPT, "theirs-or-mine")}
+    neighbour = [*lone, ListedScan("web-1", 120)]
+    decisions = decide_settlement(
+        windows, neighbour, known_ids=(), zone=UTC_ZONE, read_at=1000.0, lag=5.0, run_started=50.0
+    )
+    assert decisions["a"].kind is Settlement.REPORT
+    assert decisions["a"].candidates == ("theirs-or-mine",)
+    assert "another client scans with this key (scan web-1" in decisions["a"].reason
+    # Scans from before the run started (earlier runs' own) prove nothing.
+    earlier = [*lone, ListedScan("old", 10)]
+    before = decide_settlement(
+        windows, earlier, known_ids=(), zone=UTC_ZONE, read_at=1000.0, lag=5.0, run_started=50.0
+    )
+    assert before["a"].kind is Settlement.ADOPT
+    # An item whose window is unknown may own any scan: nothing proves a stranger then.
+    unknown = decide_settlement(
+        {**windows, "b": None},
+        neighbour,
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+        run_started=50.0,
+    )
+    assert "another client" not in unknown["a"].reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sends=st.lists(st.floats(0, 30), min_size=1, max_size=5),
+    registered=st.lists(st.booleans(), min_size=5, max_size=5),
+    neighbour=st.lists(st.floats(-5, 60), min_size=0, max_size=6),
+    outside=st.floats(40, 200),
+)
+def test_a_neighbours_scan_is_never_adopted_once_it_has_shown_itself(
+    sends: list[float], registered: list[bool], neighbour: list[float], outside: float
+) -> None:
+    """Another client scans at any moment (some in the items' windows) and at least once
+    after the windows: no item adopts its scan, and no item that registered is resent."""
+    died = max(sends) + 2.0
+    windows: dict[str, Interval | None] = {
+        f"item{i}": Interval(float(int(at)), float(int(died)) + 1.0) for i, at in enumerate(sends)
+    }
+    listed = [ListedScan(f"scan{i}", float(int(at))) for i, at in enumerate(sends) if registered[i]]
+    listed += [ListedScan(f"web{i}", float(int(at))) for i, at in enumerate(neighbour)]
+    listed.append(ListedScan("web-late", float(int(died + outside))))
+    decisions = decide_settlement(
+        windows,
+        listed,
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=died + outside + 100.0,
+        lag=5.0,
+        run_started=-10.0,
+    )
+    for key, decision in decisions.items():
+        event(decision.kind.value)
+        i = int(key.removeprefix("item"))
+        if decision.kind is Settlement.ADOPT:
+            assert decision.scan_id == f"scan{i}", "adopted the neighbour's scan"
+        if decision.kind is Settlement.RESEND:
+            assert not registered[i], "an item that registered a scan would be paid twice"

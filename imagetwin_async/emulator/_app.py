@@ -1,7 +1,7 @@
 """The aiohttp application: the vendor's endpoints, the report host's pages, the control API.
 
 Every API request goes through ``_Api.wrap``, in this order, so tests can reason about it:
-record -> injected fault (503/504/drop-before) -> Bearer key (401) -> rate limit, counted on
+record -> injected fault (503/504/404/drop-before) -> Bearer key (401) -> rate limit, counted on
 receipt (429) -> the endpoint (400 on a broken limit; a scan is registered) -> injected fault
 (drop-after/delay) -> answer. A 429 or 401 never reaches the endpoint, so it starts no scan.
 """
@@ -16,7 +16,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import date
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -41,6 +41,12 @@ _RATE_MESSAGES = {
     "overview": "Too many requests: the overview allows {n} requests per {per:g} seconds.",
 }
 _UNAVAILABLE = "The service is currently unavailable or under maintenance."
+# Faults answered at the front door, and what they say.
+_FRONT_DOOR: Final = {
+    FaultKind.SERVICE_UNAVAILABLE: _UNAVAILABLE,
+    FaultKind.GATEWAY_TIMEOUT: _UNAVAILABLE,
+    FaultKind.NOT_FOUND: "No result found for this scan.",  # a replica that lags
+}
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -101,11 +107,12 @@ class _Api:
             if fault is not None:
                 emu.counters.faults_injected += 1
                 record.fault = fault.kind.value
-                if fault.kind in {FaultKind.SERVICE_UNAVAILABLE, FaultKind.GATEWAY_TIMEOUT}:
+                if fault.kind in _FRONT_DOOR:  # answered before the key or the limit
                     headers = None
                     if fault.retry_after is not None:
                         headers = {"Retry-After": emu.retry_after_header(fault.retry_after)}
-                    return self._answer(record, error(int(fault.kind), _UNAVAILABLE, headers))
+                    status = int(fault.kind)
+                    return self._answer(record, error(status, _FRONT_DOOR[fault.kind], headers))
                 if fault.kind is FaultKind.DROP_BEFORE:
                     return self._drop(request, record)
             if key is None:

@@ -288,7 +288,9 @@ class Emulator:
 
         ``kind``: "503"/"504" (answered before auth and rate counting, optional Retry-After),
         "drop-before" (reset on receipt, no scan), "drop-after" (handled, scan billed, then
-        reset with no answer), "delay" (handled, answer held ``delay`` emulated seconds).
+        reset with no answer), "delay" (handled, answer held ``delay`` emulated seconds),
+        "404" (answered 404 before auth and rate counting, as a replica that does not know
+        the scan yet).
         """
         fault = Fault(
             FaultKind(kind),

@@ -16,6 +16,7 @@ class FaultKind(StrEnum):
     DROP_BEFORE = "drop-before"  # connection reset on receipt: no scan, not counted
     DROP_AFTER = "drop-after"  # handled (scan registered and billed), then no answer
     DELAY = "delay"  # handled, then the answer waits `delay` emulated seconds
+    NOT_FOUND = "404"  # answered 404 at the front door (a replica that lags): not counted
 
 
 @dataclass(frozen=True, slots=True)

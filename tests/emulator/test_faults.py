@@ -49,6 +49,18 @@ async def test_faults_target_one_endpoint(emu: Emulator, http: aiohttp.ClientSes
     assert len(emu.faults.pending()) == 1
 
 
+async def test_a_lagging_replica_answers_404_for_a_scan_it_has(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
+    emu.inject_fault("404", endpoint="result")
+    async with http.get(emu.url + RESULT) as r:
+        assert r.status == 404
+        assert "No result found" in (await r.json())["message"]
+    async with http.get(emu.url + RESULT) as r:
+        assert r.status == 200  # only `times` requests
+    assert [r.fault for r in emu.requests] == ["404", None]
+
+
 async def test_unavailable_does_not_count_against_the_rate_limit(
     imagetwin_emulator_factory: Callable[..., Awaitable[Emulator]],
 ) -> None:
