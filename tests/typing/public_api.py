@@ -10,6 +10,7 @@ from pathlib import Path
 from imagetwin_async import (
     AmbiguousPolicy,
     BatchProgress,
+    ClientClosed,
     FileContent,
     ImagetwinClient,
     ImagetwinError,
@@ -100,6 +101,23 @@ async def against_the_emulator() -> None:
         print(c2.timings.scan_limit.per)
     async with ImagetwinClient("key", base_url="http://127.0.0.1:8080/v1", speed=60) as c3:
         print(c3.timings.result_limit)
+
+
+async def with_options(client: ImagetwinClient, scan_id: str) -> None:
+    # A view is an ImagetwinClient: every endpoint, typed the same; options per call on top.
+    quick: ImagetwinClient = client.with_options(timeout=10, max_retries=1)
+    answer: ScanResult | ScanPending = await quick.get_result(scan_id, max_retries=0)
+    started: ScanStarted = await client.with_options(max_retries=0).scan("a.pdf", timeout=30)
+    overview: ScanOverview = await quick.scan_overview("2025-01-01", "2025-01-31", max_retries=2)
+    unbounded = client.with_options(timeout=None, connect_timeout=5.0, max_retry_after=60.0)
+    print(answer, started, overview, unbounded.timings.timeout)
+    try:
+        async with client.with_options(timeout=5) as view:
+            await view.wait_for_result(scan_id)
+    except ClientClosed as closed:
+        print(closed.message)
+    client.with_options(timeout="10")  # type: ignore[arg-type]
+    await client.get_result(scan_id, max_retries=1.5)  # type: ignore[arg-type]
 
 
 async def scan_everything(
