@@ -1,4 +1,4 @@
-"""The public API as users write it. Only type-checked (mypy --strict), never run."""
+"""The public API as users write it. Only type-checked (mypy --strict and pyright), never run."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from imagetwin_async import (
     PollTimeout,
     RateLimit,
     RateLimitBusy,
+    ScanFailure,
     ScanOutcome,
     ScanOverview,
     ScanPending,
@@ -61,15 +62,22 @@ async def main() -> None:
         for outcome in outcomes:
             error: ImagetwinError | None = outcome.error
             print(outcome.source, outcome.scan_id, outcome.ok, error)
-        # The README's loop: `.ok` narrows `result` and `error`; `source` is the item's type.
+        # The README's loop: each kind of outcome matched, `result` and `error` narrowed;
+        # `source` is the item's type (mypy and pyright alike).
         for done_item in await client.submit_and_wait(["a.pdf", "b.pdf"]):
-            if done_item.ok:
-                findings: int = done_item.result.finding_count
-                name: str = done_item.source
-                print(name, findings)
+            match done_item:
+                case ScanSuccess(result=found):
+                    findings: int = found.finding_count
+                    name: str = done_item.source
+                    print(name, findings)
+                case ScanFailure(error=why):
+                    print(done_item.source.upper(), why)
+            # `if done_item.ok:` narrows under mypy; pyright narrows `ok is True` (both do).
+            if done_item.ok is True:
+                print(done_item.result.finding_count)
             else:
-                why: ImagetwinError = done_item.error
-                print(done_item.source.upper(), why)
+                reason: ImagetwinError = done_item.error
+                print(reason)
             if isinstance(done_item, ScanSuccess):
                 print(done_item.result.clean)
         async with contextlib.aclosing(client.iter_outcomes(["c.pdf"])) as stream:
