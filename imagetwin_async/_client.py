@@ -124,7 +124,9 @@ class ImagetwinClient:
         if size_unit not in ("MB", "MiB"):
             raise ConfigurationError(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
         self.timings: Timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
-        """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
+        """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied
+        (``scan_limit`` / ``result_limit``: the limits the limiters in use enforce, also when a
+        ``Limiter`` was passed in)."""
         t = self.timings
         # None: IMAGETWIN_BASE_URL (an emulator or proxy set in the environment), else the API.
         if base_url is None:
@@ -135,6 +137,12 @@ class ImagetwinClient:
         self.size_unit: SizeUnit = size_unit
         self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, t.result_limit, "GET /result")
+        # A Limiter passed in enforces its own limit: the timings say that one, not a default.
+        self.timings = t = attrs.evolve(
+            t,
+            scan_limit=_limit_of(self._scan_limiter, t.scan_limit),
+            result_limit=_limit_of(self._result_limiter, t.result_limit),
+        )
         self._retry = RetryPolicy(
             max_retries,
             t.backoff_base,
@@ -563,3 +571,16 @@ def _as_limiter(given: RateLimit | Limiter | None, timed: RateLimit, name: str) 
     if given is None or isinstance(given, RateLimit):
         return timed.build(name=name)
     return given
+
+
+def _limit_of(limiter: Limiter, assumed: RateLimit) -> RateLimit:
+    """The ``RateLimit`` a limiter enforces: its own (ours and the Redis ones keep it as
+    ``.limit``), else what its snapshot says, else ``assumed``."""
+    inner = getattr(limiter, "limit", None)
+    if isinstance(inner, RateLimit):
+        return inner
+    try:
+        state = limiter.snapshot()
+        return RateLimit(state.requests, per=state.per)
+    except Exception:  # a custom limiter that cannot tell (yet): the timings' limit
+        return assumed

@@ -19,6 +19,7 @@ import attrs
 
 from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
 from .._modelstore import FileModelStore, default_cache_path
+from .._timings import DEFAULT_TIMINGS
 
 __all__ = [
     "BASE_URL_ENV",
@@ -54,6 +55,8 @@ class Connection:
     base_url: str = DEFAULT_BASE_URL
     speed: float = 1.0
     emulator: bool = False
+    # Seconds for each request (``--request-timeout``); None: the client's default.
+    request_timeout: float | None = None
 
     @property
     def target(self) -> str:
@@ -71,6 +74,8 @@ def typical_scan_seconds(connection: Connection) -> float:
 @contextlib.asynccontextmanager
 async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
     """A client for ``connection``; with ``emulator`` set, one talking to a fresh emulator."""
+    # Every request's, the poll scheduler's reads included (a view would not reach those).
+    timeout = connection.request_timeout or DEFAULT_TIMINGS.timeout
     if not connection.emulator:
         key = connection.api_key or os.environ.get(API_KEY_ENV)
         if not key:
@@ -80,6 +85,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             base_url=connection.base_url,
             speed=connection.speed,
             model_store=_model_store(connection.base_url, connection.speed),
+            timeout=timeout,
         ) as client:
             yield client
         return
@@ -91,7 +97,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             speed=EMULATOR_SPEED,
             processing_time=LogNormalTime(_EMULATOR_MEDIAN_SCAN, _EMULATOR_SPREAD),
         ) as emulator,
-        ImagetwinClient(**emulator.client_kwargs()) as client,
+        ImagetwinClient(**emulator.client_kwargs(), timeout=timeout) as client,
     ):
         yield client
 
