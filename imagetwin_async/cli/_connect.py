@@ -14,12 +14,12 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypedDict
 
 import attrs
 
 from .._client import API_KEY_ENV, DEFAULT_BASE_URL, ImagetwinClient
 from .._modelstore import FileModelStore, default_cache_path
-from .._timings import DEFAULT_TIMINGS
 
 __all__ = [
     "BASE_URL_ENV",
@@ -41,6 +41,10 @@ _EMULATOR_MEDIAN_SCAN = 90.0  # emulated seconds
 _EMULATOR_SPREAD = 0.35  # log-normal sigma: scans finish one by one, not all at once
 # Before the client has seen scans finish, the time-to-go estimate assumes this (real API).
 _TYPICAL_SCAN = 60.0
+
+
+class _Timeouts(TypedDict, total=False):
+    timeout: float
 
 
 class MissingKey(Exception):
@@ -74,8 +78,11 @@ def typical_scan_seconds(connection: Connection) -> float:
 @contextlib.asynccontextmanager
 async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
     """A client for ``connection``; with ``emulator`` set, one talking to a fresh emulator."""
-    # Every request's, the poll scheduler's reads included (a view would not reach those).
-    timeout = connection.request_timeout or DEFAULT_TIMINGS.timeout
+    # Every request's, the poll scheduler's reads included (a view would not reach those);
+    # given only when asked, so the client's own timings decide otherwise.
+    timeouts: _Timeouts = {}
+    if connection.request_timeout is not None:
+        timeouts["timeout"] = connection.request_timeout
     if not connection.emulator:
         key = connection.api_key or os.environ.get(API_KEY_ENV)
         if not key:
@@ -85,7 +92,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             base_url=connection.base_url,
             speed=connection.speed,
             model_store=_model_store(connection.base_url, connection.speed),
-            timeout=timeout,
+            **timeouts,
         ) as client:
             yield client
         return
@@ -97,7 +104,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             speed=EMULATOR_SPEED,
             processing_time=LogNormalTime(_EMULATOR_MEDIAN_SCAN, _EMULATOR_SPREAD),
         ) as emulator,
-        ImagetwinClient(**emulator.client_kwargs(), timeout=timeout) as client,
+        ImagetwinClient(**emulator.client_kwargs(), **timeouts) as client,
     ):
         yield client
 
