@@ -48,7 +48,6 @@ async def main(base_url: str, key: str, journal: str, jump: float, files: list[s
                     "source": o.source,
                     "scan_id": o.scan_id,
                     "ok": o.ok,
-                    "kind": type(o).__name__,  # every outcome is a ScanSuccess or a ScanFailure
                     "error": type(o.error).__name__ if o.error else None,
                     "candidates": list(o.error.candidates)
                     if isinstance(o.error, AmbiguousSubmission)
