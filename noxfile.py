@@ -85,11 +85,15 @@ if bad:
 
 @nox.session(python=PYTHONS[0])
 def lint(session: nox.Session) -> None:
-    """ruff, ruff format, mypy --strict, import-linter, pyright's type-completeness score."""
+    """ruff, ruff format, mypy --strict, import-linter, pyright on the typing tests and its
+    type-completeness score."""
     session.install("-e", EXTRAS, *_groups("test", "lint"), env=ENV)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    # tests/typing (the public API as users write it, with assert_type) under pyright too:
+    # users run either checker, and the two narrow differently ([tool.pyright]).
+    session.run("pyright", "tests/typing")
     session.run("lint-imports")  # the layering the README states ([tool.importlinter])
     session.run("pyright", "--verifytypes", "imagetwin_async", "--ignoreexternal")
 

@@ -40,7 +40,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry
 from ._journal_open import open_journal
-from ._models import ScanFailure, ScanOutcome, ScanOverview, ScanResult, ScanStarted, ScanSuccess
+from ._models import Outcome, ScanFailure, ScanOverview, ScanResult, ScanStarted, ScanSuccess
 from ._modelstore import JournalModelStore, MetaStore, ModelStore
 from ._pacing import UnansweredScans
 from ._protocol import Request, build_scan_request, nothing_started
@@ -238,13 +238,13 @@ class BatchRunner:
         self._late: dict[str, asyncio.Future[Decision]] = {}
         self._late_task: asyncio.Task[None] | None = None
 
-    async def run(self) -> list[ScanOutcome]:
-        outcomes: list[ScanOutcome | None] = [None] * len(self._items)
+    async def run(self) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(self._items)
         async for index, outcome in self._run():
             outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def iterate(self) -> AsyncGenerator[ScanOutcome, None]:
+    async def iterate(self) -> AsyncGenerator[Outcome, None]:
         # aclosing: when the caller leaves its loop early, closing this generator closes the
         # run at once (cancelling what is left), not whenever the inner one is collected.
         async with contextlib.aclosing(self._run()) as run:
@@ -253,7 +253,7 @@ class BatchRunner:
 
     # ---- the run ---------------------------------------------------------------------------
 
-    async def _run(self) -> AsyncGenerator[tuple[int, ScanOutcome], None]:
+    async def _run(self) -> AsyncGenerator[tuple[int, Outcome], None]:
         loop = asyncio.get_running_loop()
         if self._options.timeout is not None:
             self._deadline = loop.time() + self._options.timeout
@@ -297,7 +297,7 @@ class BatchRunner:
                     self._decisions = await self._recovery.settle(self._entries)
                     self._hold_until = self._recovery.hold_until(self._decisions)
                     self._entries = await self._journal.entries()
-            done: asyncio.Queue[tuple[int, ScanOutcome]] = asyncio.Queue()
+            done: asyncio.Queue[tuple[int, Outcome]] = asyncio.Queue()
             prepared = [loop.create_future() for _ in self._items]
             preparer = loop.create_task(self._prepare_all(prepared))
             self._report()
@@ -399,7 +399,7 @@ class BatchRunner:
         index: int,
         item: BatchItem,
         prepared: asyncio.Future[_Prepared],
-        done: asyncio.Queue[tuple[int, ScanOutcome]],
+        done: asyncio.Queue[tuple[int, Outcome]],
     ) -> None:
         state = _ItemState()
         try:
@@ -431,7 +431,7 @@ class BatchRunner:
 
     async def _process(
         self, item: BatchItem, prepared: asyncio.Future[_Prepared], state: _ItemState
-    ) -> ScanOutcome:
+    ) -> Outcome:
         prep = await prepared
         state.key = prep.key
         entry = self._entries.get(prep.key) if self._journal is not None else None
@@ -447,7 +447,7 @@ class BatchRunner:
                 entry, resent = None, self._note(decision)
             else:
                 prep.upload.close()
-                return ScanOutcome(item, None, error=_ambiguous_error(entry, decision))
+                return ScanFailure(item, None, error=_ambiguous_error(entry, decision))
         known = _known_outcome(item, entry, self._options.ambiguous)
         if known is not None:
             prep.upload.close()
@@ -600,8 +600,8 @@ class BatchRunner:
     def _finish(
         self,
         index: int,
-        outcome: ScanOutcome,
-        done: asyncio.Queue[tuple[int, ScanOutcome]],
+        outcome: Outcome,
+        done: asyncio.Queue[tuple[int, Outcome]],
         *,
         ran: bool,
     ) -> None:
@@ -694,7 +694,7 @@ async def _logged(step: str, write: Callable[[], Awaitable[None]]) -> None:
 
 def _known_outcome(
     item: BatchItem, entry: JournalEntry | None, ambiguous: AmbiguousPolicy
-) -> ScanOutcome | None:
+) -> Outcome | None:
     """The outcome the journal already holds for this item, if any (no request needed)."""
     if entry is None:
         return None

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ._errors import InvalidArgument
 
-__all__ = ["check_batch", "check_batch_options", "check_timeout"]
+__all__ = ["check_batch", "check_batch_options", "check_max_retries", "check_timeout"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,15 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
     ):
         raise InvalidArgument(f"{name} must be a number of seconds >= 0 or None, got {value!r}")
     return float(value)
+
+
+def check_max_retries(value: object) -> int | None:
+    """``value`` as a number of retries (None: the client's), or ``InvalidArgument``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"max_retries must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def check_batch(batch: Iterable[T]) -> list[T]:

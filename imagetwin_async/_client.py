@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import enum
 import os
@@ -19,14 +20,14 @@ from . import _protocol as protocol
 from . import _spec
 from . import _telemetry as telemetry
 from ._batch import BatchItem, BatchKwargs, BatchOptions, BatchRunner, BatchServices
-from ._call_checks import check_batch, check_timeout
-from ._errors import ConfigurationError, InvalidArgument
+from ._call_checks import check_batch, check_max_retries, check_timeout
+from ._errors import ClientClosed, ConfigurationError, InvalidArgument
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import Outcome, ScanOverview, ScanPending, ScanResult, ScanStarted
 from ._modelstore import ModelStore
 from ._polling import PollScheduler, read_rate_of
 from ._scanning import ScanStarter
-from ._session import ApiKey, RetryPolicy, Transport
+from ._session import VIEW_OUTLIVED, ApiKey, RetryPolicy, Transport
 from ._spec import SizeUnit
 from ._timings import Timings
 from ._uploads import Uploadable, prepare_upload
@@ -65,7 +66,9 @@ class ImagetwinClient:
     Pass ``session`` to use your own ``aiohttp.ClientSession`` (the client then leaves it open;
     ``timeout`` and ``connect_timeout`` still apply to every request). ``base_url`` defaults to
     ``IMAGETWIN_BASE_URL``, else the real API. Endpoint methods take ``timeout=`` to bound each
-    attempt of that one call instead of the client's ``timeout``.
+    attempt of that one call instead of the client's ``timeout`` (and ``max_retries=``, where
+    retrying makes sense); ``with_options(...)`` gives a view of the client with other
+    time-outs and retries that shares its session, rate limiters and poll scheduler.
     ``model_store`` (a ``ModelStore``, e.g. ``FileModelStore()``) keeps what the poll scheduler
     learned about scan durations across runs, so the next run polls well from its first scan.
     ``max_retry_after``: the longest Retry-After waited for; a longer one raises
@@ -121,7 +124,9 @@ class ImagetwinClient:
         if size_unit not in ("MB", "MiB"):
             raise ConfigurationError(f"size_unit must be 'MB' or 'MiB', got {size_unit!r}")
         self.timings: Timings = attrs.evolve((timings or Timings()).scaled(speed), **overrides)
-        """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied."""
+        """The timings in force: ``timings`` scaled by ``speed``, with the keywords applied
+        (``scan_limit`` / ``result_limit``: the limits the limiters in use enforce, also when a
+        ``Limiter`` was passed in)."""
         t = self.timings
         # None: IMAGETWIN_BASE_URL (an emulator or proxy set in the environment), else the API.
         if base_url is None:
@@ -132,17 +137,27 @@ class ImagetwinClient:
         self.size_unit: SizeUnit = size_unit
         self._scan_limiter = _as_limiter(scan_limit, t.scan_limit, "POST /scan")
         self._result_limiter = _as_limiter(result_limit, t.result_limit, "GET /result")
+        # A Limiter passed in enforces its own limit: the timings say that one, not a default.
+        self.timings = t = attrs.evolve(
+            t,
+            scan_limit=_limit_of(self._scan_limiter, t.scan_limit),
+            result_limit=_limit_of(self._result_limiter, t.result_limit),
+        )
+        self._retry = RetryPolicy(
+            max_retries,
+            t.backoff_base,
+            t.backoff_cap,
+            max_retry_after=max_retry_after,
+            limiter_outage_timeout=limiter_outage_timeout,
+        )
+        # A view (``with_options``) shares everything above and below; only its timings,
+        # retries, transport view and scan starter are its own.
+        self._is_view = False
         self._transport = Transport(
             base_url=base_url,
             api_key=ApiKey(key),
             limiters={"scan": self._scan_limiter, "result": self._result_limiter},
-            retry=RetryPolicy(
-                max_retries,
-                t.backoff_base,
-                t.backoff_cap,
-                max_retry_after=max_retry_after,
-                limiter_outage_timeout=limiter_outage_timeout,
-            ),
+            retry=self._retry,
             timeout=aiohttp.ClientTimeout(total=t.timeout, connect=t.connect_timeout),
             session=session,
             user_agent=user_agent(),
@@ -158,9 +173,18 @@ class ImagetwinClient:
         self._starter = ScanStarter(self._transport, self._scheduler)
 
     def __repr__(self) -> str:
-        return f"<ImagetwinClient base_url={self.base_url!r} api_key='***'>"
+        view = ""
+        if self._is_view:
+            t = self.timings
+            view = (
+                f" view timeout={t.timeout!r} connect_timeout={t.connect_timeout!r}"
+                f" max_retries={self._retry.max_retries}"
+            )
+        return f"<{type(self).__name__} base_url={self.base_url!r} api_key='***'{view}>"
 
     async def __aenter__(self) -> Self:
+        if self._is_view and self._transport.outlived:
+            raise ClientClosed(VIEW_OUTLIVED)
         self.closed = False
         return self
 
@@ -176,11 +200,99 @@ class ImagetwinClient:
         """Stop polling (waiters get ``ScanCancelled``) and close the HTTP session we own.
 
         The client can be used again afterwards (``async with`` it once more): it reopens
-        what it needs. ``closed`` says whether it was closed since last entered.
+        what it needs. ``closed`` says whether it was closed since last entered. Closing a
+        client ends its views (``with_options``): using one raises ``ClientClosed``.
+
+        Closing a view closes nothing it shares with its client (the session, the poll
+        scheduler go on); the view itself raises ``ClientClosed`` until entered again.
         """
+        if self._is_view:
+            self.closed = True
+            return
         await self._scheduler.close()
         await self._transport.close()
         self.closed = True
+
+    def with_options(
+        self,
+        *,
+        timeout: float | _Unset | None = _UNSET,
+        connect_timeout: float | _Unset | None = _UNSET,
+        max_retries: int | None = None,
+        max_retry_after: float | None = None,
+    ) -> Self:
+        """A view of this client with other time-outs or retries, as openai's SDK has it.
+
+        >>> quick = client.with_options(timeout=10, max_retries=1)
+        >>> answer = await quick.get_result(scan_id)          # this call: 10 s, one retry
+        >>> await client.with_options(max_retries=0).scan("paper.pdf")
+
+        A view is cheap (make one per request if you like) and shares everything that must
+        stay one per key: the HTTP session, the rate limiters (so the budget and the
+        zero-429 pacing hold across all views), the poll scheduler, the service clock. Its
+        own: ``timeout`` / ``connect_timeout`` (seconds per attempt, None for none; they
+        apply with a session you passed in too), ``max_retries`` and ``max_retry_after``
+        (see the constructor). Options not given are this client's (or this view's).
+        A keyword on the call itself wins over the view: call > view > client.
+
+        ``max_retries`` counts resends of requests that provably did nothing: a 429, a
+        connection that was refused, a 502/503/504 for reads. For ``scan`` (and a batch's
+        scans) that rule is the money rule: a scan POST is resent only when the answer proves
+        no scan started (429, refused connection, 503/504 with Retry-After); one that may have
+        started a scan is never resent, whatever ``max_retries`` says (``AmbiguousSubmission``).
+
+        ``wait_for_result`` on a view waits through the shared scheduler, whose reads use the
+        client's options. Closing the view (``async with`` it, or ``close``) closes nothing of
+        the client's; closing the client ends every view of it (``ClientClosed``).
+        """
+        self._check_usable()
+        changes: dict[str, Any] = {}
+        for name, limit_s in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if limit_s is not _UNSET:
+                changes[name] = limit_s
+        timings = attrs.evolve(self.timings, **changes)
+        retry = self._retry
+        if max_retries is not None:
+            if isinstance(max_retries, bool):
+                raise ConfigurationError(f"max_retries must be a whole number, got {max_retries}")
+            retry = attrs.evolve(retry, max_retries=max_retries)
+        if max_retry_after is not None:
+            retry = attrs.evolve(retry, max_retry_after=max_retry_after)
+        view = copy.copy(self)
+        view.timings = timings
+        view._retry = retry
+        view._transport = self._transport.derive(
+            retry=retry,
+            timeout=aiohttp.ClientTimeout(total=timings.timeout, connect=timings.connect_timeout),
+        )
+        view._starter = ScanStarter(view._transport, self._scheduler)
+        view._is_view = True
+        view.closed = False
+        return view
+
+    def _check_usable(self) -> None:
+        """``ClientClosed`` for a view that was closed, or whose client was."""
+        if not self._is_view:
+            return
+        if self._transport.outlived:
+            raise ClientClosed(VIEW_OUTLIVED)
+        if self.closed:
+            raise ClientClosed(
+                "this client view (with_options) was closed; enter it again, or make a new one"
+            )
+
+    def _for_call(
+        self, timeout: float | None, max_retries: int | None = None
+    ) -> tuple[Transport, aiohttp.ClientTimeout | None]:
+        """The transport and time-out of one call: its own options over the client's."""
+        self._check_usable()
+        call_timeout = self._call_timeout(timeout)
+        retries = check_max_retries(max_retries)
+        if retries is None or retries == self._retry.max_retries:
+            return self._transport, call_timeout
+        return self._transport.derive(
+            retry=attrs.evolve(self._retry, max_retries=retries)
+        ), call_timeout
 
     # ---- rate-limit state --------------------------------------------------------------
 
@@ -209,6 +321,7 @@ class ImagetwinClient:
         sandbox: bool = False,
         block: bool = True,
         timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> ScanStarted:
         """Start one (billed) scan of a document or of up to 25 images.
 
@@ -217,9 +330,13 @@ class ImagetwinClient:
         any byte is sent (``InvalidUpload``). ``block=False`` raises ``RateLimitBusy`` instead
         of waiting for a free slot. A POST that may have started a scan is never retried:
         that case raises ``AmbiguousSubmission``. ``timeout`` bounds each attempt of this call
-        in seconds (default: the client's ``timeout``).
+        in seconds (default: the client's ``timeout``). ``max_retries`` (default: the
+        client's) counts only resends the money rule allows: a POST whose answer proves no scan
+        started (429, a refused connection, 503/504 with Retry-After); a POST that may have
+        started a scan is never resent, whatever ``max_retries`` says.
         """
-        call_timeout = self._call_timeout(timeout)
+        transport, call_timeout = self._for_call(timeout, max_retries)
+        starter = self._starter if transport is self._transport else self._starter_on(transport)
         request = protocol.build_scan_request(
             min_score=min_score,
             callback_url=callback_url,
@@ -228,7 +345,10 @@ class ImagetwinClient:
         )
         # Checking reads the files (a PDF's page count): off the event loop.
         upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
-        return await self._starter.start(request, upload, block=block, timeout=call_timeout)
+        return await starter.start(request, upload, block=block, timeout=call_timeout)
+
+    def _starter_on(self, transport: Transport) -> ScanStarter:
+        return ScanStarter(transport, self._scheduler)
 
     def _call_timeout(self, timeout: float | None) -> aiohttp.ClientTimeout | None:
         """A per-call time-out, or None for the client's own."""
@@ -257,6 +377,7 @@ class ImagetwinClient:
             DeprecationWarning,
             stacklevel=3,
         )
+        self._check_usable()
         request = protocol.build_scan_request(legacy=endpoint)
         upload = await asyncio.to_thread(
             prepare_upload, files, legacy=endpoint, size_unit=self.size_unit
@@ -264,17 +385,24 @@ class ImagetwinClient:
         return await self._starter.start(request, upload)
 
     async def get_result(
-        self, scan_id: str, *, block: bool = True, timeout: float | None = None
+        self,
+        scan_id: str,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> ScanResult | ScanPending:
         """One read of a scan's result: ``ScanResult`` when done, ``ScanPending`` while running.
 
         Raises ``ScanNotFound`` (404) and ``ScanFailed`` (500). ``timeout`` bounds each attempt
-        of this call in seconds (default: the client's ``timeout``).
+        of this call in seconds (default: the client's ``timeout``); ``max_retries``: how often
+        this read is sent again after a 429, a 502/503/504 or a network failure (default: the
+        client's).
         """
-        call_timeout = self._call_timeout(timeout)
+        transport, call_timeout = self._for_call(timeout, max_retries)
         request = protocol.build_result_request(scan_id)
         telemetry.note_read(scan_id)
-        response = await self._transport.send(request, block=block, timeout=call_timeout)
+        response = await transport.send(request, block=block, timeout=call_timeout)
         return protocol.read_result(
             response.status, response.headers, response.body, request=request
         )
@@ -285,6 +413,7 @@ class ImagetwinClient:
         Raises ``PollTimeout`` after ``timeout`` seconds (the scan may still finish), and
         ``ScanFailed`` / ``ScanNotFound`` as the result endpoint says.
         """
+        self._check_usable()
         protocol.validate_scan_id(scan_id)
         with telemetry.waiting(scan_id):  # a span, the scans-waiting gauge, reads per scan
             return await self._scheduler.wait(scan_id, timeout=check_timeout(timeout))
@@ -294,6 +423,7 @@ class ImagetwinClient:
 
         Trusts nothing: the next read decides. Returns False for scans nobody waits for.
         """
+        self._check_usable()
         return self._scheduler.hint(scan_id)
 
     @overload
@@ -304,6 +434,7 @@ class ImagetwinClient:
         *,
         export_format: Literal["json"] = "json",
         timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> ScanOverview: ...
 
     @overload
@@ -314,6 +445,7 @@ class ImagetwinClient:
         *,
         export_format: Literal["csv"],
         timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> str: ...
 
     async def scan_overview(
@@ -323,12 +455,14 @@ class ImagetwinClient:
         *,
         export_format: Literal["json", "csv"] = "json",
         timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> ScanOverview | str:
         """Scans performed between two UTC dates, both included: a ``ScanOverview`` for
-        ``json``, the server's text for ``csv``. ``timeout``: as for ``get_result``."""
-        call_timeout = self._call_timeout(timeout)
+        ``json``, the server's text for ``csv``. ``timeout``, ``max_retries``: as for
+        ``get_result``."""
+        transport, call_timeout = self._for_call(timeout, max_retries)
         request = protocol.build_overview_request(start_date, end_date, export_format)
-        response = await self._transport.send(request, timeout=call_timeout)
+        response = await transport.send(request, timeout=call_timeout)
         return protocol.read_overview(
             response.status, response.headers, response.body, request=request
         )
@@ -345,9 +479,9 @@ class ImagetwinClient:
 
         ``result`` is a ``ScanResult`` or the report URL. The API key is not sent: the link
         is public and served by another host. ``timeout`` bounds the download in seconds
-        (default: the client's ``timeout``).
+        (default: the client's ``timeout``). A download is not retried.
         """
-        call_timeout = self._call_timeout(timeout)
+        transport, call_timeout = self._for_call(timeout)
         url = result.pdf_report if isinstance(result, ScanResult) else result
         if not isinstance(url, str) or not url:
             raise InvalidArgument("this result has no report URL")
@@ -356,7 +490,7 @@ class ImagetwinClient:
         scan_id = result.scan_id if isinstance(result, ScanResult) else None
         is_dir = names_dir or await asyncio.to_thread(Path(path).is_dir)
         target = protocol.report_target(path, is_dir=is_dir, scan_id=scan_id, url=url)
-        return await self._transport.download(
+        return await transport.download(
             url, target, max_bytes=_spec.MAX_REPORT_BYTES, timeout=call_timeout
         )
 
@@ -395,6 +529,7 @@ class ImagetwinClient:
         twice). A crash leaves at most ``max_unanswered_scans`` items in doubt; settling
         waits ``settle_delay`` after a lost POST before it believes an empty window.
         """
+        self._check_usable()
         runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         # The runner makes only ScanSuccess / ScanFailure, each with its item as source.
         return cast("list[Outcome[Item]]", await runner.run())
@@ -412,6 +547,7 @@ class ImagetwinClient:
         on running on the server). To have that happen at once rather than when the iterator
         is collected, close it: ``async with contextlib.aclosing(client.iter_outcomes(...))``.
         """
+        self._check_usable()
         runner = BatchRunner(self._batch_services(), check_batch(batch), BatchOptions(**options))
         return cast("AsyncGenerator[Outcome[Item], None]", runner.iterate())
 
@@ -436,3 +572,16 @@ def _as_limiter(given: RateLimit | Limiter | None, timed: RateLimit, name: str) 
     if given is None or isinstance(given, RateLimit):
         return timed.build(name=name)
     return given
+
+
+def _limit_of(limiter: Limiter, assumed: RateLimit) -> RateLimit:
+    """The ``RateLimit`` a limiter enforces: its own (ours and the Redis ones keep it as
+    ``.limit``), else what its snapshot says, else ``assumed``."""
+    inner = getattr(limiter, "limit", None)
+    if isinstance(inner, RateLimit):
+        return inner
+    try:
+        state = limiter.snapshot()
+        return RateLimit(state.requests, per=state.per)
+    except Exception:  # a custom limiter that cannot tell (yet): the timings' limit
+        return assumed

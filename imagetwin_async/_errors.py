@@ -2,6 +2,8 @@
 
     ImagetwinError
     ├── ConfigurationError (ValueError)      no API key, bad base URL, bad client option
+    ├── ClientClosed (RuntimeError)           a view (``with_options``) used after it, or the
+    │                                         client it was made from, was closed
     ├── InvalidArgument (ValueError)          a call the API would reject; nothing was sent
     │   └── InvalidUpload                     a file or option the scan endpoint would reject
     │       └── UploadChanged                 a file changed while it was being sent
@@ -44,6 +46,7 @@ __all__ = [
     "AmbiguousSubmission",
     "AuthenticationError",
     "BadRequest",
+    "ClientClosed",
     "ConfigurationError",
     "ImagetwinError",
     "InvalidArgument",
@@ -77,6 +80,15 @@ class ImagetwinError(Exception):
 
 class ConfigurationError(ImagetwinError, ValueError):
     """The client was set up wrongly (no API key, a malformed base URL, a bad option)."""
+
+
+class ClientClosed(ImagetwinError, RuntimeError):
+    """A client view (``ImagetwinClient.with_options``) was used after it was closed, or after
+    the client it was made from was closed (which ends every view of it); nothing was sent.
+
+    Make a new view from the open client. The client itself may be used again after
+    ``close`` (it reopens what it needs); its views may not.
+    """
 
 
 class InvalidArgument(ImagetwinError, ValueError):

@@ -138,27 +138,30 @@ class RateLimit:
 
     requests: int = attrs.field(validator=_validate_requests)
     per: float = attrs.field(default=60.0, validator=_validate_positive)
-    margin: float = attrs.field(kw_only=True, validator=_validate_non_negative)
+    # Defaults scale with ``per``; given as ``default=Factory(...)`` (not ``@x.default``) so
+    # every type checker sees they are optional (pyright's dataclass_transform reads only
+    # ``default=``).
+    margin: float = attrs.field(
+        default=attrs.Factory(lambda self: _scaled(self, _MARGIN_FRACTION), takes_self=True),
+        kw_only=True,
+        validator=_validate_non_negative,
+    )
     strategy: Strategy = attrs.field(default="window", kw_only=True, validator=_validate_strategy)
-    backoff_base: float = attrs.field(kw_only=True, validator=_validate_positive)
-    backoff_cap: float = attrs.field(kw_only=True, validator=_validate_positive)
-    max_pause: float = attrs.field(kw_only=True, validator=_validate_positive)
-
-    @margin.default
-    def _default_margin(self) -> float:
-        return _scaled(self, _MARGIN_FRACTION)
-
-    @backoff_base.default
-    def _default_backoff_base(self) -> float:
-        return _scaled(self, _BACKOFF_BASE_FRACTION)
-
-    @backoff_cap.default
-    def _default_backoff_cap(self) -> float:
-        return _scaled(self, _BACKOFF_CAP_FRACTION)
-
-    @max_pause.default
-    def _default_max_pause(self) -> float:
-        return _scaled(self, _MAX_PAUSE_FRACTION)
+    backoff_base: float = attrs.field(
+        default=attrs.Factory(lambda self: _scaled(self, _BACKOFF_BASE_FRACTION), takes_self=True),
+        kw_only=True,
+        validator=_validate_positive,
+    )
+    backoff_cap: float = attrs.field(
+        default=attrs.Factory(lambda self: _scaled(self, _BACKOFF_CAP_FRACTION), takes_self=True),
+        kw_only=True,
+        validator=_validate_positive,
+    )
+    max_pause: float = attrs.field(
+        default=attrs.Factory(lambda self: _scaled(self, _MAX_PAUSE_FRACTION), takes_self=True),
+        kw_only=True,
+        validator=_validate_positive,
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_cap < self.backoff_base:

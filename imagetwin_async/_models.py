@@ -136,16 +136,20 @@ class ScanOutcome(Generic[S_co]):
     ``scan_id`` is None when the server never accepted the item (an invalid upload, a refused
     request); ``source`` is the item exactly as it was passed in (typed as the batch's items).
     ``note`` says where a resumed item's outcome came from ("from the journal", "adopted from
-    scan-overview"). Batches hand back its two kinds, ``ScanSuccess`` (``ok`` is True,
-    ``result`` set) and ``ScanFailure`` (``ok`` is False, ``error`` set), so a type checker
-    narrows ``result`` and ``error`` after ``if outcome.ok:`` (mypy) or
-    ``isinstance(outcome, ScanSuccess)`` / ``outcome.result is not None`` (mypy and pyright).
+    scan-overview"). Batches hand back its two kinds, ``ScanSuccess`` (``ok`` is
+    ``Literal[True]``, ``result`` set) and ``ScanFailure`` (``ok`` is ``Literal[False]``,
+    ``error`` set), so a type checker narrows ``result`` and ``error`` after
+    ``match outcome: case ScanSuccess(): ...``, ``if outcome.ok is True:``,
+    ``if outcome.result is not None:`` or ``isinstance(outcome, ScanSuccess)`` (mypy and
+    pyright), and after a bare ``if outcome.ok:`` (mypy only: pyright narrows a union on a
+    literal field only through ``==``, ``is`` and their negations, by design).
 
     >>> for outcome in await client.submit_and_wait(["a.pdf", "b.pdf"]):
-    ...     if outcome.ok:
-    ...         print(outcome.source, outcome.result.finding_count)
-    ...     else:
-    ...         print(outcome.source, outcome.error)
+    ...     match outcome:
+    ...         case ScanSuccess(result=result):
+    ...             print(outcome.source, result.finding_count)
+    ...         case ScanFailure(error=error):
+    ...             print(outcome.source, error)
     """
 
     source: S_co

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import itertools
 import logging
 import math
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 import attrs
@@ -29,6 +31,7 @@ from yarl import URL
 from . import _telemetry as telemetry
 from ._backoff import full_jitter_ceiling
 from ._errors import (
+    ClientClosed,
     ConfigurationError,
     InvalidArgument,
     LimiterUnavailable,
@@ -52,7 +55,15 @@ from ._protocol import (
 from ._servicetime import ServiceClock
 from ._uploads import Upload
 
-__all__ = ["ApiKey", "BeforeSend", "RawResponse", "RetryPolicy", "Transport"]
+__all__ = [
+    "VIEW_OUTLIVED",
+    "ApiKey",
+    "BeforeSend",
+    "RawResponse",
+    "RetryPolicy",
+    "SharedSession",
+    "Transport",
+]
 
 logger = logging.getLogger("imagetwin_async")
 
@@ -182,10 +193,49 @@ class RawResponse:
     body: bytes
 
 
+VIEW_OUTLIVED: Final = (
+    "the client this view was made from (with_options) was closed, which ends its views; "
+    "make a new one from the open client"
+)
+
+
+class SharedSession:
+    """The aiohttp session of one client and all its views (``Transport.derive``).
+
+    Made on first use, unless the caller passed one in (then it is only ever used, never
+    closed). ``close`` closes the session made here and advances ``generation``, which ends
+    every view made before it; the owner itself may be used again (a new session is made).
+    """
+
+    __slots__ = ("_owned", "_session", "_timeout", "generation")
+
+    def __init__(
+        self, session: aiohttp.ClientSession | None, timeout: aiohttp.ClientTimeout
+    ) -> None:
+        self._session = session
+        self._owned = session is None
+        self._timeout = timeout
+        self.generation = 0
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._owned:
+                raise ConfigurationError("the aiohttp session passed to the client is closed")
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        self.generation += 1
+        if self._owned and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
 class Transport:
     """Sends ``Request``s to one API base URL with one key, through per-group limiters.
 
-    Owns the aiohttp session unless the caller passed one in (then it is left open).
+    Owns the aiohttp session unless the caller passed one in (then it is left open); its
+    views (``derive``) share it.
     """
 
     def __init__(
@@ -215,8 +265,10 @@ class Transport:
         self._limiters = limiters
         self._retry = retry
         self._timeout = timeout
-        self._session = session
-        self._owns_session = session is None
+        self._sessions = SharedSession(session, timeout)
+        # None for the transport that owns the session; a view's (``derive``): the
+        # ``SharedSession.generation`` it was made in, so it fails once that session closes.
+        self._generation: int | None = None
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         # Every answer's Date header dates the service's clock (journals keep service time).
         self.service_clock = ServiceClock()
@@ -229,16 +281,32 @@ class Transport:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise ConfigurationError("the aiohttp session passed to the client is closed")
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        if self.outlived:
+            raise ClientClosed(VIEW_OUTLIVED)
+        return self._sessions.get()
+
+    @property
+    def outlived(self) -> bool:
+        """Whether this is a view whose session was closed since it was made."""
+        return self._generation is not None and self._generation != self._sessions.generation
+
+    def derive(
+        self, *, retry: RetryPolicy | None = None, timeout: aiohttp.ClientTimeout | None = None
+    ) -> Transport:
+        """A view of this transport with other retries or time-outs: the same session,
+        limiters, service clock and answer log (nothing is duplicated, so the rate budget stays
+        one). Closing a view closes nothing; once the owner closes, the view raises
+        ``ClientClosed``."""
+        view = copy.copy(self)
+        view._retry = retry if retry is not None else self._retry
+        view._timeout = timeout if timeout is not None else self._timeout
+        if view._generation is None:
+            view._generation = self._sessions.generation
+        return view
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._generation is None:  # a view's close leaves the owner's session alone
+            await self._sessions.close()
 
     def url_for(self, request: Request) -> URL:
         return self.base_url.join(URL(request.path))

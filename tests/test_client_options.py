@@ -18,7 +18,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from imagetwin_async import ImagetwinClient, InvalidArgument, ScanPending, TransportError
+from imagetwin_async import (
+    ImagetwinClient,
+    InvalidArgument,
+    LimitState,
+    RateLimit,
+    ScanPending,
+    TransportError,
+)
+from imagetwin_async._limits import Slot
 
 KEY = "sk-options-test-1234"
 SCAN_ID = "a" * 64
@@ -128,3 +136,34 @@ async def test_every_request_names_the_sdk_python_and_aiohttp(
     assert f"python/{platform.python_version()}" in agent
     assert f"aiohttp/{aiohttp.__version__}" in agent
     assert KEY not in agent
+
+
+def test_the_timings_name_the_limits_the_limiters_passed_in_enforce() -> None:
+    """A deployment that passes its own limiters (shared through Redis, say) reads
+    ``client.timings`` to see what it runs at: never the vendor default it replaced."""
+    mine = RateLimit(5, per=10.0).build(name="POST /scan")
+    client = ImagetwinClient(KEY, base_url="http://127.0.0.1:9/v1", scan_limit=mine)
+    assert client.timings.scan_limit == RateLimit(5, per=10.0)
+    assert client.timings.result_limit == RateLimit(60, per=60.0)  # the default, in force
+
+    class Custom:
+        """A limiter of the user's own that says only what its snapshot says."""
+
+        async def acquire(self, *, block: bool = True) -> Slot:
+            raise NotImplementedError
+
+        def on_rate_limited(self, retry_after: float | None) -> float:
+            return 0.0
+
+        def on_success(self) -> None:
+            pass
+
+        def snapshot(self) -> LimitState:
+            return LimitState(
+                requests=7, per=30.0, available=7, in_flight=0, next_slot_in=0.0, paused_for=0.0
+            )
+
+    custom = ImagetwinClient(KEY, base_url="http://127.0.0.1:9/v1", result_limit=Custom())
+    assert custom.timings.result_limit == RateLimit(7, per=30.0)
+    # A view keeps them.
+    assert custom.with_options(timeout=5).timings.result_limit == RateLimit(7, per=30.0)

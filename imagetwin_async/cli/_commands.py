@@ -85,8 +85,8 @@ class Globals:
     speed: float
     verbose: bool
 
-    def connection(self, *, emulator: bool) -> Connection:
-        return Connection(self.api_key, self.base_url, self.speed, emulator)
+    def connection(self, *, emulator: bool, request_timeout: float | None = None) -> Connection:
+        return Connection(self.api_key, self.base_url, self.speed, emulator, request_timeout)
 
 
 def _output_options(function: F) -> F:
@@ -105,6 +105,18 @@ def _output_options(function: F) -> F:
     )(function)
     function = click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv.")(function)
     return click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(function)
+
+
+def _request_timeout_option(*names: str) -> Callable[[F], F]:
+    """``--request-timeout`` (and, where no wait is bounded, ``--timeout``): seconds for each
+    request of the command (a read, the report download) instead of the default 5 minutes."""
+    return click.option(
+        *names,
+        "request_timeout",
+        type=Duration(),
+        default=None,
+        help="Give up each request (a read, a download) after this long (10s, 2m); default 5m.",
+    )
 
 
 def _emulator_option(function: F) -> F:
@@ -255,6 +267,7 @@ def _execute(
     body: Callable[[ImagetwinClient], Awaitable[int]],
     interrupted: Callable[[], None] = lambda: None,
     unfinished: Callable[[], None] = lambda: None,
+    request_timeout: float | None = None,
 ) -> int:
     """Run ``body`` with a client; map every expected failure to a message and exit code.
 
@@ -262,7 +275,7 @@ def _execute(
     what the run had (every scan already submitted, billed, among it).
     """
     _setup_logging(err, g.verbose)
-    connection = g.connection(emulator=emulator)
+    connection = g.connection(emulator=emulator, request_timeout=request_timeout)
 
     async def main() -> int:
         async with open_client(connection) as client:
@@ -327,14 +340,29 @@ def _shared_fatal_error(rows: Sequence[Row]) -> ImagetwinError | None:
 
 
 def _report_rows(
-    out: Console, err: Console, rows: Sequence[Row], output: OutputFormat, *, elapsed: float
+    out: Console,
+    err: Console,
+    rows: Sequence[Row],
+    output: OutputFormat,
+    *,
+    elapsed: float | None = None,
+    single: bool = False,
 ) -> int:
-    """Print the rows (with review links and hints) and return the exit code they mean."""
-    print_rows(out, rows, output, elapsed=elapsed)
+    """Print the rows (with links and hints) and return the exit code they mean.
+
+    ``single``: the answer to one read (``result``): a running scan exits 4, and a finished
+    one's result page and report are linked whatever it found.
+    """
+    running = single and rows[0].running
+    code = ExitCode.RUNNING if running else exit_code(rows)
+    print_rows(out, rows, output, elapsed=elapsed, code=code)
     if output == "table":
-        _print_links(out, rows)
+        if single and rows[0].result is not None:
+            _print_result_links(out, rows[0].result)
+        else:
+            _print_links(out, rows)
     _print_hints(err, rows)
-    return exit_code(rows)
+    return code
 
 
 def _print_links(out: Console, rows: Sequence[Row]) -> None:
@@ -520,6 +548,7 @@ def scan(
 
 @cli.command()
 @click.argument("scan_id")
+@_request_timeout_option("--timeout", "--request-timeout")
 @_output_options
 @_emulator_option
 @click.pass_obj
@@ -527,6 +556,7 @@ def result(
     g: Globals,
     *,
     scan_id: str,
+    request_timeout: float | None,
     fmt: str | None,
     as_json: bool,
     as_csv: bool,
@@ -539,14 +569,9 @@ def result(
 
     async def body(client: ImagetwinClient) -> int:
         row = await fetch_result(client, scan_id)
-        code = ExitCode.RUNNING if row.running else exit_code([row])
-        print_rows(out, [row], output, code=code)
-        if output == "table" and row.result is not None:
-            _print_result_links(out, row.result)
-        _print_hints(err, [row])
-        return code
+        return _report_rows(out, err, [row], output, single=True)
 
-    return _execute(g, err, emulator=emulator, body=body)
+    return _execute(g, err, emulator=emulator, body=body, request_timeout=request_timeout)
 
 
 def _print_result_links(out: Console, result: ScanResult) -> None:
@@ -557,6 +582,7 @@ def _print_result_links(out: Console, result: ScanResult) -> None:
 @cli.command()
 @click.argument("scan_ids", nargs=-1, required=True, metavar="SCAN_ID...|-")
 @click.option("--timeout", type=Duration(), default=None, help="Give up after this long.")
+@_request_timeout_option("--request-timeout")
 @_output_options
 @_emulator_option
 @click.pass_obj
@@ -565,6 +591,7 @@ def wait(
     *,
     scan_ids: tuple[str, ...],
     timeout: float | None,
+    request_timeout: float | None,
     fmt: str | None,
     as_json: bool,
     as_csv: bool,
@@ -603,7 +630,14 @@ def wait(
         done = len(state.finished_rows())
         _show(err, Message(f"interrupted: {done} of {len(ids)} results were in"))
 
-    return _execute(g, err, emulator=emulator, body=body, interrupted=interrupted)
+    return _execute(
+        g,
+        err,
+        emulator=emulator,
+        body=body,
+        interrupted=interrupted,
+        request_timeout=request_timeout,
+    )
 
 
 @cli.command()
@@ -618,10 +652,17 @@ def wait(
 @click.option(
     "--timeout", type=Duration(), default=None, help="How long to wait if the scan still runs."
 )
+@_request_timeout_option("--request-timeout")
 @_emulator_option
 @click.pass_obj
 def report(
-    g: Globals, scan_id: str, output: Path | None, timeout: float | None, emulator: bool
+    g: Globals,
+    *,
+    scan_id: str,
+    output: Path | None,
+    timeout: float | None,
+    request_timeout: float | None,
+    emulator: bool,
 ) -> int:
     """Download a scan's PDF report (waiting for the scan to finish if needed)."""
     out, err = _consoles(None)
@@ -642,7 +683,7 @@ def report(
         )
         return ExitCode.CLEAN
 
-    return _execute(g, err, emulator=emulator, body=body)
+    return _execute(g, err, emulator=emulator, body=body, request_timeout=request_timeout)
 
 
 # ---- overview -------------------------------------------------------------------------------
@@ -662,6 +703,7 @@ def _utc_today() -> dt.date:
 @click.option(
     "--end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day; default: today."
 )
+@_request_timeout_option("--timeout", "--request-timeout")
 @_output_options
 @_emulator_option
 @click.pass_obj
@@ -670,6 +712,7 @@ def overview(
     *,
     start: dt.datetime | None,
     end: dt.datetime | None,
+    request_timeout: float | None,
     fmt: str | None,
     as_json: bool,
     as_csv: bool,
@@ -692,7 +735,7 @@ def overview(
             print_overview(out, await client.scan_overview(first, last), output)
         return ExitCode.CLEAN
 
-    return _execute(g, err, emulator=emulator, body=body)
+    return _execute(g, err, emulator=emulator, body=body, request_timeout=request_timeout)
 
 
 # ---- emulator -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypedDict
 
 import attrs
 
@@ -42,6 +43,10 @@ _EMULATOR_SPREAD = 0.35  # log-normal sigma: scans finish one by one, not all at
 _TYPICAL_SCAN = 60.0
 
 
+class _Timeouts(TypedDict, total=False):
+    timeout: float
+
+
 class MissingKey(Exception):
     """No API key was given and none is set in the environment (a usage error)."""
 
@@ -54,6 +59,8 @@ class Connection:
     base_url: str = DEFAULT_BASE_URL
     speed: float = 1.0
     emulator: bool = False
+    # Seconds for each request (``--request-timeout``); None: the client's default.
+    request_timeout: float | None = None
 
     @property
     def target(self) -> str:
@@ -71,6 +78,11 @@ def typical_scan_seconds(connection: Connection) -> float:
 @contextlib.asynccontextmanager
 async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
     """A client for ``connection``; with ``emulator`` set, one talking to a fresh emulator."""
+    # Every request's, the poll scheduler's reads included (a view would not reach those);
+    # given only when asked, so the client's own timings decide otherwise.
+    timeouts: _Timeouts = {}
+    if connection.request_timeout is not None:
+        timeouts["timeout"] = connection.request_timeout
     if not connection.emulator:
         key = connection.api_key or os.environ.get(API_KEY_ENV)
         if not key:
@@ -80,6 +92,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             base_url=connection.base_url,
             speed=connection.speed,
             model_store=_model_store(connection.base_url, connection.speed),
+            **timeouts,
         ) as client:
             yield client
         return
@@ -91,7 +104,7 @@ async def open_client(connection: Connection) -> AsyncIterator[ImagetwinClient]:
             speed=EMULATOR_SPEED,
             processing_time=LogNormalTime(_EMULATOR_MEDIAN_SCAN, _EMULATOR_SPREAD),
         ) as emulator,
-        ImagetwinClient(**emulator.client_kwargs()) as client,
+        ImagetwinClient(**emulator.client_kwargs(), **timeouts) as client,
     ):
         yield client
 

@@ -19,6 +19,7 @@ from typing import IO
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.hdrs import CONTENT_DISPOSITION
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from yarl import URL
 
 from .. import _spec
@@ -41,8 +42,16 @@ _PAGE_COUNT_IN_THREAD = 1 * _spec.MIB  # parse big PDFs off the event loop
 _SIMPLE_DISPOSITION = re.compile(r'form-data; ?name="([^"\\%]*)"(?:; ?filename="([^"\\%]*)")?\Z')
 _PAGE_CACHE: dict[tuple[str, str], int | None] = {}  # (sha256, ext) -> pages: uploads repeat
 _PAGE_CACHE_SIZE = 1024
-# What aiohttp's multipart reader raises on a body that is not well-formed.
-_MALFORMED = (ValueError, KeyError, AssertionError, HttpProcessingError)
+# What aiohttp's multipart reader raises on a body that is not well-formed; its warnings about
+# a Content-Disposition it cannot parse are raised too where warnings are errors (a test suite).
+_MALFORMED = (
+    ValueError,
+    KeyError,
+    AssertionError,
+    HttpProcessingError,
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+)
 
 
 class UploadRejected(Exception):

@@ -438,3 +438,36 @@ def test_a_second_run_starts_from_the_durations_the_first_one_learned(
     second = run_cli(*connect, "scan", "--samples", "--json", env=env)
     assert second.code == 1, second.stderr
     assert len(json.loads(saved.read_text())["observations"]) == 4  # replaced, not appended
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (("result", _spec.SANDBOX_RUNNING_ID), "--timeout"),
+        (("result", _spec.SANDBOX_RUNNING_ID), "--request-timeout"),
+        (("wait", _spec.SANDBOX_FINISHED_ID), "--request-timeout"),
+        (("overview", "--start", "2025-04-01", "--end", "2025-04-30"), "--timeout"),
+    ],
+)
+def test_a_request_timeout_ends_a_hung_read_and_the_retry_answers(
+    emulator: ThreadedEmulator, main_in_process: Main, command: tuple[str, ...], option: str
+) -> None:
+    """A gateway that holds one answer ten (real) seconds: the command's request time-out
+    gives up on it, the read is retried and answered, and the command ends in a few seconds
+    (the default time-out, five minutes, would wait the ten seconds out)."""
+    endpoint = "scan-overview" if command[0] == "overview" else "result"
+    emulator.call(lambda e: e.inject_fault("delay", endpoint=endpoint, delay=10 * SPEED))
+    connect = ("--base-url", emulator.url, "--api-key", KEY, "--speed", str(SPEED))
+    started = time.monotonic()
+    out = main_in_process(*connect, *command, option, "0.5", "--json")
+    elapsed = time.monotonic() - started
+    # Answered, not an error (3): clean, findings (the sandbox's finished scan has some) or
+    # still running (the sandbox's forever-running scan).
+    assert out.code in (0, 1, 4), out.stderr
+    assert elapsed < 6.0, f"{elapsed:.1f}s: the request time-out did not end the hung read"
+
+
+def test_a_request_timeout_must_be_a_duration(main_in_process: Main) -> None:
+    out = main_in_process("--api-key", KEY, "result", _spec.SANDBOX_RUNNING_ID, "--timeout", "0")
+    assert out.code == 2
+    assert "duration" in out.stderr

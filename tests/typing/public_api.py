@@ -1,4 +1,4 @@
-"""The public API as users write it. Only type-checked (mypy --strict), never run."""
+"""The public API as users write it. Only type-checked (mypy --strict and pyright), never run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from imagetwin_async import (
     AmbiguousPolicy,
     BatchProgress,
+    ClientClosed,
     FileContent,
     ImagetwinClient,
     ImagetwinError,
@@ -18,6 +19,7 @@ from imagetwin_async import (
     PollTimeout,
     RateLimit,
     RateLimitBusy,
+    ScanFailure,
     ScanOutcome,
     ScanOverview,
     ScanPending,
@@ -60,15 +62,22 @@ async def main() -> None:
         for outcome in outcomes:
             error: ImagetwinError | None = outcome.error
             print(outcome.source, outcome.scan_id, outcome.ok, error)
-        # The README's loop: `.ok` narrows `result` and `error`; `source` is the item's type.
+        # The README's loop: each kind of outcome matched, `result` and `error` narrowed;
+        # `source` is the item's type (mypy and pyright alike).
         for done_item in await client.submit_and_wait(["a.pdf", "b.pdf"]):
-            if done_item.ok:
-                findings: int = done_item.result.finding_count
-                name: str = done_item.source
-                print(name, findings)
+            match done_item:
+                case ScanSuccess(result=found):
+                    findings: int = found.finding_count
+                    name: str = done_item.source
+                    print(name, findings)
+                case ScanFailure(error=why):
+                    print(done_item.source.upper(), why)
+            # `if done_item.ok:` narrows under mypy; pyright narrows `ok is True` (both do).
+            if done_item.ok is True:
+                print(done_item.result.finding_count)
             else:
-                why: ImagetwinError = done_item.error
-                print(done_item.source.upper(), why)
+                reason: ImagetwinError = done_item.error
+                print(reason)
             if isinstance(done_item, ScanSuccess):
                 print(done_item.result.clean)
         async with contextlib.aclosing(client.iter_outcomes(["c.pdf"])) as stream:
@@ -100,6 +109,23 @@ async def against_the_emulator() -> None:
         print(c2.timings.scan_limit.per)
     async with ImagetwinClient("key", base_url="http://127.0.0.1:8080/v1", speed=60) as c3:
         print(c3.timings.result_limit)
+
+
+async def with_options(client: ImagetwinClient, scan_id: str) -> None:
+    # A view is an ImagetwinClient: every endpoint, typed the same; options per call on top.
+    quick: ImagetwinClient = client.with_options(timeout=10, max_retries=1)
+    answer: ScanResult | ScanPending = await quick.get_result(scan_id, max_retries=0)
+    started: ScanStarted = await client.with_options(max_retries=0).scan("a.pdf", timeout=30)
+    overview: ScanOverview = await quick.scan_overview("2025-01-01", "2025-01-31", max_retries=2)
+    unbounded = client.with_options(timeout=None, connect_timeout=5.0, max_retry_after=60.0)
+    print(answer, started, overview, unbounded.timings.timeout)
+    try:
+        async with client.with_options(timeout=5) as view:
+            await view.wait_for_result(scan_id)
+    except ClientClosed as closed:
+        print(closed.message)
+    client.with_options(timeout="10")  # type: ignore[arg-type]
+    await client.get_result(scan_id, max_retries=1.5)  # type: ignore[arg-type]
 
 
 async def scan_everything(
