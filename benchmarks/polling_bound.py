@@ -1,7 +1,7 @@
 """The best any poller can do with B reads a scan, when it knows the duration distribution.
 
     python benchmarks/polling_bound.py [--median 60] [--sigma 0.5] [--step 0.5] [--reads 3]
-        [--naive 12.5 13.45]
+        [--naive 12.7 13.8] [--ratio 0.7]
 
 A poller learns nothing about a scan but "still running" until a read finds it done, so its
 policy for one scan is a list of read times. The budget (R reads a second, a scan every
@@ -126,20 +126,18 @@ def main(args: argparse.Namespace) -> None:
     columns = ["price", "reads/scan", "mean delay s", "1st read s", "1st quantile", "next gaps s"]
     print(table(columns, rows))
 
-    def bound(step: float, budget: float) -> tuple[float, float]:
-        best = (-math.inf, 0.0)
-        for lam in [x / 10 for x in range(10, 81)]:
-            v0 = (
-                solved[lam][0]
-                if step == args.step and lam in solved
-                else solve(dist, step, lam, horizon)[0]
-            )
-            best = max(best, (v0 - lam * budget, lam))
-        return best
+    values = {
+        lam: (solved[lam] if lam in solved else solve(dist, args.step, lam, horizon))[0]
+        for lam in [x / 10 for x in range(5, 121)]
+    }
+
+    def bound(budget: float) -> tuple[float, float]:
+        """max over the price of V(0) - price * budget: the weak-duality bound, its price."""
+        return max((v0 - lam * budget, lam) for lam, v0 in values.items())
 
     print()
     print(f"Lower bound on the mean delay at {args.reads:g} reads a scan (max over the price):")
-    coarse, lam = bound(args.step, args.reads)
+    coarse, lam = bound(args.reads)
     fine = solve(dist, args.step / 2, lam, horizon)[0] - lam * args.reads
     print(
         f"  grid {args.step:g} s: {coarse:.3f} s (price {lam:g}); grid {args.step / 2:g} s: "
@@ -150,14 +148,22 @@ def main(args: argparse.Namespace) -> None:
     p_rows = []
     for p in (0.2, 0.25, 0.3, 1 / 3, 0.35, 0.4):
         reads, delay = threshold_policy(dist, p, horizon)
-        floor = max(v[0] - k * reads for k, v in solved.items())
+        floor = bound(reads)[0]
         p_rows.append([f"{p:.3f}", reads, delay, floor, f"{delay / floor - 1:+.1%}"])
     print(table(["p", "reads/scan", "mean delay s", "bound s", "above"], p_rows))
     if args.naive:
         print()
-        print(f"The least ratio any poller can reach at {args.reads:g} reads a scan:")
+        print(
+            f"The least ratio any poller can reach at {args.reads:g} reads a scan, and the fewest"
+        )
+        print(f"reads a scan any poller needs for {args.ratio:g}x, against naive mean delays:")
         for naive in args.naive:
-            print(f"  against a naive mean delay of {naive:g} s: {fine / naive:.3f}")
+            budgets = [b / 100 for b in range(200, 801)]
+            need = next((b for b in budgets if bound(b)[0] <= args.ratio * naive), math.inf)
+            print(
+                f"  naive {naive:g} s: ratio >= {min(coarse, fine) / naive:.3f}; "
+                f"{args.ratio:g}x needs >= {need:.2f} reads a scan"
+            )
 
 
 if __name__ == "__main__":
@@ -166,6 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--step", type=float, default=0.5)
     parser.add_argument("--reads", type=float, default=3.0, help="the budget, reads a scan")
+    parser.add_argument("--ratio", type=float, default=0.7, help="a target ratio to the naive")
     parser.add_argument(
         "--naive", type=float, nargs="*", default=[], help="naive mean delays to divide by, s"
     )
