@@ -120,12 +120,10 @@ async def decisions(waiting: int, learned: bool, picks: int) -> float:
     async def never(scan_id: str) -> ScanResult | ScanPending:
         return ScanPending(scan_id)
 
-    # Learned: no longest gap, so no scan is overdue by one and every pick weighs the
-    # candidates (a scan overdue by a whole max_poll_interval is taken at once, cheaper).
+    # No longest gap, so no scan is overdue by one and every pick weighs the candidates (a
+    # scan overdue by a whole max_poll_interval is taken at once, which costs less).
     scheduler = PollScheduler(
-        never,
-        model=_known_model() if learned else None,
-        max_poll_interval=math.inf if learned else 60.0,
+        never, model=_known_model() if learned else None, max_poll_interval=math.inf
     )
     loop = asyncio.get_running_loop()
     rng = random.Random(2)

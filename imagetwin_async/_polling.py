@@ -11,8 +11,9 @@ of their own that is served first. A decision costs O(log n) whatever n:
 - Cold (fewer than ``min_samples`` durations seen and nothing restored): the first read of a
   scan comes ``poll_interval`` after it started (at once for a scan we did not see start),
   later reads back off by ``backoff`` up to ``max_poll_interval``: a geometric search for a
-  time scale nobody told us. Among due scans the longest overdue goes first (the top of the
-  heap).
+  time scale nobody told us. Among the few due scans at the top of the heap, the one likeliest
+  finished under the model's weak prior goes first (in effect the oldest): the prior orders
+  scans that are due together, it never decides when one is read.
 - Learned: durations of finished scans are fitted with a log-normal (``DurationModel``, per
   scan features when the client knows them). A scan is due once the chance that it
   finished since its last read reaches the reserve ``min_probability`` (and at the latest
@@ -527,6 +528,21 @@ class PollScheduler:
         before = watch.done_before
         return (p - before) / max(1.0 - before, 1e-12)
 
+    def _cold_chance(self, watch: _Watch, now: float) -> float:
+        """The same chance under the prior, before the model is ready: it only orders scans
+        that are due together (older ones first), never decides when a scan is read."""
+        if not watch.known_start:
+            return -1.0
+        mu, scale = self.model.location(watch.features), self.model.sigma * _SQRT2
+        age = now - watch.started
+        if age <= 0.0:
+            return 0.0
+        p = 0.5 * math.erfc((mu - math.log(age)) / scale)
+        if watch.last_read is None or watch.last_read <= watch.started:
+            return p
+        before = 0.5 * math.erfc((mu - math.log(watch.last_read - watch.started)) / scale)
+        return (p - before) / max(1.0 - before, 1e-12)
+
     def _pick(self, now: float) -> _Watch | float | None:
         """The scan to read now, or the time the next one falls due (None: nothing watched)."""
         hints = self._hints
@@ -547,13 +563,14 @@ class PollScheduler:
         if due > now:
             return due
         best, best_at = watch, 0
-        if self.model.ready and due > now - self.max_poll_interval:
-            best_score = self._chance(watch, now)
+        if due > now - self.max_poll_interval:
+            chance = self._chance if self.model.ready else self._cold_chance
+            best_score = chance(watch, now)
             for i in range(1, min(_CANDIDATES, len(heap))):
                 due, key, other = heap[i]
                 if due > now or key != other.key or not other.active or other.reading:
                     continue
-                score = self._chance(other, now)
+                score = chance(other, now)
                 if score > best_score:
                     best, best_at, best_score = other, i, score
         if best_at == 0:

@@ -539,3 +539,27 @@ async def test_when_reads_queue_the_likeliest_finished_scan_is_read_first() -> N
     for waiter in waiters:
         waiter.cancel()
     await scheduler.close()
+
+
+async def test_before_anything_is_learned_the_oldest_due_scan_is_read_first() -> None:
+    # Cold (nothing learned), reads queueing at the start of a job: of two scans due at once,
+    # the one that has run longer is likelier finished whatever the durations, so it goes
+    # first even if the other fell due earlier.
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, concurrency=1)
+    loop = asyncio.get_running_loop()
+    for scan_id in ("young", "old"):
+        endpoint.start(scan_id, 10_000.0)
+    scheduler.note_started("young")
+    scheduler._started["old"] = (loop.time() - 40.0, None)
+    waiters = [asyncio.create_task(scheduler.wait(s)) for s in ("young", "old")]
+    await asyncio.sleep(0)
+    young, old = scheduler._watches["young"], scheduler._watches["old"]
+    assert not scheduler.model.ready
+    now = loop.time()
+    scheduler._push(young, now - 2.0)
+    scheduler._push(old, now - 1.0)
+    assert scheduler._pick(now) is old
+    for waiter in waiters:
+        waiter.cancel()
+    await scheduler.close()
