@@ -84,8 +84,8 @@ _CANDIDATES: Final = 15
 _CLOCK_SLACK: Final = 1e-5
 _SQRT2: Final = math.sqrt(2.0)
 # The reserve: a learned scan is due once it is this likely to have finished since its last
-# read (1/0.2 = 5 reads a scan at most while the budget idles; fewer while reads queue).
-_RESERVE: Final = 0.2
+# read (about 1/0.15 = 7 reads a scan while the budget idles; fewer while reads queue).
+_RESERVE: Final = 0.15
 # How fast ``target_probability`` (the chance at which scans are being read) follows reads.
 _AVERAGE: Final = 0.05
 # Save the learned model every this many finished scans (besides on close).
@@ -145,7 +145,7 @@ class PollScheduler:
     bounds the reads in flight at once; the limiter inside ``poll`` bounds their rate, and
     ``read_rate`` (reads a second) / ``read_burst`` pace the reads below it.
     ``min_probability`` is the reserve: a learned scan is read once it is at least this
-    likely to have finished since its last read (default: 0.2, or ``target_probability`` if
+    likely to have finished since its last read (default: 0.15, or ``target_probability`` if
     lower); ``target_probability`` is where the reported ``target_probability`` average
     starts. ``model_store`` keeps what was learned across runs.
     """
