@@ -563,9 +563,12 @@ class PollScheduler:
         if due > now:
             return due
         best, best_at = watch, 0
-        if due > now - self.max_poll_interval:
-            chance = self._chance if self.model.ready else self._cold_chance
-            best_score = chance(watch, now)
+        chance = self._chance if self.model.ready else self._cold_chance
+        best_score = chance(watch, now)
+        # A scan the model cannot score (seen by id only) would lose to every scored one: once
+        # overdue by a whole max_poll_interval it goes first. A scored scan overdue only grows
+        # likelier finished, so it wins its turn by itself.
+        if best_score >= 0.0 or due > now - self.max_poll_interval:
             for i in range(1, min(_CANDIDATES, len(heap))):
                 due, key, other = heap[i]
                 if due > now or key != other.key or not other.active or other.reading:
