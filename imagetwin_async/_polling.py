@@ -25,8 +25,9 @@ of their own that is served first. A decision costs O(log n) whatever n:
   asked for match the budget: a price that clears at every read, with no controller to lag
   behind the load. Reading each scan when that chance reaches a constant ``p`` costs ``1/p``
   reads a scan and is within 1% of the least mean delay any poller can reach with as many
-  reads (``benchmarks/polling_bound.py``'s dynamic programme). A scan overdue by a whole
-  ``max_poll_interval`` goes first, so no scan starves behind others.
+  reads (``benchmarks/polling_bound.py``'s dynamic programme). A scan the model cannot score
+  (seen by id only) goes first once overdue by a whole ``max_poll_interval``, so it never
+  starves behind likelier ones.
 - A callback (``hint``) makes a scan due at once and first in line.
 
 Reads are paced one at a time at the budget's rate (``read_burst`` 1): a read the budget
