@@ -30,9 +30,10 @@ of their own that is served first. A decision costs O(log n) whatever n:
   starves behind likelier ones.
 - A callback (``hint``) makes a scan due at once and first in line.
 
-Reads are paced one at a time at the budget's rate (``read_burst`` 1): a read the budget
+Reads are paced at the budget's rate with a burst of two (``read_burst``): a read the budget
 allows now is given to the best scan now, not promised early to one that then waits in the
-limiter, and the reads of a lull never come out of the next minute's window.
+limiter, and a lull's reads never come out of the next minute's window; the second token
+absorbs a late wake-up of the loop.
 
 Scans started with a callback URL are read only at ``max_poll_interval`` until the callback
 comes: the callback does the waiting, polling is the safety net.
@@ -162,7 +163,7 @@ class PollScheduler:
         min_probability: float | None = None,
         concurrency: int = 4,
         read_rate: float | None = None,
-        read_burst: int = 1,
+        read_burst: int = 2,
         model: DurationModel | None = None,
         model_store: ModelStore | None = None,
         clock: Callable[[], float] | None = None,
