@@ -24,7 +24,7 @@ of their own that is served first. A decision costs O(log n) whatever n:
   reads queue for it, the chance at which scans are read rises by itself until the reads
   asked for match the budget: a price that clears at every read, with no controller to lag
   behind the load. Reading each scan when that chance reaches a constant ``p`` costs ``1/p``
-  reads a scan and is within 1% of the least mean delay any poller can reach with as many
+  reads a scan and is within 2% of the least mean delay any poller can reach with as many
   reads (``benchmarks/polling_bound.py``'s dynamic programme). A scan the model cannot score
   (seen by id only) goes first once overdue by a whole ``max_poll_interval``, so it never
   starves behind likelier ones.
