@@ -31,6 +31,7 @@ class SimResult:
     reads: int
     rejected: int
     scans: int
+    tail_reads: int = 0  # reads after the last scan started (the budget idles more and more)
 
     @property
     def delays(self) -> list[float]:
@@ -53,6 +54,8 @@ class _Server:
         self.log: collections.deque[float] = collections.deque()
         self.reads = 0
         self.rejected = 0
+        self.all_started = False
+        self.tail_reads = 0
 
     async def read(self, scan_id: str) -> tuple[int, float]:
         """(status, retry_after): 200, 202 or 429."""
@@ -67,6 +70,7 @@ class _Server:
             return 429, retry
         self.log.append(now)
         self.reads += 1
+        self.tail_reads += self.all_started
         done = now >= self.ends[scan_id]
         await asyncio.sleep(LATENCY / 2)
         return (200 if done else 202), 0.0
@@ -149,13 +153,14 @@ async def _ours(
         duration, features = draw(rng, i)
         scan_id = f"s{i}"
         server.ends[scan_id] = loop.time() + duration
+        server.all_started = server.all_started or i == n - 1
         scheduler.note_started(scan_id, features=features if use_features else None)
         await scheduler.wait(scan_id)
         delays[i] = loop.time() - server.ends[scan_id]
 
     await asyncio.gather(*(one(i) for i in range(n)))
     await scheduler.close()
-    return SimResult(delays, server.reads, server.rejected, n)
+    return SimResult(delays, server.reads, server.rejected, n, server.tail_reads)
 
 
 async def _naive(n: int, gap: float, draw: Draw, seed: int, every: float) -> SimResult:
@@ -170,6 +175,7 @@ async def _naive(n: int, gap: float, draw: Draw, seed: int, every: float) -> Sim
         duration, _ = draw(rng, i)
         scan_id = f"s{i}"
         server.ends[scan_id] = loop.time() + duration
+        server.all_started = server.all_started or i == n - 1
         while True:
             await asyncio.sleep(every)
             while True:
@@ -183,7 +189,7 @@ async def _naive(n: int, gap: float, draw: Draw, seed: int, every: float) -> Sim
         delays[i] = loop.time() - server.ends[scan_id]
 
     await asyncio.gather(*(one(i) for i in range(n)))
-    return SimResult(delays, server.reads, server.rejected, n)
+    return SimResult(delays, server.reads, server.rejected, n, server.tail_reads)
 
 
 def run(coro_factory: Callable[[], object]) -> SimResult:

@@ -1,6 +1,7 @@
 """Polling: how soon a caller has a finished scan's result, within 60 result reads a minute.
 
     python benchmarks/polling.py [--quick] [--speed 30] [--waiting 100 1000] [--minutes 30]
+        [--seed 0] [--seeds 5] [--simulated-only]
 
 (a) Many scans waiting at once. K scans start together on an in-process emulator (log-normal
     processing times; the scans are registered on the emulator directly, so none waits for
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -166,6 +169,9 @@ async def stream(
         first = min(s.received_at for s in scans.values())
         length = max(got.values()) - first
         waiting = sum(got[i] - scans[i].received_at for i in got) / length
+        # Reads after the last scan was submitted: the budget idles more and more then.
+        last = max(s.received_at for s in scans.values())
+        tail = sum(1 for r in emu.requests if r.endpoint == Endpoint.RESULT and r.time > last)
     waits = delays(emu, got)
     return [
         who if who.startswith("ours") else f"naive, every {poll_every:g} s",
@@ -175,6 +181,7 @@ async def stream(
         percentile(waits, 95),
         max(waits),
         f"{sum(reads.values()) / n:.2f}",
+        f"{tail / n:.2f}",
         limited.get("scan", 0),
         limited.get("result", 0),
         waiting,
@@ -187,17 +194,23 @@ async def stream(
 
 def run_job(job: tuple[Any, ...]) -> tuple[str, list[object]]:
     """One run in a worker process; sleeps until its start time first."""
-    part, size, who, speed, poll_every, directory, start_at = job
+    part, size, who, speed, poll_every, directory, start_at, offset = job
     time.sleep(max(0.0, start_at - time.time()))
     if part == "a":
         return part, asyncio.run(waiting_at_once(size, who, speed, poll_every))
     paths = sorted(Path(directory).glob("*.pdf"))[: int(size * 20)]
+    seed = len(paths) + 7919 * offset  # --seed 0: the emulator seeds of earlier runs
     if who == "ours, warm":
         # A previous run of the same job (another seed) fills the store; then the measured one.
         store = FileModelStore(Path(directory) / f"durations-{start_at}.json")
-        asyncio.run(stream(size, who, speed, poll_every, paths, seed=10_000, store=store))
-        return part, asyncio.run(stream(size, who, speed, poll_every, paths, store=store))
-    return part, asyncio.run(stream(size, who, speed, poll_every, paths))
+        asyncio.run(stream(size, who, speed, poll_every, paths, seed=10_000 + offset, store=store))
+        # Warm for real: the measured run starts from what the store holds.
+        kept = len(json.loads(store.path.read_text())["observations"])
+        assert kept > 0, "the warm-up run saved nothing"
+        row = asyncio.run(stream(size, who, speed, poll_every, paths, seed=seed, store=store))
+        row[0] = f"{who} ({kept} kept)"
+        return part, row
+    return part, asyncio.run(stream(size, who, speed, poll_every, paths, seed=seed))
 
 
 def simulated(seeds: int, everies: list[float]) -> list[list[object]]:
@@ -210,7 +223,7 @@ def simulated(seeds: int, everies: list[float]) -> list[list[object]]:
     cases.append(("sized docs, pages unknown", 120, False))
     for label, n, warm in cases:
         started = time.process_time()
-        ratios, ours_means, naive_means, reads, limited = [], [], [], [], 0
+        ratios, ours_means, naive_means, reads, tails, limited = [], [], [], [], [], 0
         docs = label.startswith("sized")
         for seed in range(seeds):
             draw = sim.sized() if docs else sim.lognormal()
@@ -221,6 +234,7 @@ def simulated(seeds: int, everies: list[float]) -> list[list[object]]:
             ours_means.append(ours.mean)
             naive_means.append(naive.mean)
             reads.append(ours.reads_per_scan)
+            tails.append(ours.tail_reads / ours.scans)
             limited += ours.rejected
         rows.append(
             [
@@ -229,8 +243,10 @@ def simulated(seeds: int, everies: list[float]) -> list[list[object]]:
                 mean(ours_means),
                 mean(naive_means),
                 f"{mean(ratios):.3f}",
+                f"{statistics.stdev(ratios):.3f}" if len(ratios) > 1 else "-",
                 f"{min(ratios):.2f}-{max(ratios):.2f}",
                 f"{mean(reads):.2f}",
+                f"{mean(tails):.2f}",
                 limited,
                 f"{time.process_time() - started:.1f}",
             ]
@@ -247,6 +263,7 @@ B_COLUMNS = [
     "p95 s",
     "max s",
     "reads/scan",
+    "after last",
     "429 scan",
     "429 result",
     "K waiting",
@@ -260,8 +277,10 @@ D_COLUMNS = [
     "ours mean s",
     "naive mean s",
     "ratio",
+    "sd",
     "range",
     "reads/scan",
+    "after last",
     "429",
     "CPU s",
 ]
@@ -277,8 +296,13 @@ def main(args: argparse.Namespace) -> None:
             f"sigma {PROCESSING.sigma:g}; server: sliding window, 60 result reads / 60 s",
             "ours: ImagetwinClient defaults (first poll 5 s, longest gap 60 s), scaled; "
             "naive: sleep N s, then a read through AsyncLimiter(60, 60), until 200",
+            "reads/scan: result requests a scan, 429s included; after last: of them, "
+            "those made after the last scan was submitted",
         ],
     )
+    if args.simulated_only:
+        simulated_table(args)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         write_pdfs(Path(tmp), int(minutes * 20))
@@ -293,7 +317,7 @@ def main(args: argparse.Namespace) -> None:
             runs += [("a", k, who, args.poll_every) for who in ("ours", "ids", "naive")]
         start_at = time.time() + WARM_UP
         jobs = [
-            (part, size, who, args.speed, every, tmp, start_at + i * STAGGER)
+            (part, size, who, args.speed, every, tmp, start_at + i * STAGGER, args.seed)
             for i, (part, size, who, every) in enumerate(runs)
         ]
         with ProcessPoolExecutor(max_workers=len(jobs)) as pool:
@@ -323,11 +347,15 @@ def main(args: argparse.Namespace) -> None:
     print(f"({time.perf_counter() - started:.0f} s real)")
     if args.seeds:
         print()
-        print(
-            f"(d) simulated time, {args.seeds} seeds each; naive: the best of every "
-            f"{', '.join(f'{e:g}' for e in args.naive_every)} s per seed; ratio: ours / naive"
-        )
-        print(table(D_COLUMNS, simulated(args.seeds, args.naive_every)))
+        simulated_table(args)
+
+
+def simulated_table(args: argparse.Namespace) -> None:
+    print(
+        f"(d) simulated time, {args.seeds} seeds each; naive: the best of every "
+        f"{', '.join(f'{e:g}' for e in args.naive_every)} s per seed; ratio: ours / naive"
+    )
+    print(table(D_COLUMNS, simulated(args.seeds, args.naive_every)))
 
 
 if __name__ == "__main__":
@@ -336,8 +364,12 @@ if __name__ == "__main__":
     parser.add_argument("--speed", type=float, default=30.0, help="emulated s per real s")
     parser.add_argument("--waiting", type=int, nargs="+", default=[100, 1000], metavar="K")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the stream")
+    parser.add_argument("--seed", type=int, default=0, help="emulator seed offset for (b) and (c)")
     parser.add_argument(
         "--seeds", type=int, default=5, help="seeds per simulated case in (d); 0: skip (d)"
+    )
+    parser.add_argument(
+        "--simulated-only", action="store_true", help="only (d): no emulator, no timing noise"
     )
     parser.add_argument(
         "--poll-every", type=float, default=10.0, help="naive poll interval in (a), s"

@@ -11,19 +11,29 @@ of their own that is served first. A decision costs O(log n) whatever n:
 - Cold (fewer than ``min_samples`` durations seen and nothing restored): the first read of a
   scan comes ``poll_interval`` after it started (at once for a scan we did not see start),
   later reads back off by ``backoff`` up to ``max_poll_interval``: a geometric search for a
-  time scale nobody told us. Among due scans the longest overdue goes first (the top of the
-  heap).
+  time scale nobody told us. Among the few due scans at the top of the heap, the one likeliest
+  finished under the model's weak prior goes first (in effect the oldest): the prior orders
+  scans that are due together, it never decides when one is read.
 - Learned: durations of finished scans are fitted with a log-normal (``DurationModel``, per
-  scan features when the client knows them). A scan is due when the chance that it finished
-  since its last read reaches a threshold ``p`` (and at the latest ``max_poll_interval``
-  after that read); among the few due scans at the top of the heap, the most likely finished
-  goes first. Reading when that chance reaches ``p`` is close to the schedule that minimises
-  the mean delay for a given number of reads (a dynamic programme over the read times gives
-  a first read at the 0.30 quantile and then reads each ~0.33 likely to find the scan done,
-  for 3 reads a scan). ``p`` follows the load: while reads wait for the budget it rises
-  (fewer, better-placed reads), while the budget idles it falls towards
-  ``min_probability`` (results sooner, at more reads a scan).
+  scan features when the client knows them). A scan is due once the chance that it
+  finished since its last read reaches the reserve ``min_probability`` (and at the latest
+  ``max_poll_interval`` after that read). Each read goes to the due scan most likely to have
+  finished since its last read (among the few at the top of the heap): the read that saves
+  the most expected delay, since every finished scan waiting for a read adds to the delay
+  at the same rate. While the budget idles, scans are read as they reach the reserve; while
+  reads queue for it, the chance at which scans are read rises by itself until the reads
+  asked for match the budget: a price that clears at every read, with no controller to lag
+  behind the load. Reading each scan when that chance reaches a constant ``p`` costs ``1/p``
+  reads a scan and is within 2% of the least mean delay any poller can reach with as many
+  reads (``benchmarks/polling_bound.py``'s dynamic programme). A scan the model cannot score
+  (seen by id only) goes first once overdue by a whole ``max_poll_interval``, so it never
+  starves behind likelier ones.
 - A callback (``hint``) makes a scan due at once and first in line.
+
+Reads are paced at the budget's rate with a burst of two (``read_burst``): a read the budget
+allows now is given to the best scan now, not promised early to one that then waits in the
+limiter, and a lull's reads never come out of the next minute's window; the second token
+absorbs a late wake-up of the loop.
 
 Scans started with a callback URL are read only at ``max_poll_interval`` until the callback
 comes: the callback does the waiting, polling is the safety net.
@@ -75,11 +85,11 @@ _CANDIDATES: Final = 15
 # this close to its due time is due, or the picker would re-arm for a sliver for ever.
 _CLOCK_SLACK: Final = 1e-5
 _SQRT2: Final = math.sqrt(2.0)
-# The read threshold falls by _STEP at each read made while the budget idled (the pacing
-# bucket full) and climbs back by _STEP at each read that had to wait for it, between
-# min_probability and target_probability.
-_MIN_PROBABILITY: Final = 0.1
-_STEP: Final = 0.01
+# The reserve: a learned scan is due once it is this likely to have finished since its last
+# read (about 1/0.15 = 7 reads a scan while the budget idles; fewer while reads queue).
+_RESERVE: Final = 0.15
+# How fast ``target_probability`` (the chance at which scans are being read) follows reads.
+_AVERAGE: Final = 0.05
 # Save the learned model every this many finished scans (besides on close).
 _SAVE_EVERY: Final = 100
 
@@ -134,10 +144,12 @@ class PollScheduler:
     >>> result = await scheduler.wait(scan_id, timeout=600)
 
     ``poll`` reads one result (the client's rate-limited ``get_result``). ``concurrency``
-    bounds the reads in flight at once; the limiter inside ``poll`` bounds their rate.
-    ``target_probability`` is where the read threshold ``p`` starts (and its value when the
-    budget is just used up); ``min_probability`` is the lowest it goes while reads are to
-    spare. ``model_store`` keeps what was learned across runs.
+    bounds the reads in flight at once; the limiter inside ``poll`` bounds their rate, and
+    ``read_rate`` (reads a second) / ``read_burst`` pace the reads below it.
+    ``min_probability`` is the reserve: a learned scan is read once it is at least this
+    likely to have finished since its last read (default: 0.15, or ``target_probability`` if
+    lower); ``target_probability`` is where the reported ``target_probability`` average
+    starts. ``model_store`` keeps what was learned across runs.
     """
 
     def __init__(
@@ -151,7 +163,7 @@ class PollScheduler:
         min_probability: float | None = None,
         concurrency: int = 4,
         read_rate: float | None = None,
-        read_burst: int = 10,
+        read_burst: int = 2,
         model: DurationModel | None = None,
         model_store: ModelStore | None = None,
         clock: Callable[[], float] | None = None,
@@ -160,17 +172,15 @@ class PollScheduler:
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self._backoff = backoff
-        self._target = self._max_target = target_probability
-        self._min_target = (
-            min(_MIN_PROBABILITY, target_probability)
-            if min_probability is None
-            else min_probability
+        self._target = target_probability
+        self._reserve = (
+            min(_RESERVE, target_probability) if min_probability is None else min_probability
         )
-        self._z = NormalDist().inv_cdf(target_probability)
+        self._z = NormalDist().inv_cdf(self._reserve)
         self._concurrency = asyncio.Semaphore(concurrency)
         # Pacing: a token bucket of ``read_burst`` refilled at ``read_rate``. Reads spread
-        # evenly never pile into one window of a windowed budget and starve the next, so a
-        # read that comes late says the demand is above the budget, not that a burst passed.
+        # evenly never pile into one window of a windowed budget and starve the next, and a
+        # read is given to a scan only when the budget has it.
         self._rate = read_rate if read_rate is not None and read_rate > 0 else None
         self._burst = float(max(read_burst, 1))
         self._tokens = self._burst
@@ -470,7 +480,7 @@ class PollScheduler:
                 watch.done_before = 0.0
             else:
                 age = watch.last_read - watch.started
-                next_age = conditional_quantile(mu, sigma, age, self._target)
+                next_age = conditional_quantile(mu, sigma, age, self._reserve)
                 gap = min(max(next_age - age, self.poll_interval / 4), self.max_poll_interval)
                 due = watch.last_read + gap
                 watch.done_before = lognormal_cdf(age, mu, sigma)
@@ -520,6 +530,21 @@ class PollScheduler:
         before = watch.done_before
         return (p - before) / max(1.0 - before, 1e-12)
 
+    def _cold_chance(self, watch: _Watch, now: float) -> float:
+        """The same chance under the prior, before the model is ready: it only orders scans
+        that are due together (older ones first), never decides when a scan is read."""
+        if not watch.known_start:
+            return -1.0
+        mu, scale = self.model.location(watch.features), self.model.sigma * _SQRT2
+        age = now - watch.started
+        if age <= 0.0:
+            return 0.0
+        p = 0.5 * math.erfc((mu - math.log(age)) / scale)
+        if watch.last_read is None or watch.last_read <= watch.started:
+            return p
+        before = 0.5 * math.erfc((mu - math.log(watch.last_read - watch.started)) / scale)
+        return (p - before) / max(1.0 - before, 1e-12)
+
     def _pick(self, now: float) -> _Watch | float | None:
         """The scan to read now, or the time the next one falls due (None: nothing watched)."""
         hints = self._hints
@@ -540,13 +565,17 @@ class PollScheduler:
         if due > now:
             return due
         best, best_at = watch, 0
-        if self.model.ready:
-            best_score = self._chance(watch, now)
+        chance = self._chance if self.model.ready else self._cold_chance
+        best_score = chance(watch, now)
+        # A scan the model cannot score (seen by id only) would lose to every scored one: once
+        # overdue by a whole max_poll_interval it goes first. A scored scan overdue only grows
+        # likelier finished, so it wins its turn by itself.
+        if best_score >= 0.0 or due > now - self.max_poll_interval:
             for i in range(1, min(_CANDIDATES, len(heap))):
                 due, key, other = heap[i]
                 if due > now or key != other.key or not other.active or other.reading:
                     continue
-                score = self._chance(other, now)
+                score = chance(other, now)
                 if score > best_score:
                     best, best_at, best_score = other, i, score
         if best_at == 0:
@@ -579,22 +608,17 @@ class PollScheduler:
 
     async def _next_due(self) -> _Watch:
         loop = asyncio.get_running_loop()
-        waited = False
         while True:
             now = self.now()
             pause = self._paced(now)
             if pause > 0.0:
-                waited = True
                 await asyncio.sleep(pause)
                 continue
             picked = self._pick(now)
             if isinstance(picked, _Watch):
-                if self._rate is not None:
-                    # The bucket full: the budget idled since the last read; below one, the
-                    # read waited for it.
-                    idle = self._tokens >= self._burst - 1e-9
-                    self._adapt(busy=not idle and (waited or picked.due < now - 1.0 / self._rate))
-                    waited = False
+                if picked.learned and not picked.hinted:
+                    chance = self._chance(picked, now)
+                    self._target += _AVERAGE * (chance - self._target)
                 self._tokens -= 1.0
                 return picked
             self._sleep_until = math.inf if picked is None else picked
@@ -667,20 +691,11 @@ class PollScheduler:
         else:
             self._push(watch, watch.last_read + self.max_poll_interval)
 
-    def _adapt(self, *, busy: bool) -> None:
-        """Move the read threshold with the load (see the module's docstring)."""
-        if busy:
-            target = min(self._target + _STEP, self._max_target)
-        else:
-            target = max(self._target - _STEP, self._min_target)
-        if target != self._target:
-            self._target = target
-            self._z = NormalDist().inv_cdf(target)
-
     @property
     def target_probability(self) -> float:
-        """The read threshold now: the chance of having finished since the last read at
-        which a learned scan is read again."""
+        """The chance of having finished since its last read at which learned scans are
+        being read now (a moving average over reads): ``min_probability`` while the budget
+        idles, higher while reads queue for it."""
         return self._target
 
     def _learn(self, watch: _Watch, now: float) -> None:

@@ -25,6 +25,7 @@ from imagetwin_async import (
     ScanResult,
     ServiceUnavailable,
 )
+from imagetwin_async._durations import conditional_quantile
 from imagetwin_async._polling import DurationModel, PollScheduler
 
 pytestmark = pytest.mark.looptime
@@ -461,4 +462,104 @@ async def test_the_threshold_falls_while_reads_idle_and_returns_under_load() -> 
 
     await asyncio.gather(sample(), *(scheduler.wait(s) for s in ids))
     assert busy[0] > idle
+    await scheduler.close()
+
+
+async def test_a_scan_restored_by_id_is_not_starved_by_likelier_finished_ones() -> None:
+    # A service restarts: one scan it knows only by id (no start time, so the model cannot
+    # speak for it) is due while a busy stream keeps learned scans, likelier finished, due
+    # at every read. It waits behind them at most a max_poll_interval past its due time.
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, model=known_model(), max_poll_interval=20.0)
+    loop = asyncio.get_running_loop()
+    endpoint.start("old", 10_000.0)
+    endpoint.start("new", 10_000.0)
+    scheduler._started["new"] = (loop.time() - 90.0, None)  # 90 s old: likely finished
+    waiters = [asyncio.create_task(scheduler.wait(s)) for s in ("old", "new")]
+    await asyncio.sleep(0)
+    old, new = scheduler._watches["old"], scheduler._watches["new"]
+    now = loop.time()
+    scheduler._push(old, now - 19.0)  # overdue, but less than max_poll_interval
+    scheduler._push(new, now - 1.0)
+    assert scheduler._pick(now) is new
+    scheduler._push(new, now - 1.0)
+    scheduler._push(old, now - 21.0)  # overdue by more: its turn, whatever the others' odds
+    assert scheduler._pick(now) is old
+    for waiter in waiters:
+        waiter.cancel()
+    await scheduler.close()
+
+
+async def test_with_reads_to_spare_a_learned_scan_is_read_at_the_reserve() -> None:
+    # One scan and the budget idle: each read comes when the scan is ``min_probability``
+    # likely to have finished since the last one (the first at that quantile), so a read
+    # finds a scan done with that chance and a scan costs about 1/p reads.
+    endpoint = FakeEndpoint(RateLimit(60, per=60.0))
+    scheduler = PollScheduler(
+        endpoint.poll, model=known_model(), read_rate=1.0, min_probability=0.25
+    )
+    loop = asyncio.get_running_loop()
+    endpoint.start("a", 10_000.0)
+    t0 = loop.time()
+    scheduler.note_started("a")
+    waiter = asyncio.create_task(scheduler.wait("a"))
+    await asyncio.sleep(100.0)
+    ages = [t - t0 for t in endpoint.reads_of("a")]
+    fit = scheduler.model.fit
+    assert fit is not None
+    mu, sigma = fit
+    assert ages[0] == pytest.approx(
+        math.exp(mu + sigma * statistics.NormalDist().inv_cdf(0.25)), abs=0.1
+    )
+    assert ages[1] == pytest.approx(conditional_quantile(mu, sigma, ages[0], 0.25), abs=0.1)
+    assert scheduler.target_probability < 0.3  # reads to spare: read at the reserve
+    waiter.cancel()
+    await scheduler.close()
+
+
+async def test_when_reads_queue_the_likeliest_finished_scan_is_read_first() -> None:
+    # Two scans are due at once and one read is free: the one that has run longer past its
+    # last read (likelier finished since) goes first, whatever order they fell due in.
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, model=known_model(), concurrency=1)
+    loop = asyncio.get_running_loop()
+    for scan_id in ("young", "old"):
+        endpoint.start(scan_id, 10_000.0)
+    scheduler.note_started("young")
+    scheduler._started["old"] = (loop.time() - 80.0, None)  # started 80 s ago
+    waiters = [asyncio.create_task(scheduler.wait(s)) for s in ("young", "old")]
+    await asyncio.sleep(0)
+    young, old = scheduler._watches["young"], scheduler._watches["old"]
+    now = loop.time()
+    # Both due now, the young one first in the heap: the pick must still take the old one.
+    scheduler._push(young, now - 2.0)
+    scheduler._push(old, now - 1.0)
+    assert scheduler._chance(old, now) > scheduler._chance(young, now)
+    assert scheduler._pick(now) is old
+    for waiter in waiters:
+        waiter.cancel()
+    await scheduler.close()
+
+
+async def test_before_anything_is_learned_the_oldest_due_scan_is_read_first() -> None:
+    # Cold (nothing learned), reads queueing at the start of a job: of two scans due at once,
+    # the one that has run longer is likelier finished whatever the durations, so it goes
+    # first even if the other fell due earlier.
+    endpoint = FakeEndpoint()
+    scheduler = PollScheduler(endpoint.poll, concurrency=1)
+    loop = asyncio.get_running_loop()
+    for scan_id in ("young", "old"):
+        endpoint.start(scan_id, 10_000.0)
+    scheduler.note_started("young")
+    scheduler._started["old"] = (loop.time() - 40.0, None)
+    waiters = [asyncio.create_task(scheduler.wait(s)) for s in ("young", "old")]
+    await asyncio.sleep(0)
+    young, old = scheduler._watches["young"], scheduler._watches["old"]
+    assert not scheduler.model.ready
+    now = loop.time()
+    scheduler._push(young, now - 2.0)
+    scheduler._push(old, now - 1.0)
+    assert scheduler._pick(now) is old
+    for waiter in waiters:
+        waiter.cancel()
     await scheduler.close()
