@@ -92,6 +92,8 @@ class ServiceClock:
         self._offset: Interval | None = None
         self.jumps = 0
         self.answers = 0
+        # The last Date header and what it parsed to: answers within a second repeat it.
+        self._last_date: tuple[str | None, float | None] = (None, None)
 
     @property
     def calibrated(self) -> bool:
@@ -104,7 +106,10 @@ class ServiceClock:
 
     def observe(self, sent: float, received: float, date: str | None) -> bool:
         """Take one answer in (monotonic ``sent``/``received``); whether the bounds moved."""
-        stamp = parse_http_date(date)
+        last, stamp = self._last_date
+        if date != last:
+            stamp = parse_http_date(date)
+            self._last_date = (date, stamp)
         if stamp is None or received < sent:
             return False
         self.answers += 1
