@@ -113,18 +113,21 @@ class ServiceClock:
         if stamp is None or received < sent:
             return False
         self.answers += 1
-        seen = Interval(stamp - received, stamp + 1.0 - sent)
-        if self._offset is None:
-            self._offset = seen
+        lo, hi = stamp - received, stamp + 1.0 - sent
+        current = self._offset
+        if current is None:
+            self._offset = Interval(lo, hi)
             return True
-        both = self._offset.intersect(seen)
-        if both is None:
+        # The intersection, in floats first: most answers leave the bounds as they were.
+        both_lo, both_hi = max(current.lo, lo), min(current.hi, hi)
+        if both_lo > both_hi:
             self.jumps += 1
-            self._offset = seen
+            self._offset = Interval(lo, hi)
             return True
-        changed = both != self._offset
-        self._offset = both
-        return changed
+        if both_lo == current.lo and both_hi == current.hi:
+            return False
+        self._offset = Interval(both_lo, both_hi)
+        return True
 
     def at(self, monotonic: float) -> Interval:
         """The service's time at our ``monotonic`` instant, bounded (calibrated clocks only)."""
