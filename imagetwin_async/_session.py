@@ -234,8 +234,8 @@ class Transport:
         )
         self._user_agent = user_agent
         # Built once: every API request carries the same headers (aiohttp merges them into a
-        # fresh multidict per request, so this one is never changed).
-        self._api_headers: Mapping[str, str] = CIMultiDictProxy(
+        # fresh multidict per request, so this read-only one is never changed).
+        self._api_headers = _ApiHeaders(
             CIMultiDict(
                 {
                     "Authorization": f"Bearer {api_key.reveal()}",
@@ -612,6 +612,18 @@ def _upload_changed(exc: BaseException) -> UploadChanged | None:
 
 def _finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _ApiHeaders(CIMultiDictProxy[str]):
+    """The headers of every API request, read-only; the key stays out of its repr.
+
+    A multidict proxy, so aiohttp takes it without converting it first.
+    """
+
+    def __repr__(self) -> str:
+        return f"<_ApiHeaders {', '.join(self.keys())} (values hidden)>"
+
+    __str__ = __repr__
 
 
 class NetworkFailure(Exception):
