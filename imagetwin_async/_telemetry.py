@@ -163,6 +163,12 @@ class CallTrace:
         if status == 429:
             inst.rate_limited.add(1, attrs)
 
+    def __enter__(self) -> CallTrace:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
     def finish(self, error: BaseException | None = None) -> None:
         """The call is over: its span gets the attempts, the wait, the last status."""
         status = self.status
@@ -179,25 +185,10 @@ class CallTrace:
             self._span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
 
 
-class _Untraced:
-    """``api_call`` while no tracer would record a span: only the ``CallTrace`` (metrics)."""
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call: CallTrace) -> None:
-        self._call = call
-
-    def __enter__(self) -> CallTrace:
-        return self._call
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
 def api_call(method: str, endpoint: str, path: str) -> contextlib.AbstractContextManager[CallTrace]:
     """A span around one API call, retries included; yields its ``CallTrace``."""
-    if not _tracing():
-        return _Untraced(CallTrace(None, endpoint, method))
+    if not _tracing():  # no span: the CallTrace alone (metrics), as its own context
+        return CallTrace(None, endpoint, method)
     return _traced_call(method, endpoint, path)
 
 
