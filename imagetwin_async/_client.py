@@ -30,7 +30,7 @@ from ._scanning import ScanStarter
 from ._session import VIEW_OUTLIVED, ApiKey, RetryPolicy, Transport
 from ._spec import SizeUnit
 from ._timings import Timings
-from ._uploads import Uploadable, prepare_upload
+from ._uploads import Uploadable, cheap_to_prepare, prepare_upload
 from ._useragent import user_agent
 
 __all__ = ["DEFAULT_BASE_URL", "ImagetwinClient"]
@@ -343,8 +343,12 @@ class ImagetwinClient:
             exclude_identical_paper=exclude_identical_paper,
             sandbox=sandbox,
         )
-        # Checking reads the files (a PDF's page count): off the event loop.
-        upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
+        # Checking reads the files (a PDF's page count): off the event loop, unless it is
+        # small content in memory, where the hop to a thread costs more than the check.
+        if cheap_to_prepare(files):
+            upload = prepare_upload(files, size_unit=self.size_unit)
+        else:
+            upload = await asyncio.to_thread(prepare_upload, files, size_unit=self.size_unit)
         return await starter.start(request, upload, block=block, timeout=call_timeout)
 
     def _starter_on(self, transport: Transport) -> ScanStarter:

@@ -373,6 +373,10 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _json(body: bytes, request: Request) -> Any:
     try:
+        if body[:1] == b"{" and body[1:2] != b"\x00":
+            # What json.loads(bytes) would detect (UTF-8: no BOM, no UTF-16/32 zero bytes),
+            # decoded as it would, without its four probes.
+            return json.loads(body.decode("utf-8", "surrogatepass"))
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # deep nesting exhausts the parser's stack
         raise ResponseFormatError(

@@ -92,6 +92,8 @@ class ServiceClock:
         self._offset: Interval | None = None
         self.jumps = 0
         self.answers = 0
+        # The last Date header and what it parsed to: answers within a second repeat it.
+        self._last_date: tuple[str | None, float | None] = (None, None)
 
     @property
     def calibrated(self) -> bool:
@@ -104,22 +106,28 @@ class ServiceClock:
 
     def observe(self, sent: float, received: float, date: str | None) -> bool:
         """Take one answer in (monotonic ``sent``/``received``); whether the bounds moved."""
-        stamp = parse_http_date(date)
+        last, stamp = self._last_date
+        if date != last:
+            stamp = parse_http_date(date)
+            self._last_date = (date, stamp)
         if stamp is None or received < sent:
             return False
         self.answers += 1
-        seen = Interval(stamp - received, stamp + 1.0 - sent)
-        if self._offset is None:
-            self._offset = seen
+        lo, hi = stamp - received, stamp + 1.0 - sent
+        current = self._offset
+        if current is None:
+            self._offset = Interval(lo, hi)
             return True
-        both = self._offset.intersect(seen)
-        if both is None:
+        # The intersection, in floats first: most answers leave the bounds as they were.
+        both_lo, both_hi = max(current.lo, lo), min(current.hi, hi)
+        if both_lo > both_hi:
             self.jumps += 1
-            self._offset = seen
+            self._offset = Interval(lo, hi)
             return True
-        changed = both != self._offset
-        self._offset = both
-        return changed
+        if both_lo == current.lo and both_hi == current.hi:
+            return False
+        self._offset = Interval(both_lo, both_hi)
+        return True
 
     def at(self, monotonic: float) -> Interval:
         """The service's time at our ``monotonic`` instant, bounded (calibrated clocks only)."""

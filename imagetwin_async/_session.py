@@ -74,6 +74,7 @@ BeforeSend = Callable[[], Awaitable[None]]
 
 _REDACTED = "[redacted]"
 _CHUNK = 256 * 1024
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 _ANSWER_LOG = 128  # > any per-window request budget the API has (60 reads a minute)
 
 
@@ -85,7 +86,7 @@ class ApiKey:
     b'{"echo": "[redacted]"}'
     """
 
-    __slots__ = ("_pattern", "_value")
+    __slots__ = ("_lowered", "_pattern", "_value")
 
     def __init__(self, value: str) -> None:
         if (
@@ -96,6 +97,7 @@ class ApiKey:
             raise ConfigurationError("the API key is empty or malformed")
         self._value = value.strip()
         self._pattern = _escaped_forms(self._value)
+        self._lowered = self._value.lower().encode()
 
     def reveal(self) -> str:
         return self._value
@@ -106,7 +108,18 @@ class ApiKey:
         Also every escaped spelling a decoder would turn back into the key: JSON's ``\\/``
         and ``\\uXXXX``, percent-encoding and HTML character references, mixed freely.
         """
+        if not self.may_be_in(data):
+            return data
         return self._pattern.sub(_REDACTED.encode(), data)
+
+    def may_be_in(self, data: bytes) -> bool:
+        """False only if ``data`` cannot hold the key in any spelling ``redact`` knows.
+
+        Every escaped spelling has a backslash, a percent sign or an ampersand in it; without
+        any of those the key can only be there as it is (in any letter case, as the pattern
+        matches). Three byte searches and a lower-casing cost a fraction of the pattern.
+        """
+        return b"\\" in data or b"%" in data or b"&" in data or self._lowered in data.lower()
 
     def redact_text(self, text: str) -> str:
         """``redact`` for text (an exception's message, a log line)."""
@@ -115,7 +128,8 @@ class ApiKey:
         )
 
     def appears_in(self, text: str) -> bool:
-        return self._pattern.search(text.encode("utf-8", "surrogateescape")) is not None
+        data = text.encode("utf-8", "surrogateescape")
+        return self.may_be_in(data) and self._pattern.search(data) is not None
 
     def __repr__(self) -> str:
         return "ApiKey('***')"
@@ -278,6 +292,18 @@ class Transport:
             lambda: collections.deque(maxlen=_ANSWER_LOG)
         )
         self._user_agent = user_agent
+        # Built once: every API request carries the same headers (aiohttp merges them into a
+        # fresh multidict per request, so this read-only one is never changed).
+        self._api_headers = _ApiHeaders(
+            CIMultiDict(
+                {
+                    "Authorization": f"Bearer {api_key.reveal()}",
+                    "Accept": "application/json",
+                    **({"User-Agent": user_agent} if user_agent else {}),
+                }
+            )
+        )
+        self._base = str(self.base_url)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -309,6 +335,10 @@ class Transport:
             await self._sessions.close()
 
     def url_for(self, request: Request) -> URL:
+        # ``base_url`` ends with "/": resolving a plain relative path (the core's are words
+        # and slashes) against it is appending it; anything else is joined by the rules.
+        if _PLAIN_PATH.fullmatch(request.path):
+            return URL(self._base + request.path)
         return self.base_url.join(URL(request.path))
 
     async def send(
@@ -513,11 +543,7 @@ class Transport:
                 self.url_for(request),
                 params=request.params or None,
                 data=data,
-                headers={
-                    "Authorization": f"Bearer {self._key.reveal()}",
-                    "Accept": "application/json",
-                    **({"User-Agent": self._user_agent} if self._user_agent else {}),
-                },
+                headers=self._api_headers,
                 # Per request, so a session the caller passed in keeps our time-outs too.
                 timeout=timeout,
                 # A redirect could carry the key to another host; the API does not redirect.
@@ -527,12 +553,7 @@ class Transport:
                 body, complete = await _read_capped(response, request.max_body)
                 # Any answer may echo the request's headers back (an error page, a redirect, a
                 # misbehaving proxy): no body or header leaves here with the key in it.
-                headers: Mapping[str, str] = CIMultiDictProxy(
-                    CIMultiDict(
-                        (name, self._key.redact_text(value))
-                        for name, value in response.headers.items()
-                    )
-                )
+                headers = self._scrubbed_headers(response)
                 body = self._key.redact(body)
         finally:
             if slot is not None:
@@ -540,26 +561,43 @@ class Transport:
         received = time.monotonic()
         self.service_clock.observe(sent, received, headers.get("Date"))
         self.answer_times[request.group].append(received)
-        logger.debug(
-            "%s /%s -> %d (attempt %d, waited %.3fs for a slot, answered in %.3fs)",
-            request.method,
-            request.path,
-            response.status,
-            attempt + 1,
-            sent - asked,
-            time.monotonic() - sent,
-            # The same facts as fields, for JSON log formatters (never the key).
-            extra={
-                "method": request.method,
-                "path": f"/{request.path}",
-                "status": response.status,
-                "attempt": attempt + 1,
-                "wait": sent - asked,
-            },
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # not even the fields, unless someone listens
+            logger.debug(
+                "%s /%s -> %d (attempt %d, waited %.3fs for a slot, answered in %.3fs)",
+                request.method,
+                request.path,
+                response.status,
+                attempt + 1,
+                sent - asked,
+                received - sent,
+                # The same facts as fields, for JSON log formatters (never the key).
+                extra={
+                    "method": request.method,
+                    "path": f"/{request.path}",
+                    "status": response.status,
+                    "attempt": attempt + 1,
+                    "wait": sent - asked,
+                },
+            )
         if not complete and (error := oversized_answer(request, response.status)) is not None:
             raise error
         return RawResponse(response.status, headers, body)
+
+    def _scrubbed_headers(self, response: aiohttp.ClientResponse) -> Mapping[str, str]:
+        """The answer's headers, with the key blanked wherever a value could hold it.
+
+        aiohttp's own (read-only) headers when no raw value can (the usual case: no copy),
+        else a copy with each value redacted. The raw bytes decide: decoding them adds no
+        backslash, percent sign, ampersand or ASCII letter that was not there.
+        """
+        raw = b"\n".join([value for _, value in response.raw_headers])
+        if not self._key.may_be_in(raw):
+            return response.headers
+        return CIMultiDictProxy(
+            CIMultiDict(
+                (name, self._key.redact_text(value)) for name, value in response.headers.items()
+            )
+        )
 
     async def download(
         self,
@@ -651,6 +689,18 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class _ApiHeaders(CIMultiDictProxy[str]):
+    """The headers of every API request, read-only; the key stays out of its repr.
+
+    A multidict proxy, so aiohttp takes it without converting it first.
+    """
+
+    def __repr__(self) -> str:
+        return f"<_ApiHeaders {', '.join(self.keys())} (values hidden)>"
+
+    __str__ = __repr__
+
+
 class NetworkFailure(Exception):
     """Stands in for an aiohttp error that held the request (its headers carry the key)."""
 
@@ -679,6 +729,8 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[byte
             return b"".join(chunks), True
         chunks.append(chunk)
         size += len(chunk)
+        if size <= cap and response.content.at_eof():  # all in: no read just to hear so
+            return b"".join(chunks), True
     return b"".join(chunks)[:cap], False
 
 

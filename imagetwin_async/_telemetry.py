@@ -15,13 +15,16 @@ wait) and ``imagetwin wait`` per ``wait_for_result``. Metrics (meter ``imagetwin
 ==============================  =========  ====================================================
 
 The API key is never an attribute; scan ids are (they name no one). The session and the client
-call the few functions below; without OpenTelemetry each is a cheap no-op.
+call the few functions below; without OpenTelemetry each is a cheap no-op, and so is each while
+no SDK is configured (the API's global providers are still its proxies): then no span is
+started and no instrument is touched, as nothing would record them.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +41,33 @@ try:
 except ModuleNotFoundError:  # the `otel` extra is not installed: every hook is a no-op
     trace = None  # type: ignore[assignment]
     metrics = None  # type: ignore[assignment]
+
+# Providers that record nothing: the API's own until an SDK is set. The metrics proxy is not
+# public; without it every call records through the proxies (correct, only slower).
+_SILENT_TRACERS: tuple[type, ...] = ()
+_SILENT_METERS: tuple[type, ...] = ()
+# Where the API keeps its global providers (None until one is set), to see "no SDK" without
+# asking the API, which consults os.environ on every call while none is set (~2 us). Only
+# while no environment variable names a provider (then the API would load it on first use).
+_TRACE_GLOBALS: Any = None
+_METRIC_GLOBALS: Any = None
+if trace is not None:
+    _SILENT_TRACERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    if "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ and hasattr(trace, "_TRACER_PROVIDER"):
+        _TRACE_GLOBALS = trace
+if metrics is not None:
+    _SILENT_METERS = (metrics.NoOpMeterProvider,)
+    try:
+        from opentelemetry.metrics import _internal as _metrics_internal
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a future API that moved it
+        pass
+    else:
+        _SILENT_METERS = (*_SILENT_METERS, _ProxyMeterProvider)
+        if "OTEL_PYTHON_METER_PROVIDER" not in os.environ and hasattr(
+            _metrics_internal, "_METER_PROVIDER"
+        ):
+            _METRIC_GLOBALS = _metrics_internal
 
 _NAME = "imagetwin_async"
 
@@ -73,7 +103,24 @@ _instruments: _Instruments | None = None
 _reads: collections.Counter[str] = collections.Counter()
 
 
+def _tracing() -> bool:
+    """Whether a span started now would go anywhere (an SDK's tracer provider is set)."""
+    if trace is None or (_TRACE_GLOBALS is not None and _TRACE_GLOBALS._TRACER_PROVIDER is None):
+        return False
+    return not isinstance(trace.get_tracer_provider(), _SILENT_TRACERS)
+
+
 def _get() -> _Instruments | None:
+    """The instruments, or None while nothing would record them (no SDK's meter provider)."""
+    if metrics is None or (_METRIC_GLOBALS is not None and _METRIC_GLOBALS._METER_PROVIDER is None):
+        return None
+    if isinstance(metrics.get_meter_provider(), _SILENT_METERS):
+        return None
+    return _made()
+
+
+def _made() -> _Instruments | None:
+    """The instruments (through the global providers' proxies), None without OpenTelemetry."""
     global _instruments  # noqa: PLW0603 - one set of instruments per process, made lazily
     if metrics is None:
         return None
@@ -87,10 +134,15 @@ class CallTrace:
 
     def __init__(self, span: Any, endpoint: str, method: str) -> None:
         self._span = span
-        self._attrs = {"http.request.method": method, "imagetwin.endpoint": endpoint}
+        self._endpoint = endpoint
+        self._method = method
         self.attempts = 0
         self.limiter_wait = 0.0
         self.status: int | None = None
+
+    @property
+    def _attrs(self) -> dict[str, str]:
+        return {"http.request.method": self._method, "imagetwin.endpoint": self._endpoint}
 
     def waited(self, seconds: float) -> None:
         """An attempt got its rate-limit slot after ``seconds``: it goes out now."""
@@ -106,9 +158,16 @@ class CallTrace:
         inst = _get()
         if inst is None:
             return
-        inst.requests.add(1, {**self._attrs, "http.response.status_code": status})
+        attrs = self._attrs
+        inst.requests.add(1, {**attrs, "http.response.status_code": status})
         if status == 429:
-            inst.rate_limited.add(1, self._attrs)
+            inst.rate_limited.add(1, attrs)
+
+    def __enter__(self) -> CallTrace:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
     def finish(self, error: BaseException | None = None) -> None:
         """The call is over: its span gets the attempts, the wait, the last status."""
@@ -126,12 +185,16 @@ class CallTrace:
             self._span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
 
 
-@contextlib.contextmanager
-def api_call(method: str, endpoint: str, path: str) -> Iterator[CallTrace]:
+def api_call(method: str, endpoint: str, path: str) -> contextlib.AbstractContextManager[CallTrace]:
     """A span around one API call, retries included; yields its ``CallTrace``."""
-    if trace is None:
-        yield CallTrace(None, endpoint, method)
-        return
+    if not _tracing():  # no span: the CallTrace alone (metrics), as its own context
+        return CallTrace(None, endpoint, method)
+    return _traced_call(method, endpoint, path)
+
+
+@contextlib.contextmanager
+def _traced_call(method: str, endpoint: str, path: str) -> Iterator[CallTrace]:
+    assert trace is not None
     tracer = trace.get_tracer(_NAME)
     attributes = {"http.request.method": method, "imagetwin.endpoint": endpoint, "url.path": path}
     with tracer.start_as_current_span(
@@ -167,7 +230,7 @@ def note_read(scan_id: str) -> None:
 @contextlib.contextmanager
 def waiting(scan_id: str) -> Iterator[None]:
     """Around ``wait_for_result``: a span, the scans-waiting gauge, reads per finished scan."""
-    inst = _get()
+    inst = _made() if _tracing() or _get() is not None else None
     if inst is None or trace is None:
         yield
         return

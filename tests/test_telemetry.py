@@ -182,3 +182,51 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_until_an_sdk_is_set_nothing_is_started_then_everything_records() -> None:
+    """An operator who configures OpenTelemetry after creating the client (or never) pays
+    nothing per request while nothing records; from the moment an SDK is set, spans and
+    metrics flow, with no restart."""
+    code = """
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from imagetwin_async import _telemetry as t
+
+def started_tracer(*args, **kwargs):
+    raise AssertionError("a tracer was asked for while no SDK is set")
+
+real_get_tracer = trace.get_tracer
+trace.get_tracer = started_tracer
+with t.api_call("GET", "GET /result/{scanId}", "result/x") as call:
+    call.waited(0.1)
+    call.answered(200)
+with t.waiting("x"):
+    t.note_read("x")
+assert t._instruments is None  # no instrument was even made
+trace.get_tracer = real_get_tracer
+
+spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+with t.api_call("GET", "GET /result/{scanId}", "result/x") as call:
+    call.waited(0.1)
+    call.answered(429)
+names = [s.name for s in spans.get_finished_spans()]
+assert names == ["imagetwin GET /result/{scanId}"], names
+data = reader.get_metrics_data()
+counted = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+assert {"imagetwin.requests", "imagetwin.rate_limited", "imagetwin.limiter.wait"} <= counted
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

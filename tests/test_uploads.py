@@ -51,6 +51,7 @@ from ._files import (
     write_pdf,
 )
 from ._render import render_body, write_body
+from .test_pagecount import flat
 
 DOC_MAX = _spec.MAX_DOCUMENT_BYTES
 IMG_MAX = _spec.MAX_IMAGE_BYTES
@@ -924,3 +925,52 @@ def test_size_limits_read_mb_as_decimal_unless_told_mib(
 def test_an_unknown_size_unit_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="size_unit"):
         prepare_upload("a.pdf", size_unit="KiB")  # type: ignore[arg-type]
+
+
+# --- where the checks run: on the loop only when they are cheap ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "inline"),
+    [
+        (FileContent("p.pdf", pdf_bytes(1)), True),  # a few hundred bytes
+        (FileContent("p.pdf", b"%PDF-" + b"0" * 5000), False),  # past 4 KiB: a thread
+        (FileContent("p.PDF", bytearray(pdf_bytes(1))), True),
+        ([FileContent("a.png", png_bytes()), FileContent("b.png", png_bytes())], True),
+        (FileContent("big.png", b"\x89PNG" + b"0" * (2 * MIB)), False),
+        (FileContent("p.pdf", io.BytesIO(pdf_bytes(1))), False),  # a stream may block
+        ("paper.pdf", False),  # a path: disk I/O
+        ([FileContent("a.png", png_bytes()), "b.png"], False),
+        (FileContent(None, b"x"), False),  # type: ignore[arg-type]  # prepare_upload says why
+        (b"raw bytes", False),
+    ],
+)
+def test_only_small_content_in_memory_is_checked_without_a_thread(
+    files: object, inline: bool
+) -> None:
+    assert _uploads.cheap_to_prepare(files) is inline
+
+
+async def test_a_small_pdf_in_memory_is_checked_on_the_loop_and_a_path_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from imagetwin_async import ImagetwinClient  # noqa: PLC0415
+
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(function)
+        return await real(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    client = ImagetwinClient("k", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(InvalidUpload, match="has 60 pages"):
+        await client.scan(FileContent("p.pdf", flat(b"60", 1)))  # declares 60, in 300 bytes
+    assert hops == []  # refused before any thread or request
+    with pytest.raises(InvalidUpload, match="no such file"):
+        await client.scan(tmp_path / "missing.pdf")
+    assert hops == [prepare_upload]
+    await client.close()

@@ -25,6 +25,7 @@ from imagetwin_async._protocol import (
     read_scan_started,
     report_target,
 )
+from imagetwin_async._session import ApiKey
 
 from ._server import Answer, HostileServer
 from .conftest import KEY, SCAN_ID, assert_no_key, make_client
@@ -105,3 +106,46 @@ def test_a_report_file_is_always_inside_the_folder(scan_id: str | None, name: st
     assert os.path.normpath(target) == str(target)
     assert target.name.endswith(".pdf") and "/" not in target.name and "\x00" not in target.name
     assert KEY not in str(target)
+
+
+def _spelled(key: str, choices: list[int]) -> bytes:
+    """``key`` with each character written as one of the spellings a decoder undoes."""
+    out = b""
+    for char, choice in zip(key, choices, strict=False):
+        code = ord(char)
+        forms = [
+            char.encode(),
+            char.swapcase().encode(),
+            f"\\u{code:04x}".encode(),
+            f"%{code:02X}".encode(),
+            f"&#{code};".encode(),
+            f"&#x{code:x};".encode(),
+        ]
+        out += forms[choice % len(forms)]
+    return out
+
+
+PRINTABLE_KEYS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    key=PRINTABLE_KEYS,
+    before=st.binary(max_size=40),
+    after=st.binary(max_size=40),
+    choices=st.lists(st.integers(0, 5), min_size=1, max_size=200),
+    embed=st.booleans(),
+)
+def test_the_cheap_check_never_lets_a_spelling_of_the_key_past_redaction(
+    key: str, before: bytes, after: bytes, choices: list[int], embed: bool
+) -> None:
+    # Adversary: a server echoing our key in any mix of escapes, among any bytes. Redaction
+    # skips its pattern when ``may_be_in`` says the key cannot be there: it must never be wrong.
+    api_key = ApiKey(key)
+    data = before + (_spelled(key, choices * len(key)) if embed else b"") + after
+    matched = api_key._pattern.search(data) is not None
+    if matched:
+        assert api_key.may_be_in(data)
+    assert api_key.redact(data) == api_key._pattern.sub(b"[redacted]", data)
+    if embed:
+        assert matched  # the spellings above are all ones the pattern knows

@@ -8,10 +8,12 @@ escaping, bottomless bodies, and callback URLs the caller did not mean.
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDictProxy
 
 from imagetwin_async import (
     AmbiguousSubmission,
@@ -25,6 +27,7 @@ from imagetwin_async import (
     _spec,
 )
 from imagetwin_async._convert import converter
+from imagetwin_async._protocol import build_result_request, read_result
 
 from ._server import Answer, HostileServer, Seen, gzip_bomb
 from .conftest import (
@@ -184,6 +187,69 @@ async def test_an_echoed_key_is_redacted_after_decoding(
     assert caught.value.server_message
     assert_no_key(caught.value, caught.value.server_message)
     assert_no_key_logged(debug_logs)
+
+
+def _echo_spellings() -> list[str]:
+    """The key as a JSON string's content, spelled plainly and escaped the ways decoders undo."""
+    return [
+        KEY,
+        KEY.upper(),  # the pattern matches any letter case
+        KEY.replace("/", "\\/"),
+        "".join(f"\\u{ord(c):04x}" for c in KEY),
+        KEY.replace("/", "%2F").replace("+", "%2b"),
+        KEY.replace("/", "&#x2f;"),
+    ]
+
+
+@pytest.mark.parametrize("spelling", _echo_spellings())
+async def test_a_successful_answer_echoing_the_key_in_a_field_keeps_it_out_of_the_error(
+    server: HostileServer,
+    client: ImagetwinClient,
+    debug_logs: pytest.LogCaptureFixture,
+    spelling: str,
+) -> None:
+    # A 200 whose scanId is our key (in some spelling): the mismatch error quotes the scanId.
+    # Bodies are no longer redacted unconditionally but where the key could be; it could.
+    body = json.dumps(result_body(SCAN_ID, "https://r/x.pdf")).replace(
+        f'"{SCAN_ID}"', f'"{spelling}"'
+    )
+    server.answer = lambda seen: Answer(200, body=body.encode())
+    with pytest.raises(ResponseFormatError) as caught:
+        await client.get_result(SCAN_ID)
+    assert "[redacted]" in str(caught.value)
+    assert_no_key(caught.value)
+    assert_no_key_logged(debug_logs)
+
+
+@pytest.mark.parametrize("spelling", _echo_spellings())
+async def test_an_echoed_key_in_a_successful_answers_headers_stays_in_the_session(
+    server: HostileServer, client: ImagetwinClient, spelling: str
+) -> None:
+    # What leaves the session layer (the answer the core reads) never holds the key, whether
+    # the headers are passed on as aiohttp read them (nothing to hide) or copied and redacted.
+    server.answer = lambda seen: Answer(
+        200,
+        json=result_body(SCAN_ID, "https://r/x.pdf"),
+        headers=(("X-Echo", f"Bearer {spelling}"), ("Retry-After", spelling)),
+    )
+    response = await client._transport.send(build_result_request(SCAN_ID))
+    assert response.status == 200
+    assert response.headers["X-Echo"] == "Bearer [redacted]"
+    assert_no_key(repr(response), *response.headers.values())
+    assert isinstance(read_result(200, response.headers, response.body, request=_READ), ScanResult)
+
+
+async def test_headers_without_any_trace_of_the_key_are_aiohttps_own_read_only_view(
+    server: HostileServer, client: ImagetwinClient
+) -> None:
+    server.answer = lambda seen: Answer(200, json=result_body(SCAN_ID, "https://r/x.pdf"))
+    response = await client._transport.send(build_result_request(SCAN_ID))
+    assert isinstance(response.headers, CIMultiDictProxy)  # no copy: nothing to redact
+    with pytest.raises(TypeError):
+        response.headers["X-Forged"] = "1"  # type: ignore[index]
+
+
+_READ = build_result_request(SCAN_ID)
 
 
 @pytest.mark.parametrize(
