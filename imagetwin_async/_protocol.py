@@ -15,10 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import hashlib
+import ipaddress
 import json
 import math
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Mapping
 from enum import Enum
@@ -241,6 +243,49 @@ def _as_date(value: dt.date | str, name: str) -> dt.date:
         except ValueError:
             pass
     raise InvalidArgument(f"{name} must be a date or a 'YYYY-MM-DD' string, got {value!r}")
+
+
+def _internal_host(host: str) -> bool:
+    """Whether ``host`` names this machine or a private network (loopback, RFC 1918, link-local,
+    carrier-grade NAT, unspecified, reserved), judged as written: ``localhost`` names, and
+    addresses in any form a resolver accepts (``127.1``, ``2130706433``, ``0x7f.0.0.1``,
+    ``::ffff:127.0.0.1``)."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the legacy forms getaddrinfo still resolves, parsed without any lookup
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False  # a name: judged by the resolver, not here (see report_link_refusal)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global
+
+
+def report_link_refusal(link: str, *, api_url: str) -> str | None:
+    """Why a report link (or a redirect on the way to one) must not be fetched; None: fetch it.
+
+    The link is the server's word. A lying or compromised service could name an address
+    inside the caller's network (cloud metadata at 169.254.169.254, a database on
+    localhost) and have the client fetch it and write the answer to disk. So a link to an
+    internal host is refused unless the API itself is on one (an emulator, a proxy inside the
+    network: then the reports are too). Host names are judged as written, not resolved; a
+    name that resolves inside the network is the resolver's to refuse.
+    """
+    parts = urllib.parse.urlsplit(link)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not a downloadable URL: {link!r}"
+    api_host = urllib.parse.urlsplit(api_url).hostname or ""
+    if _internal_host(parts.hostname) and not _internal_host(api_host):
+        return (
+            f"the report link names an internal host ({parts.hostname!r}) while the API is "
+            f"public ({api_host!r}): refused, a service must not make this client fetch "
+            "addresses inside its network"
+        )
+    return None
 
 
 def report_target(

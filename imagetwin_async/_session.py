@@ -50,6 +50,7 @@ from ._protocol import (
     failure_decision,
     oversized_answer,
     parse_retry_after,
+    report_link_refusal,
     retry_decision,
 )
 from ._servicetime import ServiceClock
@@ -613,20 +614,16 @@ class Transport:
         ``max_bytes`` (decompressed) raises ``ResponseTooLarge`` and leaves nothing behind.
         ``timeout``: this download's (default: the transport's).
         """
-        target = URL(url)
-        if not target.is_absolute() or target.scheme not in ("http", "https"):
-            raise InvalidArgument(f"not a downloadable URL: {url!r}")
+        if (why := report_link_refusal(url, api_url=str(self.base_url))) is not None:
+            raise InvalidArgument(why)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                headers = {"User-Agent": self._user_agent} if self._user_agent else None
-                async with self.session.get(
-                    target, headers=headers, timeout=timeout or self._timeout
-                ) as response:
+                async with await self._open_report(URL(url), timeout) as response:
                     if response.status != 200:
                         raise TransportError(
-                            f"GET {target.with_query(None)}: HTTP {response.status}",
+                            f"GET {response.url.with_query(None)}: HTTP {response.status}",
                             endpoint="GET report",
                         )
                     declared = response.content_length
@@ -648,6 +645,27 @@ class Transport:
                 os.unlink(tmp_name)  # the rename consumed it on success
         raise TransportError(f"download failed: {why}", endpoint="GET report") from failure
 
+    async def _open_report(
+        self, target: URL, timeout: aiohttp.ClientTimeout | None
+    ) -> aiohttp.ClientResponse:
+        """GET a report, following redirects ourselves: each hop is the server's word, and is
+        held to ``report_link_refusal`` as the link itself was."""
+        headers = {"User-Agent": self._user_agent} if self._user_agent else None
+        for _ in range(_MAX_REPORT_REDIRECTS + 1):
+            response = await self.session.get(
+                target, headers=headers, timeout=timeout or self._timeout, allow_redirects=False
+            )
+            location = response.headers.get("Location")
+            if response.status not in (301, 302, 303, 307, 308) or not location:
+                return response
+            response.release()
+            target = target.join(URL(location))
+            if (why := report_link_refusal(str(target), api_url=str(self.base_url))) is not None:
+                raise TransportError(f"GET report: redirected: {why}", endpoint="GET report")
+        raise TransportError(
+            f"GET report: more than {_MAX_REPORT_REDIRECTS} redirects", endpoint="GET report"
+        )
+
     def _log_retry(self, request: Request, attempt: int, why: str, delay: float) -> None:
         telemetry.note_retry(request.method, request.endpoint, why)
         logger.debug(
@@ -667,6 +685,8 @@ class Transport:
             },
         )
 
+
+_MAX_REPORT_REDIRECTS = 5  # as browsers allow a few; a loop ends here
 
 # aiohttp's failures that mean no connection was made (``Delivery.NOT_SENT``); what that
 # allows is ``_protocol.failure_decision``'s to say.

@@ -20,6 +20,7 @@ from imagetwin_async import (
     BadRequest,
     ConfigurationError,
     ImagetwinClient,
+    InvalidArgument,
     InvalidUpload,
     RateLimit,
     RateLimitBusy,
@@ -260,6 +261,50 @@ async def test_download_report_streams_without_the_key(
     (sent,) = calls(api, "GET", str(RESULT["pdfReport"]))
     assert "Authorization" not in (sent.get("headers") or {})
     assert list(tmp_path.glob("**/*.part")) == []
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/",  # cloud metadata
+        "http://127.1:6379/",  # a database on this machine, in a form resolvers accept
+        "http://2130706433/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://localhost:8080/admin",
+        "https://10.0.0.7/internal.pdf",
+    ],
+)
+async def test_a_report_link_to_an_internal_host_is_refused_while_the_api_is_public(
+    api: mocked, client: ImagetwinClient, tmp_path: Path, link: str
+) -> None:
+    """A lying or compromised service names an address inside the caller's network (SSRF):
+    nothing is fetched, nothing is written."""
+    with pytest.raises(InvalidArgument, match="internal host"):
+        await client.download_report(link, tmp_path / "r.pdf")
+    assert api.requests == {}
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_report_redirected_to_an_internal_host_is_refused_at_that_hop(
+    api: mocked, client: ImagetwinClient, tmp_path: Path
+) -> None:
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    api.get(str(RESULT["pdfReport"]), status=302, headers={"Location": metadata})
+    api.get(metadata, body=b"secret-instance-credentials")
+    with pytest.raises(TransportError, match="internal host"):
+        await client.download_report(str(RESULT["pdfReport"]), tmp_path / "r.pdf")
+    assert calls(api, "GET", metadata) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_report_redirected_on_a_public_host_is_followed(
+    api: mocked, client: ImagetwinClient, tmp_path: Path
+) -> None:
+    moved = "https://cdn.imagetwin.example/reports/r.pdf"
+    api.get(str(RESULT["pdfReport"]), status=301, headers={"Location": moved})
+    api.get(moved, body=b"%PDF-1.4\n%%EOF\n", content_type="application/pdf")
+    path = await client.download_report(str(RESULT["pdfReport"]), tmp_path / "r.pdf")
+    assert path.read_bytes() == b"%PDF-1.4\n%%EOF\n"
 
 
 # ---- errors, retries and the Money rule -------------------------------------------------

@@ -43,6 +43,7 @@ from imagetwin_async._protocol import (
     read_overview,
     read_result,
     read_scan_started,
+    report_link_refusal,
     retry_decision,
     server_message,
 )
@@ -452,3 +453,51 @@ def test_failure_decision_resends_a_scan_post_only_if_it_never_connected(
 def test_a_bad_argument_proves_nothing_started() -> None:
     assert nothing_started(InvalidUpload("too big"))
     assert not nothing_started(ImagetwinError("something else"))
+
+
+PUBLIC_API = "https://api.imagetwin.ai/v1"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "0x7f.0.0.1",
+        "[::1]",
+        "[::ffff:10.1.2.3]",
+        "0.0.0.0",
+        "169.254.169.254",
+        "192.168.1.1",
+        "172.16.0.1",
+        "100.64.0.1",
+        "localhost",
+        "db.localhost.",
+    ],
+)
+def test_a_report_link_to_an_internal_host_is_refused_only_when_the_api_is_public(
+    host: str,
+) -> None:
+    link = f"http://{host}/r.pdf"
+    assert "internal host" in (
+        report_link_refusal(link, api_url="https://api.imagetwin.ai/v1") or ""
+    )
+    # An emulator or a proxy inside the network serves its reports from there too.
+    assert report_link_refusal(link, api_url="http://127.0.0.1:8080/v1") is None
+    assert report_link_refusal(link, api_url="http://10.0.0.2/v1") is None
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["https://reports.imagetwin.ai/x.pdf", "http://8.8.8.8/r.pdf", "https://[2606:4700::1]/r"],
+)
+def test_a_report_link_to_a_public_host_is_fetched(link: str) -> None:
+    assert report_link_refusal(link, api_url=PUBLIC_API) is None
+
+
+@pytest.mark.parametrize("link", ["ftp://reports.example/r.pdf", "file:///etc/passwd", "/r.pdf"])
+def test_a_report_link_that_is_not_http_is_refused(link: str) -> None:
+    assert "not a downloadable URL" in (
+        report_link_refusal(link, api_url="https://api.imagetwin.ai/v1") or ""
+    )
