@@ -146,3 +146,4 @@ def test_python_dash_m_serves_until_interrupted() -> None:
     finally:
         process.kill()
         process.wait()
+        process.stdout.close()
