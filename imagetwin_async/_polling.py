@@ -366,6 +366,42 @@ class PollScheduler:
         self._observation_listeners.append(listener)
         return lambda: self._observation_listeners.remove(listener)
 
+    # ---- hooks for a fleet's one schedule (imagetwin_async.fleet) ------------------------
+
+    def note_started_ago(
+        self,
+        scan_id: str,
+        age: float,
+        *,
+        expect_callback: bool = False,
+        features: ScanFeatures | None = None,
+    ) -> None:
+        """``note_started`` for a scan that started ``age`` seconds ago, in another process
+        (a fleet's elected scheduler polls the scans every worker waits for)."""
+        self.note_started(scan_id, expect_callback=expect_callback, features=features)
+        started, known = self._started[scan_id]
+        self._started[scan_id] = (started - max(age, 0.0), known)
+
+    def watch_info(self, scan_id: str) -> tuple[float | None, bool, ScanFeatures | None] | None:
+        """(age in seconds or None if not seen to start, callback expected, features) of a
+        watched scan; None if not watched (a fleet tells its scheduler what it waits for)."""
+        watch = self._watches.get(scan_id)
+        if watch is None:
+            return None
+        age = self._now_or_zero() - watch.started if watch.known_start else None
+        return age, watch.expect_callback, watch.features
+
+    def replan(self, scan_id: str) -> bool:
+        """Schedule a watched scan again from what its reads saw (its start, the last read
+        that found it running), forgetting reads that saw nothing (a fleet worker that left
+        them to another process and now polls itself). False if not watched or being read."""
+        watch = self._watches.get(scan_id)
+        if watch is None or not watch.active or watch.reading or watch.hinted:
+            return False
+        watch.last_read = watch.seen_running
+        self._schedule(watch, self._now_or_zero())
+        return True
+
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
         self._closed = True

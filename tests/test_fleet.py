@@ -118,9 +118,10 @@ def callback(scan_id: str) -> bytes:
     return json.dumps({"scanId": scan_id, "status": "finished"}).encode()
 
 
-async def start_scan(client: ImagetwinClient, tmp_path: Path) -> str:
+async def start_scan(client: ImagetwinClient, tmp_path: Path, *, callback: bool = True) -> str:
+    """Start a scan; with ``callback`` it is polled only every max_poll_interval (60 s)."""
     paper = write_pdf(tmp_path / f"{uuid.uuid4().hex}.pdf", pages=2)
-    started = await client.scan(paper, callback_url=f"{PUBLIC_URL}/{TOKEN}")
+    started = await client.scan(paper, callback_url=f"{PUBLIC_URL}/{TOKEN}" if callback else None)
     return started.scan_id
 
 
@@ -291,11 +292,13 @@ async def test_redis_down_each_worker_goes_on_alone_without_hanging(
     assert emu.counters.scans_billed == 1
 
 
-async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
+async def test_a_dead_leaders_scans_are_polled_by_the_next_leader_within_the_lease(
     emu: Emulator, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """The worker polling a scan for the fleet is SIGKILLed: its reader key stops being
-    renewed, and a surviving waiter reads the scan as soon as the key lapses."""
+    """The fleet's scheduler is SIGKILLed (here: its lease is left in Redis, unrenewed, as a
+    killed process leaves it): this worker leaves its scan to it while the lease lasts (its own
+    schedule parked for 60 s), then wins the next term and polls the scan on its own schedule
+    again (every 0.02 s cold: at once)."""
     async with (
         ImagetwinClient(
             emu.api_key,
@@ -305,21 +308,25 @@ async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
             poll_interval=0.02,
             max_poll_interval=60.0,
         ) as client,
-        Fleet.from_url(redis_url, emu.api_key, prefix=prefix, reader_ttl=0.6) as fleet,
-        fleet.attach(client),
+        Fleet.from_url(redis_url, emu.api_key, prefix=prefix, leader_lease=0.6) as fleet,
     ):
-        scan_id = await start_scan(client, tmp_path)
         raw = redis.asyncio.Redis.from_url(redis_url)
-        await raw.set(fleet._key("reader", scan_id), "a-killed-worker", px=500)
+        await raw.set(fleet._key_of("leader"), "7:a-killed-worker", px=500)
         await raw.aclose()
-        waiting = asyncio.create_task(client.wait_for_result(scan_id))
-        emu.finish_scan(scan_id)  # its callback went to the dead worker: none reaches us
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # the dead reader still "holds" it
-        async with asyncio.timeout(2.0):  # key lapses at 0.5 s, a renewal every 0.2 s
-            result = await waiting
+        async with fleet.attach(client):
+            assert not fleet.leading
+            scan_id = await start_scan(client, tmp_path, callback=False)  # polled, cold
+            waiting = asyncio.create_task(client.wait_for_result(scan_id))
+            emu.finish_scan(scan_id)
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # the dead leader still "polls" it
+            assert reads_of(emu, scan_id) == 0
+            async with asyncio.timeout(2.0):  # lease lapses at 0.5 s, a tick every 0.2 s
+                result = await waiting
+            assert fleet.leading
     assert result.scan_id == scan_id
-    assert fleet.stats.takeovers == 1
+    assert fleet.stats.elections == 1
+    assert fleet.stats.term == 0  # handed back on the way out
     assert reads_of(emu, scan_id) == 1
 
 
