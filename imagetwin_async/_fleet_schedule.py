@@ -107,7 +107,8 @@ return out
 # ARGV: token ('' if this worker does not lead), worker, read lease ms, register (1/0),
 #       waiter ttl ms, maxlen, scan, age ms, rest.
 # -> {1, stored} | {2} read it (the read lease is ours) | {3} another worker reads it now
-#    | {4} the leader polls it (registered for it)
+#    | {4} the leader polls it (registered for it). The leader always reads (2); without a leader,
+#    one worker at a time (3: wait for its answer).
 GATE: Final = (
     "local KEYS_LIVE, KEYS_INFO = KEYS[4], KEYS[5]\n"
     + _REGISTER_ONE
@@ -121,6 +122,12 @@ if holder and holder ~= ARGV[1] then
              ARGV[6])
   end
   return {4}
+end
+if holder then
+  -- The leader reads, whoever held the read lease: a dead or paused leader's lease (taken
+  -- for a read it may never finish) must not hold up the next one for read_lease seconds.
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return {2}
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2} end
 return {3}

@@ -295,18 +295,32 @@ class Fleet:
         for task in stopped:
             task.cancel()
         await asyncio.gather(*stopped, return_exceptions=True)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=2 * _SOCKET_TIMEOUT)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._settle_tasks()
         if self._listener is not None:
             # Not cancelled: redis-py can leave a cancelled blocking XREAD waiting for good.
             # It sees the flag when its read returns (within _BLOCK_MS); bounded either way.
             _, late = await asyncio.wait({self._listener}, timeout=_BLOCK_MS / 1000 + 2.0)
             for task in late:
                 task.cancel()
-        # Hand over now, not after the lease and the registrations lapse.
+        await self._hand_over()
+        self._listener = self._heartbeat = None
+        self._token = ""
+        self._valid_until = -math.inf
+        self.stats.leading = False
+        self.stats.term = 0
+        self._watched.clear()
+        self._local.clear()
+        self._client = None
+
+    async def _settle_tasks(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2 * _SOCKET_TIMEOUT)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _hand_over(self) -> None:
+        """Give up the lease and this worker's registrations now, not when they lapse."""
         with contextlib.suppress(*_REDIS_ERRORS):
             async with self._redis.pipeline(transaction=False) as pipe:
                 if self._token:
@@ -316,14 +330,6 @@ class Fleet:
                     members = [f"{s} {self._me}" for s in local[start : start + _CHUNK]]
                     pipe.zrem(self._key_of("waiting"), *members)
                 await pipe.execute()
-        self._listener = self._heartbeat = None
-        self._token = ""
-        self._valid_until = -math.inf
-        self.stats.leading = False
-        self.stats.term = 0
-        self._watched.clear()
-        self._local.clear()
-        self._client = None
 
     async def aclose(self) -> None:
         """Close the Redis pool if the fleet opened it (``from_url``)."""
@@ -683,29 +689,10 @@ class Fleet:
             if scan_id in self._remote and not self.leading:
                 self.stats.deferred += 1  # another worker's scan: the new leader polls it
                 raise _LeftToLeader("left to the fleet's scheduler", endpoint=_ENDPOINT)
-            local = scan_id in self._local
-            age_ms, rest = self._info(scan_id)
             try:
-                answer: Any = await self._gate(
-                    keys=[
-                        self._key("result", scan_id),
-                        self._key("reading", scan_id),
-                        self._key_of("leader"),
-                        *self._schedule_keys(),
-                        self._stream,
-                    ],
-                    args=[
-                        self._token if self.leading else "",
-                        self._me,
-                        round(self.read_lease * 1000),
-                        "1" if local else "0",
-                        round(self.waiter_ttl * 1000),
-                        _STREAM_MAXLEN,
-                        scan_id,
-                        age_ms,
-                        rest,
-                    ],
-                )
+                answer = await self._ask_gate(scan_id)
+                if int(answer[0]) == 4 and self.leading:
+                    answer = await self._ask_gate(scan_id)  # it won the lease while it asked
             except _REDIS_ERRORS as exc:
                 self.stats.fallbacks += 1
                 log.debug("fleet unreachable (%s): reading %s alone", exc, scan_id)
@@ -726,23 +713,51 @@ class Fleet:
                 self.stats.fenced += 1
                 self._spawn(self._give_back(scan_id))
                 raise _LeftToLeader("the fleet's lease lapsed", endpoint=_ENDPOINT)
-            self.stats.api_reads += 1
-            value: str | None = None
-            try:
-                result = await read(scan_id)
-            except (ScanFailed, ScanNotFound) as exc:
-                value = _encode_error(exc)
-                raise
-            else:
-                if isinstance(result, ScanResult):
-                    value = json.dumps({"result": unstructure(result)})
-                return result
-            finally:
-                # Shared once this worker's waiters have their answer: off the critical path.
-                # (Also after a failed read: the others, woken, read next themselves.)
-                self._spawn(self._share_read(scan_id, value))
+            return await self._read_and_share(read, scan_id)
 
         return shared
+
+    async def _read_and_share(self, read: PollFn, scan_id: str) -> ScanResult | ScanPending:
+        """Read through the API (the read lease is ours) and share what came back."""
+        self.stats.api_reads += 1
+        value: str | None = None
+        try:
+            result = await read(scan_id)
+        except (ScanFailed, ScanNotFound) as exc:
+            value = _encode_error(exc)
+            raise
+        else:
+            if isinstance(result, ScanResult):
+                value = json.dumps({"result": unstructure(result)})
+            return result
+        finally:
+            # Shared once this worker's waiters have their answer: off the critical path.
+            # (Also after a failed read: the others, woken, read next themselves.)
+            self._spawn(self._share_read(scan_id, value))
+
+    async def _ask_gate(self, scan_id: str) -> Any:
+        """One round trip: the stored answer, or who reads (see ``_fleet_schedule.GATE``)."""
+        age_ms, rest = self._info(scan_id)
+        return await self._gate(
+            keys=[
+                self._key("result", scan_id),
+                self._key("reading", scan_id),
+                self._key_of("leader"),
+                *self._schedule_keys(),
+                self._stream,
+            ],
+            args=[
+                self._token if self.leading else "",
+                self._me,
+                round(self.read_lease * 1000),
+                "1" if scan_id in self._local else "0",
+                round(self.waiter_ttl * 1000),
+                _STREAM_MAXLEN,
+                scan_id,
+                age_ms,
+                rest,
+            ],
+        )
 
     async def _give_back(self, scan_id: str) -> None:
         with contextlib.suppress(*_REDIS_ERRORS):
