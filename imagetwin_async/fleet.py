@@ -7,15 +7,21 @@ process would know:
   token, from configuration) hands it to the fleet: a Redis *stream* entry that every worker
   reads at once, and a key kept ``callback_ttl`` seconds for a wait that starts later (on any
   worker). The worker waiting for that scan reads it now.
-- **One read per finished scan.** Reads go through a per-scan lease (a ``redis-py`` lock): one
-  worker reads, the others wait for its answer on the stream. A finished result (or the scan's
-  failure) is stored ``result_ttl`` seconds, so a wait for it anywhere costs no read at all.
+- **One read per finished scan.** A finished result (or the scan's failure) is stored
+  ``result_ttl`` seconds and announced on the stream, so a wait for it anywhere costs no read.
+- **One poll schedule.** One worker at a time, elected by a fenced Redis lease
+  (``_fleet_schedule``), polls every scan any worker waits for, on its own ``PollScheduler``
+  with one duration model; the others register what they wait for (with its age and features)
+  and take its answers. When it dies, another wins the lease within about
+  ``leader_lease * 4/3`` and adopts the register. The model is kept in Redis
+  (``RedisModelStore``), so a restarted worker starts warm.
 
 Why a stream rather than pub/sub: a worker whose connection to Redis blips, or that is busy for
 a moment, reads the entries it missed from where it stopped (pub/sub would drop them and leave
 that scan to the fallback poll); the stream is capped (``MAXLEN ~``), so it never grows.
 
-When Redis cannot be reached, each worker goes on alone: reads go straight to the API (through
+When Redis cannot be reached, each worker goes on alone (its own scans back on its own schedule
+once Redis has been gone for ``leader_lease``): reads go straight to the API (through
 its own limiter, which, if shared through the same Redis, refuses to send: ``RedisLimiterError``),
 callbacks hint only the worker that received them, and nothing waits on Redis longer than its
 socket time-out. Nothing here sends a scan, so nothing here can pay for one twice.
