@@ -2,7 +2,8 @@
 
 The adversaries: the leader SIGKILLed, the leader paused past its lease (a GC pause, a frozen
 VM: a zombie that wakes up believing it leads), a pod whose wall clock is a minute ahead, Redis
-restarted empty, a worker that registered a scan and died, four workers polling at once.
+restarted empty, Redis gone for one worker, a worker that registered a scan and died, four
+workers polling at once.
 Workers that must be killed or paused are real processes (``tests/_fleet_worker.py``); the
 others are clients in this process, each with its own Fleet and Redis pool. Redis comes from
 ``IMAGETWIN_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``); under ``CI`` a missing Redis
@@ -343,3 +344,83 @@ async def test_a_restarted_worker_starts_with_the_fleets_duration_model(
         learned, restored = first.scheduler.model.fit, restarted.scheduler.model.fit
         assert learned is not None and restored is not None
         assert restored[0] == pytest.approx(learned[0], rel=0.01)  # the median: about a minute
+
+
+class RedisProxy:
+    """A TCP relay to Redis that can be cut: Redis "down" for one worker only."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+async def test_redis_down_for_a_worker_it_polls_its_own_scans_and_never_hangs(
+    emu: Emulator,
+    workers: Callable[..., Awaitable[Worker]],
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """A worker loses Redis while the fleet's scheduler polls its scan: once Redis has been
+    gone for the lease, it puts the scan back on its own schedule and reads it itself."""
+    _, leader = await workers()
+    host_port = redis_url.split("//", 1)[1].split("/", 1)
+    host, port = host_port[0].split(":")
+    proxy = RedisProxy((host, int(port)))
+    proxied = f"redis://127.0.0.1:{await proxy.start()}/{host_port[1]}"
+    async with (
+        ImagetwinClient(
+            emu.api_key,
+            base_url=emu.url,
+            scan_limit=RateLimit(20, per=1.0),
+            result_limit=RateLimit(60, per=1.0),  # this process's own limits
+            poll_interval=0.02,
+            max_poll_interval=60.0,
+        ) as client,
+        Fleet.from_url(
+            proxied,
+            emu.api_key,
+            prefix=prefix,
+            leader_lease=LEASE,
+            redis_options={"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        ) as fleet,
+        fleet.attach(client),
+    ):
+        assert leader.leading and not fleet.leading
+        scan_id = await start_scan(client, tmp_path)
+        waiting = asyncio.create_task(client.wait_for_result(scan_id))
+        await until(lambda: len(reads_of(emu, scan_id)) >= 1 and fleet.stats.deferred >= 1)
+        await proxy.cut()
+        emu.finish_scan(scan_id)
+        async with asyncio.timeout(GENEROUS):  # not the 60 s parked poll
+            result = await waiting
+    assert result.scan_id == scan_id
+    assert fleet.stats.fallbacks >= 1
+    assert fleet.stats.api_reads >= 1  # read by itself: the scheduler's answer cannot reach it
+    assert emu.counters.scans_billed == 1
