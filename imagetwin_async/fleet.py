@@ -482,7 +482,10 @@ class Fleet:
     async def _keep_lease(self) -> None:
         while True:
             await asyncio.sleep(self.leader_lease / 3)
-            await self._tick()
+            try:
+                await self._tick()
+            except Exception:  # the heartbeat must outlive anything one tick meets
+                log.exception("the fleet's lease heartbeat failed; trying again")
 
     async def _tick(self) -> None:
         """Renew (or win, or find taken) the lease; as leader, sync the register; renew this
@@ -701,6 +704,7 @@ class Fleet:
                     answer = await self._ask_gate(scan_id)  # it won the lease while it asked
             except _REDIS_ERRORS as exc:
                 self.stats.fallbacks += 1
+                self.stats.api_reads += 1
                 log.debug("fleet unreachable (%s): reading %s alone", exc, scan_id)
                 return await read(scan_id)
             kind = int(answer[0])
