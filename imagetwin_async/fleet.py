@@ -606,6 +606,9 @@ class Fleet:
             scheduler.wait(scan_id), name=f"imagetwin-fleet-{scan_id}"
         )
         task.add_done_callback(_retrieve)
+        # Its callback may have come before this worker watched it (a hint for a scan not
+        # watched here is dropped): read it at once then, not at max_poll_interval.
+        self._spawn(self._look_up(scan_id))
 
     # ---- the stream --------------------------------------------------------------------------
 

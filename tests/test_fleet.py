@@ -393,3 +393,22 @@ async def test_every_worker_learns_scan_durations_from_the_whole_fleet(
         while not b.scheduler.model.ready:
             await asyncio.sleep(0.01)
     assert b.scheduler.model.fit == pytest.approx(a.scheduler.model.fit)
+
+
+async def test_a_callback_before_the_scheduler_adopts_the_scan_is_not_left_to_the_slow_poll(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The fleet's scheduler (the first worker) receives a scan's callback before anyone waits
+    for it; a follower that started it waits later: the scheduler adopts it and reads it at once
+    (the callback was kept), not at the 60 s poll of a scan that expects one."""
+    (_, scheduler, receiver), (follower, _, _) = await workers(), await workers()
+    assert scheduler.leading
+    scan_id = await start_scan(follower, tmp_path)
+    emu.finish_scan(scan_id)
+    receiver.receive(callback(scan_id))  # nobody here waits, nor saw it start
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(GENEROUS):
+        result = await follower.wait_for_result(scan_id)
+    assert result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+    assert scheduler.stats.api_reads == 1
