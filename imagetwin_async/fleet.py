@@ -95,12 +95,6 @@ class FleetError(ImagetwinError):
     """The fleet's Redis could not be reached for a question only it can answer (``peek``)."""
 
 
-class _LeftToLeader(TransportError):
-    """Not an error a user sees: the fleet's leader polls this scan, so this worker's own
-    schedule leaves it alone (the scheduler's "try again later") until the leader's answer
-    comes on the stream, or this worker leads, or Redis fails."""
-
-
 @attrs.define
 class FleetStats:
     """What this worker did through the fleet (each worker counts its own).
@@ -700,7 +694,7 @@ class Fleet:
                 await self._tick()  # our lease looks spent: renew it (or learn it is lost)
             if scan_id in self._remote and not self.leading:
                 self.stats.deferred += 1  # another worker's scan: the new leader polls it
-                raise _LeftToLeader("left to the fleet's scheduler", endpoint=_ENDPOINT)
+                raise _left_to_leader()
             try:
                 answer = await self._ask_gate(scan_id)
                 if int(answer[0]) == 4 and self.leading:
@@ -719,13 +713,13 @@ class Fleet:
                 return await self._await_other_read(scan_id)
             elif kind == 4:
                 self.stats.deferred += 1
-                raise _LeftToLeader("left to the fleet's scheduler", endpoint=_ENDPOINT)
+                raise _left_to_leader()
             if self._token and not self.leading:
                 # The lease lapsed while we asked (a paused process): another worker may lead
                 # by now, so this read is not ours to make.
                 self.stats.fenced += 1
                 self._spawn(self._give_back(scan_id))
-                raise _LeftToLeader("the fleet's lease lapsed", endpoint=_ENDPOINT)
+                raise _left_to_leader()
             return await self._read_and_share(read, scan_id)
 
         return shared
@@ -826,6 +820,14 @@ class Fleet:
 
     def _end_quiet(self) -> None:
         self._quiet_observation = False
+
+
+def _left_to_leader() -> TransportError:
+    """What a read left to the fleet's scheduler raises inside this worker's own scheduler: its
+    "try again later" (a transient error, never seen by a waiter), which parks the scan for
+    ``max_poll_interval`` until the scheduler's answer comes on the stream, this worker leads,
+    or Redis fails."""
+    return TransportError("left to the fleet's scheduler", endpoint=_ENDPOINT)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
