@@ -15,6 +15,9 @@ scans, and the gate every read passes through. Pure data and Lua; ``fleet`` runs
   the leader (its token still in ``…:leader``: a zombie whose lease lapsed is refused here)
   takes the scan's read lease and reads; any other worker, while a leader lives, (re)registers
   the scan and leaves the read to it; with no leader at all, a worker reads its own scans.
+  When a callback comes for a scan, the worker waiting for it reads it at once under the read
+  lease (marked ``cb:``, which the leader waits out rather than reads over): one read, and no
+  hop through the leader on the callback path.
 """
 
 from __future__ import annotations
@@ -105,10 +108,11 @@ return out
 
 # KEYS: result, reading, leader, waiting, scans, stream.
 # ARGV: token ('' if this worker does not lead), worker, read lease ms, register (1/0),
-#       waiter ttl ms, maxlen, scan, age ms, rest.
+#       waiter ttl ms, maxlen, scan, age ms, rest, on a callback (1/0: the waiter reads).
 # -> {1, stored} | {2} read it (the read lease is ours) | {3} another worker reads it now
-#    | {4} the leader polls it (registered for it). The leader always reads (2); without a leader,
-#    one worker at a time (3: wait for its answer).
+#    | {4} the leader polls it (registered for it). The leader always reads (2), unless a waiter
+#    reads it on its callback (3); without a leader, one worker at a time (3: wait for its
+#    answer). On a callback, the waiter reads it (2) unless someone else reads it now (3).
 GATE: Final = (
     "local KEYS_LIVE, KEYS_INFO = KEYS[4], KEYS[5]\n"
     + _REGISTER_ONE
@@ -116,6 +120,16 @@ GATE: Final = (
 local stored = redis.call('GET', KEYS[1])
 if stored then return {1, stored} end
 local holder = redis.call('GET', KEYS[3])
+if ARGV[10] == '1' and not (holder and holder == ARGV[1]) then
+  -- A callback came for a scan this worker waits for: it reads the scan itself, at once,
+  -- under the read lease (marked 'cb:', which the leader leaves alone): one read fleet-wide.
+  if ARGV[4] == '1' then
+    register(now, ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[2], tonumber(ARGV[5]), KEYS[6],
+             ARGV[6])
+  end
+  if redis.call('SET', KEYS[2], 'cb:' .. ARGV[2], 'NX', 'PX', ARGV[3]) then return {2} end
+  return {3}
+end
 if holder and holder ~= ARGV[1] then
   if ARGV[4] == '1' then
     register(now, ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[2], tonumber(ARGV[5]), KEYS[6],
@@ -126,6 +140,9 @@ end
 if holder then
   -- The leader reads, whoever held the read lease: a dead or paused leader's lease (taken
   -- for a read it may never finish) must not hold up the next one for read_lease seconds.
+  -- A waiter reading on its callback is left to finish (its answer comes on the stream).
+  local reading = redis.call('GET', KEYS[2])
+  if reading and string.sub(reading, 1, 3) == 'cb:' then return {3} end
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   return {2}
 end

@@ -77,11 +77,14 @@ _BLOCK_MS: Final = 1000
 _STREAM_MAXLEN: Final = 10_000
 _ENDPOINT: Final = "GET /result/{scanId}"
 _CHUNK: Final = 500
-# Give up the read lease of each scan in KEYS that ARGV[1] still holds.
+# Give up the read lease of each scan in KEYS that ARGV[1] still holds (on a callback or not).
 _RELEASE: Final = """
 local released = 0
 for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then released = released + redis.call('DEL', key) end
+  local held = redis.call('GET', key)
+  if held == ARGV[1] or held == 'cb:' .. ARGV[1] then
+    released = released + redis.call('DEL', key)
+  end
 end
 return released
 """
@@ -186,6 +189,7 @@ class Fleet:
         self._watched: set[str] = set()  # scans this worker's scheduler watches
         self._local: set[str] = set()  # ...of which someone here waits for
         self._remote: dict[str, asyncio.Task[Any]] = {}  # ...that it polls for other workers
+        self._callbacks: set[str] = set()  # local scans whose callback came: read them here
         self._token = ""  # the leader's token while this worker holds the lease
         self._valid_until = -math.inf  # ...and until when (monotonic) it may act on it
         self._offset = 0.0  # Redis time (s) minus the loop's monotonic time
@@ -310,6 +314,7 @@ class Fleet:
         self.stats.term = 0
         self._watched.clear()
         self._local.clear()
+        self._callbacks.clear()
         self._client = None
 
     async def _settle_tasks(self) -> None:
@@ -406,8 +411,27 @@ class Fleet:
         except _REDIS_ERRORS as exc:
             self.stats.fallbacks += 1
             log.warning("could not share a callback with the fleet (%s): this worker only", exc)
-        if self._client is not None:
-            self._client.notify_finished(scan_id)
+        self._on_callback(scan_id)
+
+    def _on_callback(self, scan_id: str) -> bool:
+        """A callback for ``scan_id`` reached this worker (over HTTP, the stream, or kept).
+
+        Waited for here: read it now, ourselves (``GATE`` lets one worker fleet-wide). Polled
+        here only for another worker: that waiter reads it; this schedule stays the safety net
+        (a hint after ``leader_lease / 3``, answered from the store once the waiter shared it).
+        """
+        if self._client is None:
+            return False
+        if scan_id in self._remote and scan_id not in self._local:
+            asyncio.get_running_loop().call_later(self.leader_lease / 3, self._safety_hint, scan_id)
+            return False
+        if scan_id in self._local:
+            self._callbacks.add(scan_id)
+        return self._client.notify_finished(scan_id)
+
+    def _safety_hint(self, scan_id: str) -> None:
+        if self._client is not None and scan_id in self._remote:
+            self._client.scheduler.hint(scan_id)
 
     def _xadd(self, pipe: Any, kind: str, scan_id: str, done: bool = False) -> None:
         fields = {"k": kind, "s": scan_id, "p": self._me, "d": "1" if done else "0"}
@@ -428,6 +452,7 @@ class Fleet:
         else:
             self._watched.discard(scan_id)
             self._remote.pop(scan_id, None)
+            self._callbacks.discard(scan_id)
             if scan_id in self._local:
                 self._local.discard(scan_id)
                 self._spawn(self._unregister(scan_id))
@@ -468,8 +493,10 @@ class Fleet:
         except _REDIS_ERRORS:
             self.stats.fallbacks += 1
             return
-        if (callback is not None or result is not None) and self._client is not None:
-            self._client.scheduler.hint(scan_id)
+        if result is not None and self._client is not None:
+            self._client.scheduler.hint(scan_id)  # stored: taken without a read
+        elif callback is not None:
+            self._on_callback(scan_id)
 
     # ---- the lease: one scheduler for the fleet ------------------------------------------------
 
@@ -656,7 +683,7 @@ class Fleet:
         if not scan_id:
             return
         if kind == "cb":
-            if self._client.notify_finished(scan_id):
+            if self._on_callback(scan_id):
                 self.stats.hints_delivered += 1
         elif kind == "w":
             if self.leading:  # a new wait somewhere: on the schedule now, not at the next sync
@@ -695,8 +722,11 @@ class Fleet:
             if scan_id in self._remote and not self.leading:
                 self.stats.deferred += 1  # another worker's scan: the new leader polls it
                 raise _left_to_leader()
+            # Its callback came: the waiter reads it itself (once; later reads are scheduled).
+            on_callback = scan_id in self._callbacks and scan_id in self._local
+            self._callbacks.discard(scan_id)
             try:
-                answer = await self._ask_gate(scan_id)
+                answer = await self._ask_gate(scan_id, on_callback=on_callback)
                 if int(answer[0]) == 4 and self.leading:
                     answer = await self._ask_gate(scan_id)  # it won the lease while it asked
             except _REDIS_ERRORS as exc:
@@ -742,7 +772,7 @@ class Fleet:
             # (Also after a failed read: the others, woken, read next themselves.)
             self._spawn(self._share_read(scan_id, value))
 
-    async def _ask_gate(self, scan_id: str) -> Any:
+    async def _ask_gate(self, scan_id: str, *, on_callback: bool = False) -> Any:
         """One round trip: the stored answer, or who reads (see ``_fleet_schedule.GATE``)."""
         age_ms, rest = self._info(scan_id)
         return await self._gate(
@@ -763,6 +793,7 @@ class Fleet:
                 scan_id,
                 age_ms,
                 rest,
+                "1" if on_callback else "0",
             ],
         )
 

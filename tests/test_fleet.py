@@ -399,8 +399,9 @@ async def test_a_callback_before_the_scheduler_adopts_the_scan_is_not_left_to_th
     emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
 ) -> None:
     """The fleet's scheduler (the first worker) receives a scan's callback before anyone waits
-    for it; a follower that started it waits later: the scheduler adopts it and reads it at once
-    (the callback was kept), not at the 60 s poll of a scan that expects one."""
+    for it; a follower that started it waits later: the callback was kept, so the follower reads
+    it at once itself (the scheduler adopts it but leaves that read to its waiter), not at the
+    60 s poll of a scan that expects one."""
     (_, scheduler, receiver), (follower, _, _) = await workers(), await workers()
     assert scheduler.leading
     scan_id = await start_scan(follower, tmp_path)
@@ -411,4 +412,30 @@ async def test_a_callback_before_the_scheduler_adopts_the_scan_is_not_left_to_th
         result = await follower.wait_for_result(scan_id)
     assert result.scan_id == scan_id
     assert reads_of(emu, scan_id) == 1
-    assert scheduler.stats.api_reads == 1
+    assert scheduler.stats.api_reads == 0
+
+
+async def test_on_a_callback_the_waiter_reads_its_scan_itself_once_fleet_wide(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """Four workers; the first leads. A follower waits for a scan; its callback lands on a third
+    worker (the load balancer's choice). The waiter reads it itself at once, not through the
+    leader's schedule, and the leader, which also polls it, sends no read of its own: one
+    result GET at the emulator for the scan, fleet-wide."""
+    fleet = [await workers() for _ in range(4)]
+    (_, leader, _), (waiter, waiter_fleet, _), (_, _, receiving) = fleet[0], fleet[1], fleet[2]
+    assert leader.leading and not waiter_fleet.leading
+    scan_id = await start_scan(waiter, tmp_path)
+    waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
+    await until(lambda: leader.stats.adopted >= 1)  # the leader polls it for the waiter
+    emu.finish_scan(scan_id)
+    assert receiving.receive(callback(scan_id)) == 204
+    async with asyncio.timeout(GENEROUS):
+        result = await waiting
+    assert result.scan_id == scan_id
+    assert waiter_fleet.stats.api_reads == 1  # the waiter read it
+    assert leader.stats.api_reads == 0
+    # The leader's safety net (a hint leader_lease / 3 after the callback) finds it stored.
+    await until(lambda: leader.stats.results_shared >= 1 or scan_id not in leader._remote)
+    assert reads_of(emu, scan_id) == 1
+    assert leader.stats.api_reads == 0
