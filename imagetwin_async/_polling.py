@@ -175,6 +175,7 @@ class PollScheduler:
         self._burst = float(max(read_burst, 1))
         self._tokens = self._burst
         self._tokens_at = -math.inf
+        self._pacing: asyncio.Future[None] | None = None  # the picker waits for a token
         self.model: DurationModel = model or DurationModel()
         self.model_store = model_store
         self._store_loaded = model_store is None
@@ -402,6 +403,15 @@ class PollScheduler:
         self._schedule(watch, self._now_or_zero())
         return True
 
+    def refund_read(self) -> None:
+        """Give back the pacing of a read that sent nothing to the API (a fleet worker's read
+        answered from the fleet's store, or left to its scheduler): the next one, such as
+        taking a result another process read, is not held back for a read never made."""
+        if self._rate is not None:
+            self._tokens = min(self._burst, self._tokens + 1.0)
+            if self._pacing is not None and not self._pacing.done():
+                self._pacing.set_result(None)
+
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
         self._closed = True
@@ -621,7 +631,15 @@ class PollScheduler:
             pause = self._paced(now)
             if pause > 0.0:
                 waited = True
-                await asyncio.sleep(pause)
+                # A wait a refunded read (``refund_read``) cuts short.
+                pacing: asyncio.Future[None] = loop.create_future()
+                self._pacing = pacing
+                pacing_timer = loop.call_later(pause, _resolve, pacing)
+                try:
+                    await pacing
+                finally:
+                    self._pacing = None
+                    pacing_timer.cancel()
                 continue
             picked = self._pick(now)
             if isinstance(picked, _Watch):

@@ -711,10 +711,14 @@ class Fleet:
             if task is None or self._stopping:
                 return await read(scan_id)
             self._in_reads.add(task)
+            api_reads = self.stats.api_reads
             try:
                 return await fleet_read(scan_id)
             finally:
                 self._in_reads.discard(task)
+                if self.stats.api_reads == api_reads and self._client is not None:
+                    # Nothing went to the API: this worker's pacing is not spent on it.
+                    self._client.scheduler.refund_read()
 
         async def fleet_read(scan_id: str) -> ScanResult | ScanPending:
             if self._token and not self.leading:

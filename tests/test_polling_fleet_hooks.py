@@ -75,3 +75,34 @@ async def test_replan_puts_a_parked_scan_back_on_its_own_schedule() -> None:
     assert reads[-1] == pytest.approx(t0 + 2.0)
     assert not scheduler.replan("a")  # finished: nothing to plan
     await scheduler.close()
+
+
+async def test_a_read_that_sent_nothing_gives_its_pacing_back() -> None:
+    """A fleet follower paced at 1 read/s with a burst of 1: its read of "a" went nowhere (left
+    to the fleet's scheduler), and the result of "b", which another process read, is taken at
+    once on its hint instead of waiting a second for a token spent on nothing."""
+    loop = asyncio.get_running_loop()
+    reads: list[tuple[str, float]] = []
+    scheduler: PollScheduler
+
+    async def poll(scan_id: str) -> ScanResult | ScanPending:
+        reads.append((scan_id, loop.time()))
+        if scan_id == "a":
+            scheduler.refund_read()  # what the fleet does when no API read was made
+            raise TransportError("left to the fleet's scheduler", endpoint="GET /result/{scanId}")
+        return result(scan_id)
+
+    scheduler = PollScheduler(
+        poll, poll_interval=5.0, max_poll_interval=60.0, read_rate=1.0, read_burst=1
+    )
+    t0 = loop.time()
+    parked = asyncio.create_task(scheduler.wait("a"))
+    await asyncio.sleep(0.001)
+    assert reads == [("a", pytest.approx(t0))]
+    waiting = asyncio.create_task(scheduler.wait("b"))
+    await asyncio.sleep(0)
+    scheduler.hint("b")
+    await waiting
+    assert reads[1] == ("b", pytest.approx(t0, abs=0.01))
+    parked.cancel()
+    await scheduler.close()
