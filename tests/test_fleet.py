@@ -439,3 +439,24 @@ async def test_on_a_callback_the_waiter_reads_its_scan_itself_once_fleet_wide(
     await until(lambda: leader.stats.results_shared >= 1 or scan_id not in leader._remote)
     assert reads_of(emu, scan_id) == 1
     assert leader.stats.api_reads == 0
+
+
+async def test_when_the_waiters_callback_read_fails_the_leader_reads_it(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The waiter's own read on its callback fails (a gateway answering 503 through all its
+    retries): its scan is not left to its 60 s fallback poll; the leader, which also polls it,
+    hints itself after leader_lease / 3 and reads it, and the waiter takes its answer."""
+    (_, leader, _), (waiter, waiter_fleet, receiving) = await workers(), await workers()
+    assert leader.leading and not waiter_fleet.leading
+    scan_id = await start_scan(waiter, tmp_path)
+    waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
+    await until(lambda: leader.stats.adopted >= 1)
+    emu.finish_scan(scan_id)
+    emu.inject_fault("503", endpoint="result", times=6)  # the first try and its 5 retries
+    assert receiving.receive(callback(scan_id)) == 204
+    async with asyncio.timeout(GENEROUS):
+        result = await waiting
+    assert result.scan_id == scan_id
+    assert waiter_fleet.stats.api_reads == 1  # it tried, once, through its retries
+    assert leader.stats.api_reads == 1  # the safety net read it
