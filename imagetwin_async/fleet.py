@@ -397,7 +397,9 @@ class Fleet:
         """A callback for ``scan_id`` arrived here: hint this worker and hand it to the fleet.
 
         Always True (someone in the fleet may wait), so the receiver's duplicate filter works.
+        A wait for it here reads it at once, not after the write to Redis.
         """
+        self._on_callback(scan_id)
         self._spawn(self._share_callback(scan_id))
         return True
 
@@ -411,7 +413,6 @@ class Fleet:
         except _REDIS_ERRORS as exc:
             self.stats.fallbacks += 1
             log.warning("could not share a callback with the fleet (%s): this worker only", exc)
-        self._on_callback(scan_id)
 
     def _on_callback(self, scan_id: str) -> bool:
         """A callback for ``scan_id`` reached this worker (over HTTP, the stream, or kept).
