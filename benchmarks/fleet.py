@@ -20,8 +20,15 @@ Per run, from the emulator's records and the answers:
   uploads saw one;
 - the median time from a scan's end to its handler's answer, in real milliseconds.
 
-``--kill`` adds a run with 4 workers in which one worker is SIGKILLed halfway: the uploads it
-held are lost with it (their handler died), every other upload must still get its answer.
+``--kill`` adds runs with 4 workers in which the fleet's scheduler (the worker holding the
+lease) is SIGKILLed halfway: the uploads it held are lost with it (their handler died), every
+other upload must still get its answer. Reported: seconds from the SIGKILL until a new term
+holds the lease in Redis ("elected"), and until the first result read of the API after it
+("read", made by the new scheduler; the emulator's request log).
+
+``--no-callbacks`` adds 1- and 4-worker runs that only poll (and, with ``--kill``, a 4-worker
+one whose scheduler is killed): one process waiting for every scan is the baseline of the
+fleet's one schedule.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from typing import Any
 
 import httpx
 import redis
+import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, pdf_bytes
@@ -146,6 +154,8 @@ async def drive(
     )
     uploads: list[dict[str, Any]] = [{} for _ in range(args.uploads)]
     killed: int | None = None
+    takeover: dict[str, float] = {}
+    leader_key = limiter_key(threaded.api_key, "fleet") + ":leader"
     try:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=0)
         async with httpx.AsyncClient(
@@ -159,11 +169,14 @@ async def drive(
             for i in range(args.uploads):
                 await asyncio.sleep(max(0.0, start + i * gap - time.monotonic()))
                 if kill and i == args.uploads // 2:
-                    victim = random.choice(sorted((await worker_stats(http, workers)).keys()))
-                    os.kill(victim, signal.SIGKILL)
-                    killed = victim
+                    killed = await kill_scheduler(http, workers, args.redis_url, leader_key)
+                    takeover_watch = asyncio.create_task(
+                        watch_election(args.redis_url, leader_key, killed, takeover)
+                    )
                 tasks.append(asyncio.create_task(upload(http, i, tag, gap / 2, uploads[i])))
             await asyncio.gather(*tasks)
+            if kill:
+                await takeover_watch
             stats = await worker_stats(http, workers)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -172,7 +185,47 @@ async def drive(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    return {"uploads": uploads, "stats": stats, "killed": killed}
+    return {"uploads": uploads, "stats": stats, "killed": killed, "takeover": takeover}
+
+
+async def kill_scheduler(
+    http: httpx.AsyncClient, workers: int, redis_url: str, leader_key: str
+) -> int:
+    """SIGKILL the worker that schedules the fleet's polls (the lease holder); its pid."""
+    statuses = await worker_stats(http, workers)
+    leaders = [pid for pid, s in statuses.items() if (s.get("fleet") or {}).get("leading")]
+    victim = leaders[0] if leaders else random.choice(sorted(statuses))
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        holder = await client.get(leader_key)
+    finally:
+        await client.aclose()
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    KILLS[victim] = (killed_at, holder)
+    return victim
+
+
+KILLS: dict[int, tuple[float, bytes | str | None]] = {}
+
+
+async def watch_election(
+    redis_url: str, leader_key: str, victim: int, out: dict[str, float]
+) -> None:
+    """Note when a new term (another token) holds the lease after the SIGKILL."""
+    killed_at, holder = KILLS[victim]
+    out["killed_at"] = killed_at
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        async with asyncio.timeout(60.0):
+            while True:
+                token = await client.get(leader_key)
+                if token is not None and token != holder:
+                    out["elected_at"] = time.monotonic()
+                    return
+                await asyncio.sleep(0.005)
+    finally:
+        await client.aclose()
 
 
 def measure(
@@ -187,9 +240,11 @@ def measure(
         def snapshot(emu: Any) -> dict[str, Any]:
             now_emulated, now_real = emu.clock.now(), time.monotonic()
             reads: dict[str, int] = {}
+            read_times = []
             for r in emu.requests:
                 if r.endpoint == Endpoint.RESULT and r.scan_id:
                     reads[r.scan_id] = reads.get(r.scan_id, 0) + 1
+                    read_times.append(now_real - (now_emulated - r.time) / args.speed)
             return {
                 "end_real": {
                     sid: now_real - (now_emulated - s.ends_at) / args.speed
@@ -197,6 +252,7 @@ def measure(
                     if s.billed
                 },
                 "reads": reads,
+                "read_times": sorted(read_times),
                 "api_429": sum(emu.counters.rate_limited.values()),
                 "callbacks": emu.counters.callbacks_delivered,
                 "billed": emu.counters.scans_billed,
@@ -211,6 +267,12 @@ def measure(
     prompt = sum(1 for d in delays if d < fallback / 2)
     hints = sum(s["polling"]["hints"] for s in run["stats"].values())
     scans = len(emu["end_real"])
+    elected = read = float("nan")
+    takeover = run["takeover"]
+    if "elected_at" in takeover:
+        elected = takeover["elected_at"] - takeover["killed_at"]
+        after = [t for t in emu["read_times"] if t >= takeover["elected_at"]]
+        read = after[0] - takeover["killed_at"] if after else float("nan")
     return {
         "workers": workers,
         "callbacks_on": callbacks,
@@ -219,6 +281,10 @@ def measure(
         "uploads": len(uploads),
         "answered": len(answered),
         "lost": sum(1 for u in uploads if "lost" in u),
+        # Uploads whose handler lived and still got no result: the bar is 0.
+        "unanswered": len(uploads) - len(answered) - sum(1 for u in uploads if "lost" in u),
+        "elected_s": elected,
+        "read_s": read,
         "billed": emu["billed"],
         "callbacks": emu["callbacks"],
         "prompt": prompt,
@@ -234,7 +300,7 @@ def measure(
 
 def _forget(redis_url: str, api_key: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    for group in ("scan", "result", "fleet"):
+    for group in ("scan", "result", "fleet", "durations"):
         stale = list(client.scan_iter(match=f"{limiter_key(api_key, group)}*"))
         if stale:
             client.delete(*stale)
@@ -260,6 +326,8 @@ def main() -> None:
     polled = []
     if args.no_callbacks:
         polled = [measure(args, 1, callbacks=False), measure(args, 4, callbacks=False)]
+        if args.kill:
+            polled.append(measure(args, 4, kill=True, callbacks=False))
     one = runs[0]["median_ms"]
     print(f"# {command_line()}")
     print(
@@ -285,16 +353,26 @@ def main() -> None:
     if polled:
         print("# without callbacks (polling only): detection delay = scan end to answer")
         print(
-            f"{'workers':>8} {'answered':>9} {'reads/scan':>10} {'API 429':>8} {'mean ms':>9} "
-            f"{'median ms':>10} {'mean vs 1':>9} {'reads vs 1':>10}"
+            f"{'workers':>8} {'answered':>9} {'lost':>5} {'unanswered':>10} {'reads/scan':>10} "
+            f"{'API 429':>8} {'mean ms':>9} {'median ms':>10} {'mean vs 1':>9} {'reads vs 1':>10}"
         )
         for r in polled:
+            label = f"{r['workers']}{' kill' if r['killed'] else ''}"
             print(
-                f"{r['workers']:>8} {r['answered']:>4}/{r['uploads']:<4} "
+                f"{label:>8} {r['answered']:>4}/{r['uploads']:<4} {r['lost']:>5} "
+                f"{r['unanswered']:>10} "
                 f"{r['reads_per_scan']:>10.3f} {r['api_429']:>8} {r['mean_ms']:>9.1f} "
                 f"{r['median_ms']:>10.1f} {r['mean_ms'] / polled[0]['mean_ms']:>8.2f}x "
                 f"{r['reads_per_scan'] / polled[0]['reads_per_scan']:>9.2f}x"
             )
+    killed = [r for r in runs + polled if r["killed"]]
+    if killed:
+        print("# the fleet's scheduler SIGKILLed: seconds until a new term holds the lease, and")
+        print("# until the API's first result read after it (by the new scheduler)")
+        print(f"{'run':>12} {'elected s':>10} {'read s':>8} {'unanswered':>10}")
+        for r in killed:
+            label = "callbacks" if r["callbacks_on"] else "polling"
+            print(f"{label:>12} {r['elected_s']:>10.2f} {r['read_s']:>8.2f} {r['unanswered']:>10}")
     print(json.dumps(runs + polled), file=sys.stderr)
 
 

@@ -52,6 +52,10 @@ T = TypeVar("T")
 
 # The advisory-lock namespace of journal owners ("ITJ1"); the second key is the owner number.
 _LOCK_SPACE: Final = 0x4954_4A31
+# The namespace of the per-journal lock under which a run decides to take over dead runs'
+# items ("ITJ2"; the second key is hashtext(journal)): one run at a time, so the items of the
+# dead go whole to one run, which settles them alone.
+_TAKEOVER_SPACE: Final = 0x4954_4A32
 _SCHEMA_VERSION: Final = 1
 # libpq's client-side keepalives: a server that vanishes fails a call in about 25 s, not never.
 _CLIENT_KEEPALIVES: Final = {
@@ -222,6 +226,12 @@ class PostgresJournal:
 
         async def read() -> list[tuple[Any, ...]]:
             async with self._db.transaction():
+                # Two runs starting at once must not both see "nobody else sends" and split the
+                # dead runs' items: each would settle its part through scan-overview blind to
+                # the other's, and both could adopt one scan or resend into the other's window.
+                await self._db.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_TAKEOVER_SPACE, self.name)
+                )
                 cursor = await self._db.execute(
                     f"SELECT 1 FROM imagetwin_journal_items i WHERE journal = %s "
                     f"AND state = 'sending' AND owner IS DISTINCT FROM %s AND {_ALIVE} LIMIT 1",

@@ -185,6 +185,7 @@ class PollScheduler:
         self._burst = float(max(read_burst, 1))
         self._tokens = self._burst
         self._tokens_at = -math.inf
+        self._pacing: asyncio.Future[None] | None = None  # the picker waits for a token
         self.model: DurationModel = model or DurationModel()
         self.model_store = model_store
         self._store_loaded = model_store is None
@@ -375,6 +376,51 @@ class PollScheduler:
         shares them with the other processes); returns a function that removes it."""
         self._observation_listeners.append(listener)
         return lambda: self._observation_listeners.remove(listener)
+
+    # ---- hooks for a fleet's one schedule (imagetwin_async.fleet) ------------------------
+
+    def note_started_ago(
+        self,
+        scan_id: str,
+        age: float,
+        *,
+        expect_callback: bool = False,
+        features: ScanFeatures | None = None,
+    ) -> None:
+        """``note_started`` for a scan that started ``age`` seconds ago, in another process
+        (a fleet's elected scheduler polls the scans every worker waits for)."""
+        self.note_started(scan_id, expect_callback=expect_callback, features=features)
+        started, known = self._started[scan_id]
+        self._started[scan_id] = (started - max(age, 0.0), known)
+
+    def watch_info(self, scan_id: str) -> tuple[float | None, bool, ScanFeatures | None] | None:
+        """(age in seconds or None if not seen to start, callback expected, features) of a
+        watched scan; None if not watched (a fleet tells its scheduler what it waits for)."""
+        watch = self._watches.get(scan_id)
+        if watch is None:
+            return None
+        age = self._now_or_zero() - watch.started if watch.known_start else None
+        return age, watch.expect_callback, watch.features
+
+    def replan(self, scan_id: str) -> bool:
+        """Schedule a watched scan again from what its reads saw (its start, the last read
+        that found it running), forgetting reads that saw nothing (a fleet worker that left
+        them to another process and now polls itself). False if not watched or being read."""
+        watch = self._watches.get(scan_id)
+        if watch is None or not watch.active or watch.reading or watch.hinted:
+            return False
+        watch.last_read = watch.seen_running
+        self._schedule(watch, self._now_or_zero())
+        return True
+
+    def refund_read(self) -> None:
+        """Give back the pacing of a read that sent nothing to the API (a fleet worker's read
+        answered from the fleet's store, or left to its scheduler): the next one, such as
+        taking a result another process read, is not held back for a read never made."""
+        if self._rate is not None:
+            self._tokens = min(self._burst, self._tokens + 1.0)
+            if self._pacing is not None and not self._pacing.done():
+                self._pacing.set_result(None)
 
     async def close(self) -> None:
         """Stop polling; every waiter gets ``ScanCancelled``."""
@@ -612,7 +658,15 @@ class PollScheduler:
             now = self.now()
             pause = self._paced(now)
             if pause > 0.0:
-                await asyncio.sleep(pause)
+                # A wait a refunded read (``refund_read``) cuts short.
+                pacing: asyncio.Future[None] = loop.create_future()
+                self._pacing = pacing
+                pacing_timer = loop.call_later(pause, _resolve, pacing)
+                try:
+                    await pacing
+                finally:
+                    self._pacing = None
+                    pacing_timer.cancel()
                 continue
             picked = self._pick(now)
             if isinstance(picked, _Watch):

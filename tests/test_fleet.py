@@ -118,9 +118,10 @@ def callback(scan_id: str) -> bytes:
     return json.dumps({"scanId": scan_id, "status": "finished"}).encode()
 
 
-async def start_scan(client: ImagetwinClient, tmp_path: Path) -> str:
+async def start_scan(client: ImagetwinClient, tmp_path: Path, *, callback: bool = True) -> str:
+    """Start a scan; with ``callback`` it is polled only every max_poll_interval (60 s)."""
     paper = write_pdf(tmp_path / f"{uuid.uuid4().hex}.pdf", pages=2)
-    started = await client.scan(paper, callback_url=f"{PUBLIC_URL}/{TOKEN}")
+    started = await client.scan(paper, callback_url=f"{PUBLIC_URL}/{TOKEN}" if callback else None)
     return started.scan_id
 
 
@@ -291,11 +292,13 @@ async def test_redis_down_each_worker_goes_on_alone_without_hanging(
     assert emu.counters.scans_billed == 1
 
 
-async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
+async def test_a_dead_leaders_scans_are_polled_by_the_next_leader_within_the_lease(
     emu: Emulator, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """The worker polling a scan for the fleet is SIGKILLed: its reader key stops being
-    renewed, and a surviving waiter reads the scan as soon as the key lapses."""
+    """The fleet's scheduler is SIGKILLed (here: its lease is left in Redis, unrenewed, as a
+    killed process leaves it): this worker leaves its scan to it while the lease lasts (its own
+    schedule parked for 60 s), then wins the next term and polls the scan on its own schedule
+    again (every 0.02 s cold: at once)."""
     async with (
         ImagetwinClient(
             emu.api_key,
@@ -305,21 +308,25 @@ async def test_a_dead_readers_scans_are_taken_over_within_the_reader_ttl(
             poll_interval=0.02,
             max_poll_interval=60.0,
         ) as client,
-        Fleet.from_url(redis_url, emu.api_key, prefix=prefix, reader_ttl=0.6) as fleet,
-        fleet.attach(client),
+        Fleet.from_url(redis_url, emu.api_key, prefix=prefix, leader_lease=0.6) as fleet,
     ):
-        scan_id = await start_scan(client, tmp_path)
         raw = redis.asyncio.Redis.from_url(redis_url)
-        await raw.set(fleet._key("reader", scan_id), "a-killed-worker", px=500)
+        await raw.set(fleet._key_of("leader"), "7:a-killed-worker", px=500)
         await raw.aclose()
-        waiting = asyncio.create_task(client.wait_for_result(scan_id))
-        emu.finish_scan(scan_id)  # its callback went to the dead worker: none reaches us
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # the dead reader still "holds" it
-        async with asyncio.timeout(2.0):  # key lapses at 0.5 s, a renewal every 0.2 s
-            result = await waiting
+        async with fleet.attach(client):
+            assert not fleet.leading
+            scan_id = await start_scan(client, tmp_path, callback=False)  # polled, cold
+            waiting = asyncio.create_task(client.wait_for_result(scan_id))
+            emu.finish_scan(scan_id)
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # the dead leader still "polls" it
+            assert reads_of(emu, scan_id) == 0
+            async with asyncio.timeout(2.0):  # lease lapses at 0.5 s, a tick every 0.2 s
+                result = await waiting
+            assert fleet.leading
     assert result.scan_id == scan_id
-    assert fleet.stats.takeovers == 1
+    assert fleet.stats.elections == 1
+    assert fleet.stats.term == 0  # handed back on the way out
     assert reads_of(emu, scan_id) == 1
 
 
@@ -386,3 +393,70 @@ async def test_every_worker_learns_scan_durations_from_the_whole_fleet(
         while not b.scheduler.model.ready:
             await asyncio.sleep(0.01)
     assert b.scheduler.model.fit == pytest.approx(a.scheduler.model.fit)
+
+
+async def test_a_callback_before_the_scheduler_adopts_the_scan_is_not_left_to_the_slow_poll(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The fleet's scheduler (the first worker) receives a scan's callback before anyone waits
+    for it; a follower that started it waits later: the callback was kept, so the follower reads
+    it at once itself (the scheduler adopts it but leaves that read to its waiter), not at the
+    60 s poll of a scan that expects one."""
+    (_, scheduler, receiver), (follower, _, _) = await workers(), await workers()
+    assert scheduler.leading
+    scan_id = await start_scan(follower, tmp_path)
+    emu.finish_scan(scan_id)
+    receiver.receive(callback(scan_id))  # nobody here waits, nor saw it start
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(GENEROUS):
+        result = await follower.wait_for_result(scan_id)
+    assert result.scan_id == scan_id
+    assert reads_of(emu, scan_id) == 1
+    assert scheduler.stats.api_reads == 0
+
+
+async def test_on_a_callback_the_waiter_reads_its_scan_itself_once_fleet_wide(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """Four workers; the first leads. A follower waits for a scan; its callback lands on a third
+    worker (the load balancer's choice). The waiter reads it itself at once, not through the
+    leader's schedule, and the leader, which also polls it, sends no read of its own: one
+    result GET at the emulator for the scan, fleet-wide."""
+    fleet = [await workers() for _ in range(4)]
+    (_, leader, _), (waiter, waiter_fleet, _), (_, _, receiving) = fleet[0], fleet[1], fleet[2]
+    assert leader.leading and not waiter_fleet.leading
+    scan_id = await start_scan(waiter, tmp_path)
+    waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
+    await until(lambda: leader.stats.adopted >= 1)  # the leader polls it for the waiter
+    emu.finish_scan(scan_id)
+    assert receiving.receive(callback(scan_id)) == 204
+    async with asyncio.timeout(GENEROUS):
+        result = await waiting
+    assert result.scan_id == scan_id
+    assert waiter_fleet.stats.api_reads == 1  # the waiter read it
+    assert leader.stats.api_reads == 0
+    # The leader's safety net (a hint leader_lease / 3 after the callback) finds it stored.
+    await until(lambda: leader.stats.results_shared >= 1 or scan_id not in leader._remote)
+    assert reads_of(emu, scan_id) == 1
+    assert leader.stats.api_reads == 0
+
+
+async def test_when_the_waiters_callback_read_fails_the_leader_reads_it(
+    emu: Emulator, workers: Callable[[], Awaitable[Worker]], tmp_path: Path
+) -> None:
+    """The waiter's own read on its callback fails (a gateway answering 503 through all its
+    retries): its scan is not left to its 60 s fallback poll; the leader, which also polls it,
+    hints itself after leader_lease / 3 and reads it, and the waiter takes its answer."""
+    (_, leader, _), (waiter, waiter_fleet, receiving) = await workers(), await workers()
+    assert leader.leading and not waiter_fleet.leading
+    scan_id = await start_scan(waiter, tmp_path)
+    waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
+    await until(lambda: leader.stats.adopted >= 1)
+    emu.finish_scan(scan_id)
+    emu.inject_fault("503", endpoint="result", times=6)  # the first try and its 5 retries
+    assert receiving.receive(callback(scan_id)) == 204
+    async with asyncio.timeout(GENEROUS):
+        result = await waiting
+    assert result.scan_id == scan_id
+    assert waiter_fleet.stats.api_reads == 1  # it tried, once, through its retries
+    assert leader.stats.api_reads == 1  # the safety net read it

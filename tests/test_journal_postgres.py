@@ -176,6 +176,35 @@ async def test_a_dead_pods_ambiguous_items_wait_while_another_pod_is_sending(url
         await heir.close()
 
 
+async def test_pods_starting_together_never_split_a_dead_runs_items(url: str) -> None:
+    """Four pods start at once on a journal a dead run left 30 items "sending" in: each such
+    item may have started a scan, and whoever takes it settles it through scan-overview. Split
+    between two pods, each would settle its part blind to the other's (both adopting one scan,
+    or one resending into a window holding the other's POST): they go whole to one pod."""
+    for round_ in range(5):
+        dead = await PostgresJournal.open(url)
+        keys = {f"r{round_}-item-{i}" for i in range(30)}
+        for key in sorted(keys):
+            await dead.sending(key, f"{key}.pdf", 1.0)
+        await dead.close()  # SIGKILLed: its session ends, its claims lapse
+        pods = [await PostgresJournal.open(url) for _ in range(4)]
+        try:
+            async with asyncio.timeout(5.0):  # the backend exits a moment after the socket
+                while True:
+                    seen = await asyncio.gather(*(pod.entries() for pod in pods))
+                    taken = [keys & set(found) for found in seen]
+                    if any(taken):
+                        break
+                    await asyncio.sleep(0.01)
+            assert sorted(len(t) for t in taken) == [0, 0, 0, 30]
+            # Asked again, at once, the others still find them held by a live run.
+            again = await asyncio.gather(*(pod.entries() for pod in pods))
+            assert [len(keys & set(found)) for found in again] == [len(t) for t in taken]
+        finally:
+            for pod in pods:
+                await pod.close()
+
+
 async def test_pods_sweeping_overlapping_shards_pay_for_each_content_once(
     emulator: Emulator, url: str, tmp_path: Path
 ) -> None:

@@ -244,6 +244,9 @@ def _lifespan(
                         settings.api_key or os.environ.get("IMAGETWIN_API_KEY", ""),
                         scan_limit=scan_limit,
                         result_limit=result_limit,
+                        # The fleet's scheduler: a dead one is replaced within ~4/3 of this.
+                        leader_lease=max(5.0 / settings.speed, 1.0),
+                        waiter_ttl=max(15.0 / settings.speed, 3.0),
                     )
                 )
                 scan_limit, result_limit = limits.scan, limits.result
