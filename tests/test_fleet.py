@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -41,23 +40,10 @@ from ._files import write_pdf
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 PUBLIC_URL = "http://127.0.0.1:9/imagetwin/callbacks"  # nothing listens: the test delivers
 TOKEN = "fleet-shared-token-0123456789abcdef"
 GENEROUS = 10.0  # far below the 60 s fallback poll, far above any loaded machine's delay
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        message = f"no Redis at {REDIS_URL} ({exc}); set IMAGETWIN_REDIS_URL"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the fleet tests: {message}")
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture

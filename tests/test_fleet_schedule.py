@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -38,23 +37,10 @@ from ._files import write_pdf
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 0.6  # the leader's lease in these tests: a tick every 0.2 s
 GENEROUS = 10.0  # far above any loaded machine's delay, far below the 60 s parked poll
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        message = f"no Redis at {REDIS_URL} ({exc}); set IMAGETWIN_REDIS_URL"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the fleet tests: {message}")
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture

@@ -31,23 +31,11 @@ from ._files import write_pdf
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-REDIS_URL = os.environ.get("IMAGETWIN_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent
 # A new connection per request, so the kernel spreads them over the workers as it would
 # spread separate clients' (keep-alive would pin this client to one worker).
 FRESH = httpx.Limits(max_keepalive_connections=0)
 SPEED = 30.0  # a 60 s fallback poll lasts 2 s: a callback that misses its waiter shows
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the fleet tests: no Redis at {REDIS_URL} ({exc})")
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 @contextlib.contextmanager
