@@ -203,6 +203,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE
+    except Exception as exc:  # a bug must not exit 1, the code for "findings"
+        # Only the type: a foreign message may quote what it was given (a URL, a key).
+        print(
+            f"imagetwin: unexpected error ({type(exc).__name__}); this is a bug, please report "
+            "it with the command that caused it (without your API key)",
+            file=sys.stderr,
+        )
+        return ExitCode.ERROR
     return int(result or 0)
 
 

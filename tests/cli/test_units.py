@@ -204,3 +204,20 @@ def test_without_the_extra_main_says_what_to_install() -> None:
     assert done.stderr.strip() == (
         "imagetwin: the command line needs click: pip install 'imagetwin-async[cli]'"
     )
+
+
+def test_a_bug_exits_with_the_error_code_not_the_findings_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception (a bug, or a library raising what we never catch) must not exit
+    1, which a script reads as "findings", nor print what the exception quotes."""
+    from imagetwin_async.cli import _commands  # noqa: PLC0415
+
+    def broken(**kwargs: object) -> None:
+        raise ValueError("Cannot combine AUTHORIZATION header with sk-secret-key")
+
+    monkeypatch.setattr(_commands.cli, "main", broken)
+    assert _commands.run(["result", "e" * 64]) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "ValueError" in err and "bug" in err
+    assert "sk-secret-key" not in err
