@@ -9,12 +9,13 @@ a bad path, an ``ImagetwinError``, Ctrl-C) into one red line and an exit code fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -259,12 +260,22 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-def _setup_logging(err: Console, verbose: bool) -> None:
+@contextlib.contextmanager
+def _logging_to(err: Console, verbose: bool) -> Iterator[None]:
+    """With ``-v``, the SDK's debug lines go to ``err`` for the command's length only: ``main``
+    may run in a caller's process (tests, a notebook), whose logging it must leave as found."""
     if not verbose:
+        yield
         return
     logger = logging.getLogger("imagetwin_async")
+    handler, level = _ConsoleHandler(err), logger.level
     logger.setLevel(logging.DEBUG)
-    logger.addHandler(_ConsoleHandler(err))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _execute(
@@ -282,28 +293,28 @@ def _execute(
     ``interrupted`` runs on Ctrl-C and ``unfinished`` when an error stops the run: both print
     what the run had (every scan already submitted, billed, among it).
     """
-    _setup_logging(err, g.verbose)
-    connection = g.connection(emulator=emulator, request_timeout=request_timeout)
+    with _logging_to(err, g.verbose):
+        connection = g.connection(emulator=emulator, request_timeout=request_timeout)
 
-    async def main() -> int:
-        async with open_client(connection) as client:
-            return await body(client)
+        async def main() -> int:
+            async with open_client(connection) as client:
+                return await body(client)
 
-    try:
-        return asyncio.run(main())
-    except MissingKey:
-        _show(err, missing_key())
-        return ExitCode.USAGE
-    except (ConfigurationError, InvalidArgument) as exc:  # nothing was sent
-        _show(err, Message(str(exc)))
-        return ExitCode.USAGE
-    except ImagetwinError as exc:
-        unfinished()
-        _show(err, describe(exc, target=connection.target))
-        return ExitCode.ERROR
-    except KeyboardInterrupt:
-        interrupted()
-        return ExitCode.INTERRUPTED
+        try:
+            return asyncio.run(main())
+        except MissingKey:
+            _show(err, missing_key())
+            return ExitCode.USAGE
+        except (ConfigurationError, InvalidArgument) as exc:  # nothing was sent
+            _show(err, Message(str(exc)))
+            return ExitCode.USAGE
+        except ImagetwinError as exc:
+            unfinished()
+            _show(err, describe(exc, target=connection.target))
+            return ExitCode.ERROR
+        except KeyboardInterrupt:
+            interrupted()
+            return ExitCode.INTERRUPTED
 
 
 def _estimator(

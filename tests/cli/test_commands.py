@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -191,6 +192,20 @@ def test_verbose_logs_requests_but_never_the_key(cli: Cli) -> None:
     assert out.code == 0
     assert "POST /scan -> 200" in out.stderr
     assert KEY not in out.stderr + out.stdout
+
+
+def test_verbose_in_process_leaves_the_callers_logging_as_it_found_it(
+    main_in_process: Main, emulator: ThreadedEmulator
+) -> None:
+    """``imagetwin_async.cli.main`` run inside a caller's process (a notebook, a test): ``-v``
+    logs for that command only, and the SDK's logger is handed back untouched."""
+    sdk = logging.getLogger("imagetwin_async")
+    handlers, level = list(sdk.handlers), sdk.level
+    connect = ("--base-url", emulator.url, "--api-key", KEY, "--speed", str(SPEED))
+    out = main_in_process(*connect, "-v", "scan", CLEAN, "--json")
+    assert out.code == 0, out.stderr
+    assert "POST /scan -> 200" in out.stderr
+    assert (sdk.handlers, sdk.level) == (handlers, level)
 
 
 def test_no_wait_then_wait_and_result(cli: Cli, emulator: ThreadedEmulator) -> None:
