@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from imagetwin_async import ImagetwinClient, RateLimit
 
@@ -56,6 +58,18 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
 def redis_url() -> str:
     """A Redis that answers (``IMAGETWIN_REDIS_URL``): skipped without one, failed in CI."""
     return require_redis()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own; whatever the test left under it is deleted."""
+    name = f"imagetwin-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match=f"{name}:*"))
+    if stale:
+        client.delete(*stale)
+    client.close()
 
 
 @pytest.fixture

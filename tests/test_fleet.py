@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -44,17 +44,6 @@ PUBLIC_URL = "http://127.0.0.1:9/imagetwin/callbacks"  # nothing listens: the te
 TOKEN = "fleet-shared-token-0123456789abcdef"
 GENEROUS = 10.0  # far below the 60 s fallback poll, far above any loaded machine's delay
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"imagetwin-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    stale = list(client.scan_iter(match=f"{name}:*"))
-    if stale:
-        client.delete(*stale)
-    client.close()
 
 
 @pytest.fixture

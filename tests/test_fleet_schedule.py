@@ -44,17 +44,6 @@ EmulatorFactory = Callable[..., Awaitable[Emulator]]
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"imagetwin-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    stale = list(client.scan_iter(match=f"{name}:*"))
-    if stale:
-        client.delete(*stale)
-    client.close()
-
-
-@pytest.fixture
 async def emu(imagetwin_emulator_factory: EmulatorFactory) -> Emulator:
     emulator = await imagetwin_emulator_factory(speed=60)
     emulator.script(Outcome.never(), times=40)
