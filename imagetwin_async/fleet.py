@@ -745,7 +745,13 @@ class Fleet:
                 if stored is not None:
                     return self._shared(stored)
             elif kind == 3:
-                return await self._await_other_read(scan_id)
+                other = await self._await_other_read(scan_id)
+                if on_callback and isinstance(other, ScanPending) and self._client is not None:
+                    # The callback says it ended, but the other read was answered before it did
+                    # (a poll already on the wire): read again at once, not at the next poll.
+                    self._callbacks.add(scan_id)
+                    self._client.scheduler.hint(scan_id)
+                return other
             elif kind == 4:
                 self.stats.deferred += 1
                 raise _left_to_leader()
