@@ -427,6 +427,7 @@ async def test_when_the_waiters_callback_read_fails_the_leader_reads_it(
     scan_id = await start_scan(waiter, tmp_path)
     waiting = asyncio.create_task(waiter.wait_for_result(scan_id))
     await until(lambda: leader.stats.adopted >= 1)
+    polled = leader.stats.api_reads  # the leader may have polled it running already
     emu.finish_scan(scan_id)
     emu.inject_fault("503", endpoint="result", times=6)  # the first try and its 5 retries
     assert receiving.receive(callback(scan_id)) == 204
@@ -434,4 +435,4 @@ async def test_when_the_waiters_callback_read_fails_the_leader_reads_it(
         result = await waiting
     assert result.scan_id == scan_id
     assert waiter_fleet.stats.api_reads == 1  # it tried, once, through its retries
-    assert leader.stats.api_reads == 1  # the safety net read it
+    assert leader.stats.api_reads > polled  # the safety net read it

@@ -465,14 +465,20 @@ async def test_four_processes_share_one_key_without_a_429(tmp_path: Path, key: s
             )
             for _ in range(workers)
         ]
-        for proc in procs:
-            assert proc.stdout is not None
-            assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
-        for proc in procs:  # all at once
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        outputs = [await asyncio.wait_for(proc.communicate(), 60) for proc in procs]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+            for proc in procs:  # all at once
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            outputs = [await asyncio.wait_for(proc.communicate(), 60) for proc in procs]
+        finally:  # a worker that hangs must not outlive the test (and fail the next one)
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.communicate()
         assert [proc.returncode for proc in procs] == [0] * workers
         scan_ids = [sid for out, _ in outputs for sid in json.loads(out.decode().splitlines()[-1])]
         assert emu.counters.rate_limited == {}
