@@ -31,6 +31,10 @@ from ._durations import ScanFeatures
 
 __all__ = ["GATE", "LEAD", "REGISTER", "SYNC", "Gate", "ScanInfo"]
 
+# How far ahead of a worker's estimate of Redis time a registered start may lie and still be a
+# fresh scan (the estimate lags by a round trip or a busy loop at most); further is damage.
+_FUTURE_START: Final = 60.0
+
 # Registers ARGV[i] (scan), ARGV[i+1] (age in ms, -1: start unknown), ARGV[i+2] (the rest of
 # its info) for worker W; `now` is Redis's time in ms. Announces new or better info on the
 # stream (the leader adopts the scan at once instead of at its next sync).
@@ -210,4 +214,9 @@ class ScanInfo:
         if self.started is None:
             return None
         age = (redis_now_ms - self.started) / 1000.0
-        return age if math.isfinite(age) and 0.0 <= age < 1e7 else None
+        if not (math.isfinite(age) and -_FUTURE_START <= age < 1e7):
+            return None
+        # A start a moment ahead of `redis_now_ms` is a scan registered just now, seen by a
+        # worker whose estimate of Redis time lags a little: it has just started, not "start
+        # unknown" (which would read it at once).
+        return max(age, 0.0)

@@ -524,7 +524,10 @@ class Fleet:
                 self._redis_failed(exc)
                 return
             answered = loop.time()
-            self._offset = int(now_ms) / 1000.0 - (sent + answered) / 2
+            # Redis read its clock after we sent: measured from `sent`, our estimate of Redis
+            # time never trails it (a trailing one made a scan registered a moment ago look
+            # started in the future), and leads it by at most the round trip.
+            self._offset = int(now_ms) / 1000.0 - sent
             self._failing_since = None
             if int(status):
                 won = int(status) == 2
@@ -813,28 +816,37 @@ class Fleet:
             await self._release(keys=[self._key("reading", scan_id)], args=[self._me])
 
     async def _share_read(self, scan_id: str, value: str | None) -> None:
-        await self._store(scan_id, value, done=value is not None)
-        await self._give_back(scan_id)
-
-    async def _store(self, scan_id: str, value: str | None, *, done: bool) -> None:
+        """Store the answer, give up the read lease and announce the read, in one transaction:
+        a worker that finds the lease still held (``_await_other_read``) is then sure to see
+        the announcement after it began to listen for it."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 if value is not None:
                     pipe.set(self._key("result", scan_id), value, ex=round(self.result_ttl))
-                self._xadd(pipe, "rd", scan_id, done=done)
+                pipe.eval(_RELEASE, 1, self._key("reading", scan_id), self._me)
+                self._xadd(pipe, "rd", scan_id, done=value is not None)
                 await pipe.execute()
         except _REDIS_ERRORS as exc:
             self.stats.fallbacks += 1
             log.debug("could not share the read of %s (%s)", scan_id, exc)
+            await self._give_back(scan_id)
 
     async def _await_other_read(self, scan_id: str) -> ScanResult | ScanPending:
         """Another worker reads this scan now: take its answer instead of reading again."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads.setdefault(scan_id, []).append(future)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, self.read_lease)
-            stored = _decode(await self._redis.get(self._key("result", scan_id)))
+            # The read may have ended (and been announced) between the gate's answer and now:
+            # its announcement may have gone by before we listened. Its lease, given up in the
+            # same transaction, tells.
+            reading, stored_now = await self._redis.mget(
+                self._key("reading", scan_id), self._key("result", scan_id)
+            )
+            if reading is not None and stored_now is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, self.read_lease)
+                stored_now = await self._redis.get(self._key("result", scan_id))
+            stored = _decode(stored_now)
         except _REDIS_ERRORS:
             self.stats.fallbacks += 1
             stored = None

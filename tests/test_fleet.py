@@ -29,6 +29,7 @@ from imagetwin_async import (
     ImagetwinClient,
     RateLimit,
     ScanFailed,
+    ScanPending,
     ScanResult,
 )
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome
@@ -236,6 +237,34 @@ async def test_a_damaged_stored_result_is_read_again_never_believed(
         result = await client.wait_for_result(scan_id)
     assert isinstance(result, ScanResult) and result.scan_id == scan_id
     assert reads_of(emu, scan_id) == 1
+
+
+async def test_a_busy_worker_that_hears_of_a_read_after_it_ended_does_not_wait_out_its_lease(
+    emu: Emulator,
+    workers: Callable[[], Awaitable[Worker]],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """The gate told this worker that another one reads the scan; on a busy event loop, that
+    read ended and its announcement went by before this worker began listening for it (seen in
+    CI: two workers waited out the 30 s read lease). It takes the answer at once instead."""
+    (reader, reader_fleet, _), (_, late, _) = await workers(), await workers()
+    running = await start_scan(reader, tmp_path)
+    finished = await start_scan(reader, tmp_path)
+    emu.finish_scan(finished)
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    for scan_id in (running, finished):
+        await raw.set(reader_fleet._key("reading", scan_id), reader_fleet._me)
+        await reader_fleet._read_and_share(reader.get_result, scan_id)  # read, shared, released
+        async with asyncio.timeout(GENEROUS):
+            while await raw.exists(reader_fleet._key("reading", scan_id)):
+                await asyncio.sleep(0.01)
+    await raw.aclose()
+    async with asyncio.timeout(2.0):  # the read lease is 30 s
+        assert isinstance(await late._await_other_read(running), ScanPending)
+        done = await late._await_other_read(finished)
+    assert isinstance(done, ScanResult) and done.scan_id == finished
+    assert reads_of(emu, running) == reads_of(emu, finished) == 1  # no read of its own
 
 
 async def test_redis_down_each_worker_goes_on_alone_without_hanging(

@@ -29,7 +29,7 @@ import redis
 import redis.asyncio
 
 from imagetwin_async import ImagetwinClient, RateLimit
-from imagetwin_async._fleet_schedule import REGISTER
+from imagetwin_async._fleet_schedule import REGISTER, ScanInfo
 from imagetwin_async.emulator import Emulator, Endpoint, Outcome
 from imagetwin_async.fleet import Fleet
 
@@ -147,6 +147,25 @@ async def until(condition: Callable[[], bool], timeout: float = GENEROUS) -> Non
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("started_ms", "age"),
+    [
+        (100_000, 5.0),  # registered 5 s before the leader's "now"
+        (105_000, 0.0),  # registered as the leader looked
+        (105_040, 0.0),  # ...by a leader whose estimate of Redis time lags 40 ms: fresh
+        (105_000 + 61_000, None),  # a minute ahead: damage, the start counts as unknown
+    ],
+)
+def test_a_scan_registered_a_moment_ahead_of_the_leaders_clock_has_just_started(
+    started_ms: int, age: float | None
+) -> None:
+    """Seen in CI: on a loaded machine the leader's estimate of Redis time trailed it, a scan
+    registered a moment before looked started in the future, was taken as "start unknown", and
+    was read at once, though its waiter expected a callback."""
+    info = ScanInfo(started_ms, True, None)
+    assert info.age(105_000) == age
 
 
 async def test_a_sigkilled_leader_is_replaced_and_its_scans_polled_within_the_lease(
