@@ -40,7 +40,14 @@ from ._errors import (
     TransportError,
     UploadChanged,
 )
-from ._journal import Journal, JournalEntry, JournalError, JournalLocked, SQLiteJournal
+from ._journal import (
+    Journal,
+    JournalEntry,
+    JournalError,
+    JournalLocked,
+    JournalScanIds,
+    SQLiteJournal,
+)
 from ._limits import Limiter, LimitState, RateLimit
 from ._models import (
     CallbackNotice,
@@ -87,6 +94,7 @@ __all__ = [
     "JournalError",
     "JournalLocked",
     "JournalModelStore",
+    "JournalScanIds",
     "LimitState",
     "Limiter",
     "LimiterUnavailable",

@@ -45,6 +45,7 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalLocked",
+    "JournalScanIds",
     "SQLiteJournal",
     "open_journal",
 ]
@@ -119,6 +120,10 @@ class Journal(Protocol):
 
     Every method must be durable when it returns: the batch takes the next step (sending a
     POST, say) only after the write that precedes it has returned.
+
+    A store that other processes write while a run uses it (several pods on one journal)
+    should also have the optional ``scan_ids`` method (see ``JournalScanIds``): without it,
+    settling knows only the scan ids ``entries()`` returned when the run began.
     """
 
     async def entries(self) -> dict[str, JournalEntry]: ...
@@ -145,6 +150,29 @@ class Journal(Protocol):
     async def store_meta(self, key: str, value: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class JournalScanIds(Protocol):
+    """The optional part of a ``Journal``: every scan id it holds, read now.
+
+    Settling an in-doubt item adopts a scan of scan-overview only if no journal entry claims
+    it. It may wait a while between reads, and in a journal several processes share (pods on
+    one ``PostgresJournal``) another process can record new scans meanwhile: one dated inside
+    the item's window would look unclaimed, and be adopted as that item's result. Settling
+    therefore calls ``scan_ids`` before each decision when the journal has it.
+
+    ``scan_ids`` must have no side effect (unlike ``PostgresJournal.entries``, which takes
+    over dead runs' items) and must return the ids of *every* entry, whoever wrote it, in any
+    state. A journal only one process writes at a time may leave it out.
+
+        >>> class SharedJournal:  # every Journal method, and:
+        ...     async def scan_ids(self) -> set[str]:
+        ...         rows = await self.db.fetch("SELECT scan_id FROM items")
+        ...         return {row[0] for row in rows if row[0] is not None}
+    """
+
+    async def scan_ids(self) -> set[str]: ...
 
 
 class SQLiteJournal:
@@ -202,6 +230,14 @@ class SQLiteJournal:
             ).fetchall()
         )
         return {row[0]: _entry(row, self.path) for row in rows}
+
+    async def scan_ids(self) -> set[str]:
+        """Every scan id the journal holds (``JournalScanIds``). One process has the file, so
+        this only repeats what ``entries`` said; kept for the same contract everywhere."""
+        rows = await self._call(
+            lambda db: db.execute("SELECT scan_id FROM items WHERE scan_id IS NOT NULL").fetchall()
+        )
+        return {str(row[0]) for row in rows}
 
     async def sending(
         self, key: str, label: str, sent_at: float, until: float | None = None

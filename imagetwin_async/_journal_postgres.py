@@ -253,6 +253,20 @@ class PostgresJournal:
         rows = await self._call(read)
         return {row[0]: self._entry(row) for row in rows}
 
+    async def scan_ids(self) -> set[str]:
+        """Every scan id this journal holds, whichever run wrote it (``JournalScanIds``).
+
+        A plain read, unlike ``entries``: settling calls it before each decision, so a scan
+        another live pod recorded while this run waited for a window to close is known to be
+        that pod's, never adopted as an in-doubt item's result.
+        """
+        rows = await self._rows(
+            "SELECT scan_id FROM imagetwin_journal_items WHERE journal = %s "
+            "AND scan_id IS NOT NULL",
+            (self.name,),
+        )
+        return {str(row[0]) for row in rows}
+
     async def sending(
         self, key: str, label: str, sent_at: float, until: float | None = None
     ) -> None:

@@ -33,7 +33,7 @@ import attrs
 from yarl import URL
 
 from ._errors import ImagetwinError
-from ._journal import Journal, JournalEntry, JournalError, utc_now
+from ._journal import Journal, JournalEntry, JournalError, JournalScanIds, utc_now
 from ._limits import Limiter
 from ._models import ScanOverview
 from ._protocol import validate_scan_id
@@ -205,7 +205,8 @@ class Recovery:
             try:
                 decisions = await self._decide(windows, entries)
             except ImagetwinError as exc:
-                reason = f"scan-overview could not be read ({exc})"
+                what = "the journal" if isinstance(exc, JournalError) else "scan-overview"
+                reason = f"{what} could not be read ({exc})"
                 logger.warning("could not settle %d in-doubt item(s): %s", len(pending), reason)
                 return {
                     k: Decision(Settlement.REPORT, reason, window=w) for k, w in windows.items()
@@ -246,6 +247,9 @@ class Recovery:
             ListedScan(s.scan_id, s.scan_date.replace(tzinfo=dt.UTC).timestamp(), s.api_scan)
             for s in overview.scans
         ]
+        # Read after the overview: a scan it lists had registered before the read, so one whose
+        # POST was answered and journaled by then (by any run of a shared journal) is known.
+        known_ids = {e.scan_id for e in entries.values() if e.scan_id} | await self._scan_ids()
         by_id = {s.scan_id: s for s in listed}
         pairs = [
             (by_id[e.scan_id].naive, Interval(e.sent_at, e.answered_at or e.sent_at))
@@ -267,7 +271,7 @@ class Recovery:
         return decide_settlement(
             windows,
             listed,
-            known_ids={e.scan_id for e in entries.values() if e.scan_id},
+            known_ids=known_ids,
             zone=self._zone,
             read_at=self._clock.at(read_at).lo,
             lag=self._settle_delay,
@@ -275,6 +279,26 @@ class Recovery:
             # client scans with the key: then nothing may be adopted (``decide_settlement``).
             run_started=self._clock.at(self._started).hi,
         )
+
+    async def _scan_ids(self) -> set[str]:
+        """Every scan id the journal holds now, if it can say (``JournalScanIds``).
+
+        ``entries`` is a snapshot taken before ``settle`` began, and it may wait minutes for
+        windows to close: meanwhile other pods on a shared journal record scans, and one of
+        theirs dated in an item's window must not look unclaimed, or the item would adopt
+        another item's result. (``entries`` is not read again: on PostgreSQL it takes over
+        dead runs' items.)
+        """
+        if not isinstance(self._journal, JournalScanIds):
+            return set()  # a user journal without it: the snapshot is all we know (documented)
+        try:
+            return await self._journal.scan_ids()
+        except JournalError:
+            raise
+        except Exception as exc:  # settle reports what it cannot read; it never guesses
+            # Its type only in the message (kept in the journal's report): a driver's text may
+            # quote a URL with its password. The chained exception has the detail.
+            raise JournalError(f"its scan_ids() failed ({type(exc).__name__})") from exc
 
     async def _apply(self, entry: JournalEntry, decision: Decision) -> None:
         if decision.kind is Settlement.ADOPT:

@@ -23,6 +23,7 @@ from imagetwin_async import (
     RateLimit,
     SQLiteJournal,
 )
+from imagetwin_async._journal import JournalScanIds
 from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
 from ._files import write_pdf
@@ -492,6 +493,17 @@ async def test_meta_values_survive_a_reopen_and_are_replaced_by_key(tmp_path: Pa
     async with await SQLiteJournal.open(path) as journal:
         assert await journal.load_meta("clock") == "two"
         assert await journal.load_meta("durations") == "{}"
+
+
+async def test_scan_ids_lists_every_scan_the_journal_holds(tmp_path: Path) -> None:
+    # The optional JournalScanIds read settling repeats before each decision (for shared
+    # journals; here it only agrees with entries()).
+    async with await SQLiteJournal.open(tmp_path / "batch.journal") as journal:
+        assert isinstance(journal, JournalScanIds)
+        await journal.sending("a", "a.pdf", 1.0)
+        await journal.sending("b", "b.pdf", 2.0)
+        await journal.started("b", "scan-b")
+        assert await journal.scan_ids() == {"scan-b"}
 
 
 async def test_a_version_1_journal_is_migrated_keeping_its_items(tmp_path: Path) -> None:

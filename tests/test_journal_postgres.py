@@ -9,6 +9,9 @@ there they must run, so they fail instead.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email.utils
+import json
 import os
 import random
 import uuid
@@ -20,6 +23,10 @@ import pytest
 
 from imagetwin_async import ImagetwinClient, JournalError, JournalLocked, RateLimit
 from imagetwin_async._journal_postgres import PostgresJournal
+from imagetwin_async._models import ScanOverview, ScanSummary
+from imagetwin_async._recovery import ZONE_KEY, Recovery
+from imagetwin_async._servicetime import ServiceClock
+from imagetwin_async._settlement import Settlement
 from imagetwin_async.emulator import Emulator, ThreadedEmulator
 
 from ._files import write_pdf
@@ -258,6 +265,88 @@ async def test_tables_from_a_newer_version_are_refused(url: str) -> None:
         await db.execute("UPDATE imagetwin_journal_meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(JournalError, match="newer"):
         await PostgresJournal.open(url)
+
+
+async def test_scan_ids_are_every_runs_and_read_without_taking_anything_over(url: str) -> None:
+    dead = await PostgresJournal.open(url)
+    await dead.sending("lost", "lost.pdf", 1.0)
+    await dead.close()
+    busy = await PostgresJournal.open(url)
+    reader = await PostgresJournal.open(url)
+    try:
+        await busy.sending("done", "done.pdf", 2.0)
+        await busy.started("done", "scan-done")
+        await busy.sending("sending", "sending.pdf", 3.0)  # no scan id yet
+        assert await reader.scan_ids() == {"scan-done"}
+        # Unlike entries(), nothing changed hands: the dead run's row is nobody's of the living.
+        async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
+            cursor = await db.execute(
+                "SELECT owner FROM imagetwin_journal_items WHERE key = 'lost'"
+            )
+            row = await cursor.fetchone()
+        assert row is not None and row[0] not in (busy._owner, reader._owner)
+    finally:
+        await busy.close()
+        await reader.close()
+
+
+async def test_a_scan_another_pod_records_while_settling_waits_is_never_adopted(url: str) -> None:
+    """The adversary on a shared journal: a dead pod left "lost" in doubt; the heir takes it
+    over and settles it, and while it waits for the window to close a live pod sends, is
+    answered and records its scan, which scan-overview dates in the heir's first second: inside
+    "lost"'s window. Judged by the heir's snapshot it was unclaimed, "lost"'s only candidate,
+    and adopted: another item's result. Every clock here is a parameter; nothing sleeps."""
+    t0 = 1_800_000_000.0  # service time at the heir's start
+    dead = await PostgresJournal.open(url)
+    await dead.sending("lost", "lost.pdf", t0 - 100.0, t0 + 200.0)
+    await dead.close()
+    heir = await PostgresJournal.open(url)
+    pods: list[PostgresJournal] = []
+    listed: list[ScanSummary] = []
+    now = [0.0]  # the heir's monotonic clock, moved by its sleeps only
+
+    async def read_overview(start: dt.date, end: dt.date) -> ScanOverview:
+        return ScanOverview(start, end, tuple(listed))
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        pod_b = await PostgresJournal.open(url)  # alive until the test ends
+        pods.append(pod_b)
+        await pod_b.sending("b-item", "b.pdf", t0 + 0.2, t0 + 300.0)
+        await pod_b.started("b-item", "scan-of-pod-b", answered_at=t0 + 2.0)
+        listed.append(
+            ScanSummary("scan-of-pod-b", dt.datetime.fromtimestamp(t0, dt.UTC), api_scan=True)
+        )
+
+    try:
+        async with asyncio.timeout(5.0):  # the dead backend exits a moment after the socket
+            while "lost" not in (entries := await heir.entries()):
+                await asyncio.sleep(0.01)
+        await heir.store_meta(ZONE_KEY, json.dumps({"lo": 0.0, "hi": 0.0}))  # scanDate is UTC
+        clock = ServiceClock()
+        clock.observe(0.0, 0.0, email.utils.formatdate(t0, usegmt=True))
+        recovery = Recovery(
+            heir,
+            clock,
+            read_overview,
+            request_timeout=300.0,
+            settle_delay=30.0,
+            monotonic=lambda: now[0],
+            sleep=sleep,
+        )
+        await recovery.calibrate()
+        decisions = await recovery.settle(entries)
+        assert len(pods) == 1 and recovery.waited == 31.0  # window end (t0 + 1) + settle_delay
+        assert decisions["lost"].kind is not Settlement.ADOPT, decisions["lost"]
+        # No scan but pod B's is listed, read after the window closed: proof it never arrived.
+        assert decisions["lost"].kind is Settlement.RESEND
+        after = await heir.entries()
+        assert "lost" not in after
+        assert after["b-item"].scan_id == "scan-of-pod-b"
+    finally:
+        for pod in pods:
+            await pod.close()
+        await heir.close()
 
 
 # ---- the kill test, as for SQLite -----------------------------------------------------------
