@@ -148,6 +148,10 @@ class Recovery:
         self._started = monotonic()
         self._zone = ZoneCalibration()
         self._lost: dict[str, float] = {}  # this run's lost answers: key -> when (monotonic)
+        # Another run's items left "sending": when this run first saw them (monotonic). Their
+        # run had died by then (a shared journal hands them over only once their owner is
+        # gone), so no POST of theirs can register later: the end of their windows.
+        self._seen: dict[str, float] = {}
         self._inherited: dict[str, list[float]] = {}  # the runs before: answer times
         self.waited = 0.0  # seconds the last ``settle`` waited for windows to close
 
@@ -187,7 +191,13 @@ class Recovery:
     def _window(self, entry: JournalEntry) -> Interval | None:
         if entry.until is None or not self._clock.calibrated:
             return None
-        ended = self._clock.at(self._lost.get(entry.key, self._started)).hi
+        # Not this run's start: on a journal several pods share, a pod can die while this run
+        # goes on, and its items come to this run's later settling; its POSTs may have
+        # registered up to its death, after this run started.
+        gone = self._lost.get(entry.key)
+        if gone is None:
+            gone = self._seen.setdefault(entry.key, self._monotonic())
+        ended = self._clock.at(gone).hi
         # A send dated after the window's end is a lie (see ``seed``): the window is then all
         # time up to its end, and its decision waits for nothing in the future.
         return Interval(min(entry.sent_at, ended), min(entry.until, ended))

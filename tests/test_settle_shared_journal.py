@@ -196,3 +196,20 @@ async def test_scan_ids_that_cannot_be_read_report_rather_than_guess() -> None:
     assert decision.kind is Settlement.REPORT
     assert decision.reason == "the journal could not be read (its scan_ids() failed (OSError))"
     assert journal.rows["lost"].state == "sending"  # left for the next run, or a person
+
+
+async def test_a_pod_that_dies_while_this_run_goes_on_is_never_paid_twice() -> None:
+    """The adversary: pod B sends at T0 + 90 while this run (started at T0) works, its POST
+    registers a scan at T0 + 91, and B is SIGKILLed before the answer is recorded. This run's
+    later settling (a lost answer of its own) takes B's item over at T0 + 100. Its window was
+    cut at this run's start, where B's scan cannot lie: "nothing in the window" sent B's paper
+    again, a second scan billed. The window now ends when this run first saw the item."""
+    dead_later = JournalEntry("b-item", "b.pdf", "sending", sent_at=T0 + 90.0, until=T0 + 390.0)
+    journal = MemoryJournal([dead_later])
+    harness = Harness(journal, [("scan-of-b", T0 + 91.0)])
+    harness.now = 100.0  # monotonic 0 was T0: B died, and its item came over, 100 s in
+    decisions = await harness.settle()
+    decision = decisions["b-item"]
+    assert decision.kind is Settlement.ADOPT, decision
+    assert decision.scan_id == "scan-of-b"
+    assert journal.rows["b-item"].scan_id == "scan-of-b"
