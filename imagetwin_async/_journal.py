@@ -44,6 +44,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "JournalInFlight",
     "JournalLocked",
     "JournalScanIds",
     "SQLiteJournal",
@@ -122,8 +123,9 @@ class Journal(Protocol):
     POST, say) only after the write that precedes it has returned.
 
     A store that other processes write while a run uses it (several pods on one journal)
-    should also have the optional ``scan_ids`` method (see ``JournalScanIds``): without it,
-    settling knows only the scan ids ``entries()`` returned when the run began.
+    should also have the optional ``scan_ids`` and ``in_flight`` methods (see
+    ``JournalScanIds`` and ``JournalInFlight``): without them, settling knows only the scan ids
+    ``entries()`` returned when the run began, and nothing of the other processes' POSTs.
     """
 
     async def entries(self) -> dict[str, JournalEntry]: ...
@@ -175,8 +177,40 @@ class JournalScanIds(Protocol):
     async def scan_ids(self) -> set[str]: ...
 
 
+@runtime_checkable
+class JournalInFlight(Protocol):
+    """The other optional part of a ``Journal``: every entry left "sending", read now.
+
+    A POST can register its scan (and scan-overview list it) while its answer is still on its
+    way: until the answer is journaled, no entry claims that scan, and ``scan_ids`` cannot say
+    whose it is. In a journal several processes share, settling therefore reads the "sending"
+    entries too, before each decision (after scan-overview, before ``scan_ids``), and never
+    adopts a scan dated inside the window (``sent_at`` to ``until``) of one that is not among
+    the items it settles: the items it may belong to wait for that answer for a while, and are
+    reported if it does not come.
+
+    ``in_flight`` must have no side effect (unlike ``PostgresJournal.entries``) and must
+    return *every* entry in state "sending", whoever wrote it, alive or dead, keyed like
+    ``entries``. A journal only one process writes at a time may leave it out.
+
+        >>> class SharedJournal:  # every Journal method, scan_ids, and:
+        ...     async def in_flight(self) -> dict[str, JournalEntry]:
+        ...         rows = await self.db.fetch(
+        ...             "SELECT key, label, sent_at, until FROM items WHERE state = 'sending'"
+        ...         )
+        ...         return {
+        ...             r[0]: JournalEntry(r[0], r[1], "sending", r[2], until=r[3]) for r in rows
+        ...         }
+    """
+
+    async def in_flight(self) -> dict[str, JournalEntry]: ...
+
+
 class SQLiteJournal:
     """The default journal: one SQLite file, locked to one process at a time.
+
+    It has no ``in_flight`` (``JournalInFlight``): the process that holds the file wrote every
+    "sending" entry in it, and settles them all with none of its own POSTs on its way.
 
         >>> journal = await SQLiteJournal.open("sweep.journal")
         >>> outcomes = await client.submit_and_wait(paths, journal=journal)

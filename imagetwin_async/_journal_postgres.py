@@ -267,6 +267,21 @@ class PostgresJournal:
         )
         return {str(row[0]) for row in rows}
 
+    async def in_flight(self) -> dict[str, JournalEntry]:
+        """Every item of this journal left "sending", whichever run holds it, alive or dead
+        (``JournalInFlight``).
+
+        A plain read, unlike ``entries``: settling calls it before each decision, so a scan
+        another live pod's POST registered while its answer is still on its way (its row
+        "sending", with no scan id yet) is never adopted as an in-doubt item's result.
+        """
+        rows = await self._rows(
+            f"SELECT {_COLUMNS} FROM imagetwin_journal_items WHERE journal = %s "
+            "AND state = 'sending'",
+            (self.name,),
+        )
+        return {row[0]: self._entry(row) for row in rows}
+
     async def sending(
         self, key: str, label: str, sent_at: float, until: float | None = None
     ) -> None:

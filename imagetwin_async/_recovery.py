@@ -3,10 +3,12 @@
 - **Service time.** Journal records are dated by the service's clock (``_servicetime``): the
   first read of a run dates it; sends record ``(sent_at, until)``, answers ``answered_at``.
 - **Settling.** Items left "sending" are decided by ``_settlement.decide_settlement`` from a
-  scan-overview read: adopted, sent again (on proof only), waited for, or reported with their
-  candidate scans. Items whose decision needs scan-overview's zone, not yet calibrated, and
-  items whose answer this run lost, are decided once the rest of the batch is done (its scans,
-  now known, calibrate the zone; no other POST is then on its way to blur a window).
+  scan-overview read, weighed against the scans the journal holds and, on a shared journal,
+  the other runs' POSTs still awaiting an answer: adopted, sent again (on proof only), waited
+  for, or reported with their candidate scans. Items whose decision needs scan-overview's
+  zone, not yet calibrated, and items whose answer this run lost, are decided once the rest of
+  the batch is done (its scans, now known, calibrate the zone; no other POST of its own is then
+  on its way to blur a window, and other runs' are read from the journal).
 - **Warm limiters.** The journal keeps recent send and answer times (service time), so a run
   resumed right after a crash counts what its predecessor spent of the rate budget.
 
@@ -27,13 +29,20 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 from yarl import URL
 
 from ._errors import ImagetwinError
-from ._journal import Journal, JournalEntry, JournalError, JournalScanIds, utc_now
+from ._journal import (
+    Journal,
+    JournalEntry,
+    JournalError,
+    JournalInFlight,
+    JournalScanIds,
+    utc_now,
+)
 from ._limits import Limiter
 from ._models import ScanOverview
 from ._protocol import validate_scan_id
@@ -51,6 +60,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("imagetwin_async.batch")
+T = TypeVar("T")
 
 ZONE_KEY: Final = "service_clock.scan_date_offset"
 DOUBT_KEY: Final = "in_doubt."  # + item key: the last settling's report, for settling by hand
@@ -204,16 +214,21 @@ class Recovery:
 
     async def settle(self, entries: Mapping[str, JournalEntry]) -> dict[str, Decision]:
         """Decide every entry left "sending"; adoptions and resends are written to the
-        journal here. Waits (``settle_delay`` at most, a few reads) while a window may fill."""
+        journal here. Waits (``settle_delay`` at most, a few reads) while a window may fill,
+        and (``settle_delay`` a read, the same few reads) while another run's unanswered POST
+        may have made a scan an item could otherwise adopt (``JournalInFlight``)."""
         pending = {k: e for k, e in entries.items() if e.state == "sending"}
         if not pending:
             return {}
         windows = {key: self._window(entry) for key, entry in pending.items()}
         decisions: dict[str, Decision] = {}
         self.waited = 0.0
-        for _ in range(_MAX_WAITS):
+        for attempt in range(_MAX_WAITS):
             try:
-                decisions = await self._decide(windows, entries)
+                # The last read decides rather than wait for other runs' answers.
+                decisions = await self._decide(
+                    windows, entries, wait_for_others=attempt < _MAX_WAITS - 1
+                )
             except ImagetwinError as exc:
                 what = "the journal" if isinstance(exc, JournalError) else "scan-overview"
                 reason = f"{what} could not be read ({exc})"
@@ -233,7 +248,11 @@ class Recovery:
         return decisions
 
     async def _decide(
-        self, windows: Mapping[str, Interval | None], entries: Mapping[str, JournalEntry]
+        self,
+        windows: Mapping[str, Interval | None],
+        entries: Mapping[str, JournalEntry],
+        *,
+        wait_for_others: bool = True,
     ) -> dict[str, Decision]:
         known = [
             e
@@ -257,8 +276,13 @@ class Recovery:
             ListedScan(s.scan_id, s.scan_date.replace(tzinfo=dt.UTC).timestamp(), s.api_scan)
             for s in overview.scans
         ]
-        # Read after the overview: a scan it lists had registered before the read, so one whose
-        # POST was answered and journaled by then (by any run of a shared journal) is known.
+        # Read after the overview: a scan it lists had registered before the read, and its POST's
+        # "sending" entry was written before that POST went out. So each such POST of another
+        # run of a shared journal is, at the first of these reads, either still unanswered (its
+        # window is read here) or answered and journaled (its scan id is read next); one
+        # answered between the two reads is in both. Unanswered ones are what their scans'
+        # dates are weighed against: such a scan is listed, yet no entry claims it.
+        others = await self._others_sending(windows)
         known_ids = {e.scan_id for e in entries.values() if e.scan_id} | await self._scan_ids()
         by_id = {s.scan_id: s for s in listed}
         pairs = [
@@ -288,7 +312,29 @@ class Recovery:
             # Scans after this run's start are all known or lost in a window, unless another
             # client scans with the key: then nothing may be adopted (``decide_settlement``).
             run_started=self._clock.at(self._started).hi,
+            foreign_windows=others,
+            wait_for_foreign=wait_for_others,
         )
+
+    async def _others_sending(self, settling: Mapping[str, object]) -> list[Interval | None]:
+        """The windows of the journal's POSTs still unanswered, other than the items being
+        settled, if it can say (``JournalInFlight``): on a shared journal, the other runs' sends.
+
+        A POST may register its scan (and scan-overview list it) well before its answer is
+        back and journaled: until then nothing claims that scan, and one dated inside an
+        in-doubt item's window must not be adopted as that item's. A journal without the
+        method (``SQLiteJournal``: one process has the file, and none of its own POSTs is on
+        its way while it settles) leaves this empty: the behaviour before it existed.
+        """
+        if not isinstance(self._journal, JournalInFlight):
+            return []
+        sending = await self._read_journal(self._journal.in_flight, "in_flight")
+        # No ``until``: sent before its sender's clock was dated, its scan may be any time.
+        return [
+            None if e.until is None else Interval(min(e.sent_at, e.until), e.until)
+            for key, e in sending.items()
+            if key not in settling and e.state == "sending"
+        ]
 
     async def _scan_ids(self) -> set[str]:
         """Every scan id the journal holds now, if it can say (``JournalScanIds``).
@@ -301,14 +347,18 @@ class Recovery:
         """
         if not isinstance(self._journal, JournalScanIds):
             return set()  # a user journal without it: the snapshot is all we know (documented)
+        return await self._read_journal(self._journal.scan_ids, "scan_ids")
+
+    @staticmethod
+    async def _read_journal(read: Callable[[], Awaitable[T]], name: str) -> T:
         try:
-            return await self._journal.scan_ids()
+            return await read()
         except JournalError:
             raise
         except Exception as exc:  # settle reports what it cannot read; it never guesses
             # Its type only in the message (kept in the journal's report): a driver's text may
             # quote a URL with its password. The chained exception has the detail.
-            raise JournalError(f"its scan_ids() failed ({type(exc).__name__})") from exc
+            raise JournalError(f"its {name}() failed ({type(exc).__name__})") from exc
 
     async def _apply(self, entry: JournalEntry, decision: Decision) -> None:
         if decision.kind is Settlement.ADOPT:

@@ -22,6 +22,13 @@ this run started and outside every window, i.e. another client scanning with thi
 a web service beside a batch), a scan in a window may be that client's, so nothing is adopted:
 the item is reported with its candidates instead.
 
+Other runs' unanswered POSTs (``foreign_windows``: on a journal several processes share, the
+"sending" entries of the others) break that assumption where they may have registered a scan:
+scan-overview lists such a scan at once, but no journal entry claims it until its answer comes
+back. A scan dated within such a window is never adopted, and no share-out that counts on it
+being an in-doubt item's decides anything: the items it may belong to wait for those POSTs'
+answers while one may still come, and are reported otherwise.
+
     >>> from imagetwin_async._servicetime import Interval, ZoneCalibration
     >>> zone = ZoneCalibration(Interval(0.0, 0.0))  # scanDate is exactly UTC
     >>> decisions = decide_settlement(
@@ -91,6 +98,8 @@ def decide_settlement(
     read_at: float,
     lag: float,
     run_started: float | None = None,
+    foreign_windows: Collection[Interval | None] = (),
+    wait_for_foreign: bool = True,
 ) -> dict[str, Decision]:
     """Decide every in-doubt item at once (their windows can share scans).
 
@@ -100,7 +109,12 @@ def decide_settlement(
     ``read_at``: service time no later than when the overview read was sent; ``lag``: how long
     after registering a scan the overview may still not list it; ``run_started``: service time
     no earlier than this run's start, after which every API scan on the key is the journal's
-    or an in-doubt item's unless another client shares the key (``None``: not checked).
+    or an in-doubt item's unless another client shares the key (``None``: not checked);
+    ``foreign_windows``: the windows of POSTs other than the in-doubt items' whose answer is not
+    recorded yet (other runs' "sending" entries; ``None``: unknown, any time), read after the
+    overview; ``wait_for_foreign``: whether an item whose scans such a POST may have made, and
+    whose answer may still come (``read_at`` before its window's end), waits for it (``False``
+    on the last read: it is reported instead).
     """
     unclaimed = [s for s in scans if s.api_scan and s.scan_id not in known_ids]
     dates = {s.scan_id: zone.service_time(s.naive) for s in unclaimed}
@@ -132,13 +146,39 @@ def decide_settlement(
             for key, window in windows.items()
         }
     fits = {key: set(possible(window)) for key, window in windows.items()}
-    stranger = _stranger(unclaimed, dates, windows, run_started)
+    foreign = list(foreign_windows)
+    stranger = _stranger(unclaimed, dates, [*windows.values(), *foreign], run_started)
+    # Scans another run's unanswered POST may have made: nobody claims them yet, and the rule's
+    # share-out (every unclaimed scan in a window is an in-doubt item's) does not hold for them.
+    theirs = {
+        scan_id
+        for scan_id, date in dates.items()
+        if any(w is None or date.overlaps(w) for w in foreign)
+    }
+    # Those whose answer may still come back (and be journaled, claiming its scan).
+    answerable = [w for w in foreign if w is None or read_at < w.hi]
     decisions: dict[str, Decision] = {}
     for items, listed in _tangles(fits):
         shares = _shares(items, listed, fits)
+        shared = sorted(theirs.intersection(listed))
+        # Waiting is worth it only while one of those POSTs may still be answered: once its
+        # window has ended its sender has its answer or has lost it, and a lost one stays
+        # unanswered until that run settles it, which may take as long as its batch. So we read
+        # again ``lag`` later (a scan POST is answered in seconds; one still open after the
+        # overview's lag is slow or lost), as often as the caller's bound on reads allows, then
+        # report: the item stays in doubt in the journal and the next run settles it, by then
+        # with the other run's answer recorded. Never paid twice, never another's result.
+        resolvable = (
+            wait_for_foreign
+            and stranger is None  # a stranger forbids adopting whatever the others answer
+            and any(w is None or dates[s].overlaps(w) for s in shared for w in answerable)
+        )
+        read_again = read_at + lag if resolvable else None
         for key in items:
             decision = _decide(key, windows[key], shares, fits[key])
-            if decision.kind is Settlement.ADOPT and stranger is not None:
+            if shared:
+                decision = _theirs(decision, windows[key], fits[key], shared, wait_until=read_again)
+            elif decision.kind is Settlement.ADOPT and stranger is not None:
                 decision = Decision(
                     Settlement.REPORT,
                     f"another client scans with this key (scan {stranger} is neither this "
@@ -151,17 +191,50 @@ def decide_settlement(
     return decisions
 
 
+def _theirs(
+    decision: Decision,
+    window: Interval | None,
+    fits: set[str],
+    shared: list[str],
+    *,
+    wait_until: float | None,
+) -> Decision:
+    """``decision`` for an item that shares out scans another run's unanswered POST may have
+    made (``shared``): it may neither adopt nor be resent on that share-out. It waits (until
+    ``wait_until``, when not ``None``) or is reported."""
+    which = ", ".join(shared)
+    if wait_until is not None and window is not None:
+        return Decision(
+            Settlement.WAIT,
+            f"another run's POST, not answered yet, may have made scan {which}: waiting for "
+            "its answer to tell whose it is",
+            candidates=tuple(sorted(fits)),
+            window=window,
+            wait_until=wait_until,
+        )
+    if decision.kind in (Settlement.ADOPT, Settlement.RESEND):
+        return Decision(
+            Settlement.REPORT,
+            f"another run's POST, whose answer is not recorded, may have made scan {which}, "
+            "dated in this item's window or in that of an item it shares scans with",
+            candidates=tuple(sorted(fits)),
+            window=window,
+        )
+    return decision
+
+
 def _stranger(
     unclaimed: Sequence[ListedScan],
     dates: Mapping[str, Interval],
-    windows: Mapping[str, Interval | None],
+    windows: Sequence[Interval | None],
     run_started: float | None,
 ) -> str | None:
     """An unknown API scan that can only be another client's: surely dated after this run
-    started (its own scans are then all known, or lost inside a window) and in no window."""
-    if run_started is None or None in windows.values():  # an unknown window may hold any scan
+    started (its own scans are then all known, or lost inside a window) and in no window (an
+    in-doubt item's or another run's unanswered POST's)."""
+    if run_started is None or None in windows:  # an unknown window may hold any scan
         return None
-    spans = [w for w in windows.values() if w is not None]
+    spans = [w for w in windows if w is not None]
     for scan in unclaimed:
         date = dates[scan.scan_id]
         if date.lo > run_started and not any(date.overlaps(w) for w in spans):

@@ -349,6 +349,96 @@ async def test_a_scan_another_pod_records_while_settling_waits_is_never_adopted(
         await heir.close()
 
 
+async def test_in_flight_is_every_runs_sending_read_without_taking_anything_over(
+    url: str,
+) -> None:
+    dead = await PostgresJournal.open(url)
+    await dead.sending("lost", "lost.pdf", 1.0, 301.0)
+    await dead.close()
+    busy = await PostgresJournal.open(url)
+    reader = await PostgresJournal.open(url)
+    try:
+        await busy.sending("done", "done.pdf", 2.0)
+        await busy.started("done", "scan-done")
+        await busy.sending("sending", "sending.pdf", 3.0, 303.0)  # no answer yet
+        sending = await reader.in_flight()
+        # Every "sending" row, the live pod's and the dead run's alike, with its window.
+        assert set(sending) == {"lost", "sending"}
+        assert (sending["sending"].sent_at, sending["sending"].until) == (3.0, 303.0)
+        assert (sending["lost"].sent_at, sending["lost"].until) == (1.0, 301.0)
+        # Unlike entries(), nothing changed hands: the dead run's row is nobody's of the living.
+        async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
+            cursor = await db.execute(
+                "SELECT owner FROM imagetwin_journal_items WHERE key = 'lost'"
+            )
+            row = await cursor.fetchone()
+        assert row is not None and row[0] not in (busy._owner, reader._owner)
+    finally:
+        await busy.close()
+        await reader.close()
+
+
+async def test_a_scan_another_pods_unanswered_post_made_is_never_adopted(url: str) -> None:
+    """The adversary on a shared journal: this pod's POST for "mine" lost its answer; pod B's
+    POST, sent a second later, registered its scan (listed, dated in "mine"'s window) while
+    its answer is still on its way: its row is "sending" with no scan id, and nothing claims
+    the scan. Settling "mine" late (as ``_run_late_settle`` does) took it as "mine"'s only
+    candidate and adopted it: pod B's result. Now it waits for pod B's answer, which claims the
+    scan during the second wait, and "mine", which made none, is sent again. Every clock here
+    is a parameter; nothing sleeps."""
+    t0 = 1_800_000_000.0  # service time at this run's start
+    mine = await PostgresJournal.open(url)
+    pod_b = await PostgresJournal.open(url)
+    listed: list[ScanSummary] = []
+    now = [0.0]  # this run's monotonic clock, moved by its sleeps only
+    slept: list[float] = []
+
+    async def read_overview(start: dt.date, end: dt.date) -> ScanOverview:
+        return ScanOverview(start, end, tuple(listed))
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        slept.append(seconds)
+        if len(slept) == 2:  # while settling waits for pod B's answer, it comes
+            await pod_b.started("b-item", "scan-of-pod-b", answered_at=t0 + 50.0)
+
+    try:
+        await mine.store_meta(ZONE_KEY, json.dumps({"lo": 0.0, "hi": 0.0}))  # scanDate is UTC
+        clock = ServiceClock()
+        clock.observe(0.0, 0.0, email.utils.formatdate(t0, usegmt=True))
+        recovery = Recovery(
+            mine,
+            clock,
+            read_overview,
+            request_timeout=300.0,
+            settle_delay=30.0,
+            monotonic=lambda: now[0],
+            sleep=sleep,
+        )
+        await recovery.calibrate()
+        now[0] = 10.0
+        await mine.sending("mine", "mine.pdf", *recovery.send_times())  # [t0 + 10, t0 + 311]
+        await pod_b.sending("b-item", "b.pdf", t0 + 11.0, t0 + 312.0)
+        listed.append(
+            ScanSummary(
+                "scan-of-pod-b", dt.datetime.fromtimestamp(t0 + 12.0, dt.UTC), api_scan=True
+            )
+        )
+        now[0] = 12.0
+        recovery.lost("mine")  # its window: [t0 + 10, t0 + 13]
+        decisions = await recovery.settle(await mine.entries())
+        assert decisions["mine"].kind is not Settlement.ADOPT, decisions["mine"]
+        assert slept == [31.0, 30.0]  # the window's end + settle_delay, then pod B's answer
+        # With pod B's scan claimed, nothing listed is "mine"'s: proof, sent again.
+        assert decisions["mine"].kind is Settlement.RESEND
+        after = await pod_b.entries()
+        assert "mine" not in after
+        assert after["b-item"].scan_id == "scan-of-pod-b"
+    finally:
+        await pod_b.close()
+        await mine.close()
+
+
 # ---- the kill test, as for SQLite -----------------------------------------------------------
 
 

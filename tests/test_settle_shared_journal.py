@@ -1,5 +1,7 @@
-"""Settling against a journal other pods write while it waits (the adversary: a live pod's scan
-recorded during the wait, dated inside an in-doubt item's window, must never be adopted).
+"""Settling against a journal other pods write while it waits. The adversaries: a live pod's
+scan recorded during the wait, and a live pod's scan registered at the service while its answer
+is still on its way (its entry "sending", no scan id), each dated inside an in-doubt item's
+window: neither may be adopted.
 
 ``Recovery.settle`` takes a snapshot of the journal, and may sleep until a window closes before
 reading scan-overview again. Here every clock is a parameter: the service clock is dated by one
@@ -15,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from imagetwin_async._journal import JournalEntry, JournalScanIds
+from imagetwin_async._journal import JournalEntry, JournalInFlight, JournalScanIds
 from imagetwin_async._models import ScanOverview, ScanResult, ScanSummary
 from imagetwin_async._recovery import ZONE_KEY, Recovery
 from imagetwin_async._servicetime import ServiceClock
@@ -29,18 +31,30 @@ LOST = JournalEntry("lost", "lost.pdf", "sending", sent_at=T0 - 100.0, until=T0 
 
 
 class MemoryJournal:
-    """A journal in memory, with the optional ``scan_ids`` (what another pod wrote shows)."""
+    """A journal in memory, with the optional ``scan_ids`` and ``in_flight`` (what another pod
+    wrote shows). Like ``PostgresJournal.entries``, ``entries`` leaves out the items another
+    live pod is sending (``other_pod_sends``)."""
 
     def __init__(self, entries: list[JournalEntry]) -> None:
         self.rows = {e.key: e for e in entries}
+        self.others: set[str] = set()  # keys another live pod holds
         # scan-overview dates read as UTC: the zone is known, so settling may decide.
         self.meta = {ZONE_KEY: json.dumps({"lo": 0.0, "hi": 0.0})}
 
     async def entries(self) -> dict[str, JournalEntry]:
-        return dict(self.rows)
+        return {
+            k: e for k, e in self.rows.items() if not (k in self.others and e.state == "sending")
+        }
 
     async def scan_ids(self) -> set[str]:
         return {e.scan_id for e in self.rows.values() if e.scan_id}
+
+    async def in_flight(self) -> dict[str, JournalEntry]:
+        return {k: e for k, e in self.rows.items() if e.state == "sending"}
+
+    async def other_pod_sends(self, key: str, sent_at: float, until: float) -> None:
+        self.others.add(key)
+        await self.sending(key, f"{key}.pdf", sent_at, until)
 
     async def sending(
         self, key: str, label: str, sent_at: float, until: float | None = None
@@ -79,10 +93,16 @@ class SnapshotOnlyJournal(MemoryJournal):
     """A user's journal written before ``scan_ids`` existed: the Journal protocol alone."""
 
     scan_ids = None  # type: ignore[assignment]  # not there (runtime_checkable sees None)
+    in_flight = None  # type: ignore[assignment]
 
 
 class FailingScanIdsJournal(MemoryJournal):
     async def scan_ids(self) -> set[str]:
+        raise OSError("the journal's server went away")
+
+
+class FailingInFlightJournal(MemoryJournal):
+    async def in_flight(self) -> dict[str, JournalEntry]:
         raise OSError("the journal's server went away")
 
 
@@ -134,7 +154,9 @@ class Harness:
 
 def test_the_memory_journal_offers_scan_ids_and_the_old_one_does_not() -> None:
     assert isinstance(MemoryJournal([]), JournalScanIds)
+    assert isinstance(MemoryJournal([]), JournalInFlight)
     assert not isinstance(SnapshotOnlyJournal([]), JournalScanIds)
+    assert not isinstance(SnapshotOnlyJournal([]), JournalInFlight)
 
 
 async def test_a_scan_another_pod_records_during_the_wait_is_never_adopted() -> None:
@@ -213,3 +235,102 @@ async def test_a_pod_that_dies_while_this_run_goes_on_is_never_paid_twice() -> N
     assert decision.kind is Settlement.ADOPT, decision
     assert decision.scan_id == "scan-of-b"
     assert journal.rows["b-item"].scan_id == "scan-of-b"
+
+
+# ---- another pod's POST registered, its answer still on its way ------------------------------
+
+# This run's own POST, sent at monotonic 10 (service time T0 + 10): its answer was lost at
+# monotonic 12, so its window is [T0 + 10, T0 + 13] (service time is known to a second).
+MINE = JournalEntry("mine", "mine.pdf", "sending", sent_at=T0 + 10.0, until=T0 + 311.0)
+
+
+async def settle_lost(harness: Harness) -> dict[str, Decision]:
+    """The late settling of this run's lost answer (what ``_batch._run_late_settle`` does)."""
+    await harness.recovery.calibrate()
+    harness.now = 12.0
+    harness.recovery.lost("mine")
+    return await harness.recovery.settle(await harness.journal.entries())
+
+
+async def test_a_scan_another_pods_unanswered_post_made_is_never_adopted() -> None:
+    """The adversary: pod B's POST went out a second after ours and registered its scan (listed,
+    dated in our window) but its answer has not come back, and never does in this test: its
+    entry is "sending" with no scan id, so nothing claims the scan. Ours made none. Judged
+    unclaimed, it was our lost POST's one candidate and was adopted: pod B's result. Now
+    settling waits for pod B's answer (one lag a read), then reports: never adopted."""
+    journal = MemoryJournal([MINE])
+    await journal.other_pod_sends("pod-b-item", T0 + 11.0, T0 + 312.0)
+    harness = Harness(journal, [("scan-of-pod-b", T0 + 12.0)])
+    decisions = await settle_lost(harness)
+    decision = decisions["mine"]
+    assert decision.kind is not Settlement.ADOPT, decision
+    assert decision.kind is Settlement.REPORT
+    assert decision.candidates == ("scan-of-pod-b",)
+    assert "another run's POST" in decision.reason
+    # Our window's end + lag, then a lag a read while pod B's answer may come: bounded.
+    assert harness.slept == [SETTLE_DELAY + 1.0, SETTLE_DELAY, SETTLE_DELAY]
+    assert harness.reads == 4
+    assert journal.rows["mine"].state == "sending"  # in doubt still, for the next run
+    assert json.loads(journal.meta["in_doubt.mine"])["candidates"] == ["scan-of-pod-b"]
+    assert journal.rows["pod-b-item"].state == "sending"  # pod B's row is not ours to touch
+
+
+async def test_settling_waits_for_the_other_pods_answer_then_decides() -> None:
+    """Pod B's answer comes back while settling waits: its scan is then claimed, and our lost
+    POST, which made none, is proven empty and sent again."""
+    journal = MemoryJournal([MINE])
+    await journal.other_pod_sends("pod-b-item", T0 + 11.0, T0 + 312.0)
+
+    async def pod_b_is_answered() -> None:
+        if len(harness.slept) == 2:  # during the wait for pod B
+            await journal.started("pod-b-item", "scan-of-pod-b", answered_at=T0 + 50.0)
+
+    harness = Harness(journal, [("scan-of-pod-b", T0 + 12.0)], pod_b_is_answered)
+    decisions = await settle_lost(harness)
+    assert decisions["mine"].kind is Settlement.RESEND
+    assert harness.slept == [SETTLE_DELAY + 1.0, SETTLE_DELAY]
+    assert "mine" not in journal.rows
+
+
+async def test_our_own_scan_is_adopted_once_the_other_pods_answer_claims_theirs() -> None:
+    """Both scans are listed in our window, ours and pod B's unanswered one: which is ours
+    cannot be told until pod B's answer names its scan; then ours is adopted."""
+    journal = MemoryJournal([MINE])
+    await journal.other_pod_sends("pod-b-item", T0 + 11.0, T0 + 312.0)
+
+    async def pod_b_is_answered() -> None:
+        if len(harness.slept) == 2:  # after our window closed, while settling waits for it
+            await journal.started("pod-b-item", "scan-of-pod-b", answered_at=T0 + 50.0)
+
+    harness = Harness(
+        journal, [("scan-of-mine", T0 + 10.0), ("scan-of-pod-b", T0 + 12.0)], pod_b_is_answered
+    )
+    decisions = await settle_lost(harness)
+    assert harness.slept == [SETTLE_DELAY + 1.0, SETTLE_DELAY]
+    assert decisions["mine"].kind is Settlement.ADOPT
+    assert decisions["mine"].scan_id == "scan-of-mine"
+    assert journal.rows["mine"].scan_id == "scan-of-mine"
+
+
+async def test_another_pods_send_after_the_window_delays_nothing() -> None:
+    """Pod B's unanswered POST went out after our window closed: its scan cannot be the one in
+    our window, which is adopted after the usual single wait. (Before, pod B's scan, dated
+    after this run started and in no in-doubt window, was taken for another client's on the
+    key, and the adoption turned into a report.)"""
+    journal = MemoryJournal([MINE])
+    await journal.other_pod_sends("pod-b-item", T0 + 20.0, T0 + 321.0)
+    harness = Harness(journal, [("scan-of-mine", T0 + 10.0), ("scan-of-pod-b", T0 + 21.0)])
+    decisions = await settle_lost(harness)
+    assert decisions["mine"].kind is Settlement.ADOPT
+    assert decisions["mine"].scan_id == "scan-of-mine"
+    assert harness.slept == [SETTLE_DELAY + 1.0]
+
+
+async def test_in_flight_that_cannot_be_read_reports_rather_than_guesses() -> None:
+    journal = FailingInFlightJournal([MINE])
+    harness = Harness(journal, [("scan-of-mine", T0 + 10.0)])
+    decisions = await settle_lost(harness)
+    decision = decisions["mine"]
+    assert decision.kind is Settlement.REPORT
+    assert decision.reason == "the journal could not be read (its in_flight() failed (OSError))"
+    assert journal.rows["mine"].state == "sending"

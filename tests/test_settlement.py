@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from imagetwin_async._servicetime import Interval, ServiceClock, ZoneCalibration
 from imagetwin_async._settlement import (
+    Decision,
     ListedScan,
     Settlement,
     decide_settlement,
@@ -312,3 +313,157 @@ def test_a_neighbours_scan_is_never_adopted_once_it_has_shown_itself(
             assert decision.scan_id == f"scan{i}", "adopted the neighbour's scan"
         if decision.kind is Settlement.RESEND:
             assert not registered[i], "an item that registered a scan would be paid twice"
+
+
+# ---- another run's POST, registered at the service, its answer still on its way -------------
+
+
+def test_a_scan_another_runs_unanswered_post_may_have_made_is_never_adopted() -> None:
+    """The adversary: on a shared journal another pod's POST has registered its scan (listed)
+    while its answer is still on its way, so its entry is "sending" with no scan id and the
+    scan looks unclaimed. Dated inside the in-doubt item's window it was the item's one
+    candidate, and adopted: the other pod's result."""
+    windows: dict[str, Interval | None] = {"a": Interval(100, 104)}
+    scans = [ListedScan("theirs-or-mine", 102)]
+    assert decide(windows, scans) == {"a": (Settlement.ADOPT, "theirs-or-mine")}
+
+    def settle(foreign: list[Interval | None], *, wait: bool = True) -> Decision:
+        return decide_settlement(
+            windows,
+            scans,
+            known_ids=(),
+            zone=UTC_ZONE,
+            read_at=1000.0,
+            lag=5.0,
+            foreign_windows=foreign,
+            wait_for_foreign=wait,
+        )["a"]
+
+    # Its answer may still come (its window runs past the read): wait for it, one lag.
+    waiting = settle([Interval(101, 1300)])
+    assert waiting.kind is Settlement.WAIT
+    assert waiting.wait_until == 1005.0
+    assert waiting.candidates == ("theirs-or-mine",)
+    # The caller's last read, or a send whose answer can no longer come: reported.
+    for decision in (settle([Interval(101, 1300)], wait=False), settle([Interval(101, 103)])):
+        assert decision.kind is Settlement.REPORT
+        assert decision.candidates == ("theirs-or-mine",)
+        assert decision.window == Interval(100, 104)
+        assert "another run's POST" in decision.reason
+    # A send of unknown window (its sender's clock was not dated) may have made any scan.
+    assert settle([None], wait=False).kind is Settlement.REPORT
+    # Sent after the scan registered: not theirs, adopted as before, without a wait.
+    assert settle([Interval(110, 1300)]).kind is Settlement.ADOPT
+
+
+def test_an_empty_window_is_resent_whatever_the_others_send() -> None:
+    # The overview, read after the window closed, lists nothing the item can have made.
+    decisions = decide_settlement(
+        {"a": Interval(100, 104)},
+        [ListedScan("theirs", 300)],
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+        foreign_windows=[Interval(101, 1300)],
+    )
+    assert decisions["a"].kind is Settlement.RESEND
+
+
+def test_a_share_out_that_counts_on_the_others_scan_decides_nothing() -> None:
+    """Scan f can only be b's (among the items in doubt), which leaves s to a. But another
+    run's unanswered POST may have made f, and b then s, and a nothing: neither adopts."""
+    windows: dict[str, Interval | None] = {"a": Interval(100, 110), "b": Interval(108, 120)}
+    scans = [ListedScan("s", 109), ListedScan("f", 115)]
+    assert decide(windows, scans) == {"a": (Settlement.ADOPT, "s"), "b": (Settlement.ADOPT, "f")}
+    decisions = decide_settlement(
+        windows,
+        scans,
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+        foreign_windows=[Interval(114, 116)],
+    )
+    assert {d.kind for d in decisions.values()} == {Settlement.REPORT}
+    assert decisions["a"].candidates == ("s",)
+
+
+def test_the_others_unanswered_scans_are_not_a_strangers() -> None:
+    # A scan after this run started, in no item's window but in another run's unanswered
+    # POST's, is that POST's: no sign of another client on the key, the item adopts.
+    decisions = decide_settlement(
+        {"a": Interval(100, 104)},
+        [ListedScan("mine", 102), ListedScan("theirs", 300)],
+        known_ids=(),
+        zone=UTC_ZONE,
+        read_at=1000.0,
+        lag=5.0,
+        run_started=50.0,
+        foreign_windows=[Interval(299, 1300)],
+    )
+    assert decisions["a"].kind is Settlement.ADOPT
+    assert decisions["a"].scan_id == "mine"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sends=st.lists(st.floats(0, 30), min_size=1, max_size=4),
+    registered=st.lists(st.booleans(), min_size=4, max_size=4),
+    # Other runs' POSTs: (sent, how long its window runs, registered a scan?, answered yet?).
+    others=st.lists(
+        st.tuples(st.floats(-20, 40), st.floats(0.5, 400), st.booleans(), st.booleans()),
+        max_size=5,
+    ),
+    read_delay=st.floats(0, 600),
+    wait=st.booleans(),
+)
+def test_a_scan_in_another_runs_unanswered_window_is_never_adopted(
+    sends: list[float],
+    registered: list[bool],
+    others: list[tuple[float, float, bool, bool]],
+    read_delay: float,
+    wait: bool,
+) -> None:
+    """Other runs on the journal send throughout; each of their scans is known once answered,
+    and until then only its POST's window is. No item adopts a scan dated in such a window
+    (nor another's scan at all), and no item that registered a scan is resent."""
+    died = max(sends) + 2.0
+    lag = 5.0
+    read_at = died + 1.0 + lag + read_delay  # every in-doubt window has closed
+    windows: dict[str, Interval | None] = {
+        f"item{i}": Interval(float(int(at)), float(int(died)) + 1.0) for i, at in enumerate(sends)
+    }
+    listed = [ListedScan(f"scan{i}", float(int(at))) for i, at in enumerate(sends) if registered[i]]
+    known: set[str] = set()
+    foreign: list[Interval | None] = []
+    for j, (sent, span, made, answered) in enumerate(others):
+        if made and sent <= read_at:
+            listed.append(ListedScan(f"theirs{j}", float(int(sent))))
+        if made and answered:
+            known.add(f"theirs{j}")  # journaled with its answer
+        else:
+            foreign.append(Interval(sent, sent + span))  # still "sending"
+    decisions = decide_settlement(
+        windows,
+        listed,
+        known_ids=known,
+        zone=UTC_ZONE,
+        read_at=read_at,
+        lag=lag,
+        foreign_windows=foreign,
+        wait_for_foreign=wait,
+    )
+    dates = {s.scan_id: UTC_ZONE.service_time(s.naive) for s in listed}
+    for key, decision in decisions.items():
+        event(decision.kind.value)
+        i = int(key.removeprefix("item"))
+        if decision.kind is Settlement.ADOPT:
+            assert decision.scan_id == f"scan{i}", "adopted another's scan"
+            date = dates[decision.scan_id]
+            assert not any(w is not None and date.overlaps(w) for w in foreign)
+        if decision.kind is Settlement.RESEND:
+            assert not registered[i], "an item that registered a scan would be paid twice"
+        if decision.kind is Settlement.WAIT:
+            assert wait, "the last read waits for nothing"
+            assert decision.wait_until == read_at + lag
