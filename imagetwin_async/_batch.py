@@ -279,24 +279,7 @@ class BatchRunner:
         finished = False
         try:
             if self._journal is not None:
-                services = self._services
-                self._recovery = Recovery(
-                    self._journal,
-                    services.service_clock,
-                    self._read_overview,
-                    request_timeout=services.request_deadline,
-                    settle_delay=self._options.settle_delay,
-                )
-                await self._recovery.calibrate()
-                self._entries = await self._journal.entries()
-                await self._recovery.seed(self._entries, services.limiters, loop.time)
-                keeper = loop.create_task(
-                    self._recovery.keep_rates(services.answer_times, services.limiters)
-                )
-                if self._options.ambiguous == "settle":
-                    self._decisions = await self._recovery.settle(self._entries)
-                    self._hold_until = self._recovery.hold_until(self._decisions)
-                    self._entries = await self._journal.entries()
+                keeper = await self._recover(self._journal)
             done: asyncio.Queue[tuple[int, Outcome]] = asyncio.Queue()
             prepared = [loop.create_future() for _ in self._items]
             preparer = loop.create_task(self._prepare_all(prepared))
@@ -536,6 +519,38 @@ class BatchRunner:
         await self._record.started(prep.key, started.scan_id, answered_at)
         return started.scan_id
 
+    async def _recover(self, journal: Journal) -> asyncio.Task[None]:
+        """Read the journal, date the service's clock, count what the runs before spent of
+        the rate budget and settle their in-doubt items; returns the task that keeps the
+        spent budget recorded."""
+        services = self._services
+        recovery = self._recovery = Recovery(
+            journal,
+            services.service_clock,
+            self._read_overview,
+            request_timeout=services.request_deadline,
+            settle_delay=self._options.settle_delay,
+        )
+        # Read first: another run's in-doubt items are dated from when this run first saw
+        # them (their run dead by then), before the calibrating overview read.
+        self._entries = await journal.entries()
+        recovery.note_seen(self._entries)
+        await recovery.calibrate()
+        loop = asyncio.get_running_loop()
+        await recovery.seed(self._entries, services.limiters, loop.time)
+        keeper = loop.create_task(recovery.keep_rates(services.answer_times, services.limiters))
+        try:
+            if self._options.ambiguous == "settle":
+                self._decisions = await recovery.settle(self._entries)
+                self._hold_until = recovery.hold_until(self._decisions)
+                self._entries = await journal.entries()
+                recovery.note_seen(self._entries)
+        except BaseException:
+            keeper.cancel()  # the caller's clean-up never saw it: end it here
+            await asyncio.gather(keeper, return_exceptions=True)
+            raise
+        return keeper
+
     async def _read_overview(self, start: dt.date, end: dt.date) -> ScanOverview:
         def midnight(day: dt.date) -> dt.datetime:
             return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
@@ -582,7 +597,9 @@ class BatchRunner:
         try:
             # Every item in doubt takes part (an earlier one's scan may lie in a window of
             # this run's): a scan is adopted only if no other in-doubt item could own it.
-            decisions = await self._recovery.settle(await self._journal.entries())
+            entries = await self._journal.entries()
+            self._recovery.note_seen(entries)
+            decisions = await self._recovery.settle(entries)
         except Exception as exc:  # a failing journal or overview: report, never guess
             logger.warning("could not settle in-doubt items: %s", exc)
             decisions = {}

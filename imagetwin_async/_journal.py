@@ -100,7 +100,8 @@ class JournalEntry:
 
     ``sent_at``: no later than the POST went out; ``until``: no earlier than the last moment
     the POST could still reach the service (``None``: not known, e.g. recorded by version 1);
-    ``answered_at``: no earlier than the answer came back.
+    ``answered_at``: no earlier than the answer came back. ``live`` (``in_flight`` only): whether
+    the run that sent it still runs, so its answer may yet be recorded (``None``: not known).
     """
 
     key: str
@@ -113,6 +114,7 @@ class JournalEntry:
     note: str | None = None
     until: float | None = None
     answered_at: float | None = None
+    live: bool | None = None
 
 
 @runtime_checkable
@@ -191,7 +193,9 @@ class JournalInFlight(Protocol):
 
     ``in_flight`` must have no side effect (unlike ``PostgresJournal.entries``) and must
     return *every* entry in state "sending", whoever wrote it, alive or dead, keyed like
-    ``entries``. A journal only one process writes at a time may leave it out.
+    ``entries``; an entry's ``live`` set to False marks a dead run's, whose answer settling
+    does not wait for (its window still counts). A journal only one process writes at a time
+    may leave it out.
 
         >>> class SharedJournal:  # every Journal method, scan_ids, and:
         ...     async def in_flight(self) -> dict[str, JournalEntry]:

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import psycopg
 import psycopg.conninfo
 
@@ -269,18 +270,20 @@ class PostgresJournal:
 
     async def in_flight(self) -> dict[str, JournalEntry]:
         """Every item of this journal left "sending", whichever run holds it, alive or dead
-        (``JournalInFlight``).
+        (``JournalInFlight``; each entry's ``live`` says which).
 
         A plain read, unlike ``entries``: settling calls it before each decision, so a scan
         another live pod's POST registered while its answer is still on its way (its row
         "sending", with no scan id yet) is never adopted as an in-doubt item's result.
         """
         rows = await self._rows(
-            f"SELECT {_COLUMNS} FROM imagetwin_journal_items WHERE journal = %s "
+            f"SELECT {_COLUMNS}, {_ALIVE} FROM imagetwin_journal_items i WHERE journal = %s "
             "AND state = 'sending'",
             (self.name,),
         )
-        return {row[0]: self._entry(row) for row in rows}
+        # ``live``: a dead run's POST will never be answered (its item waits for the next run
+        # that starts alone), so settling does not wait for it; its window still counts.
+        return {row[0]: attrs.evolve(self._entry(row[:-1]), live=bool(row[-1])) for row in rows}
 
     async def sending(
         self, key: str, label: str, sent_at: float, until: float | None = None

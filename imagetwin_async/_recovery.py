@@ -198,12 +198,19 @@ class Recovery:
 
     # ---- settling ---------------------------------------------------------------------
 
+    def note_seen(self, entries: Mapping[str, JournalEntry]) -> None:
+        """Call with what each ``journal.entries()`` returned, at once: another run's item left
+        "sending" is first seen now, its run dead by then (it was handed over), so its window
+        ends here (``_window``). Not this run's start: on a journal several pods share, a pod
+        can die while this run goes on, and its POSTs may register up to its death."""
+        now = self._monotonic()
+        for key, entry in entries.items():
+            if entry.state == "sending" and key not in self._lost:
+                self._seen.setdefault(key, now)
+
     def _window(self, entry: JournalEntry) -> Interval | None:
         if entry.until is None or not self._clock.calibrated:
             return None
-        # Not this run's start: on a journal several pods share, a pod can die while this run
-        # goes on, and its items come to this run's later settling; its POSTs may have
-        # registered up to its death, after this run started.
         gone = self._lost.get(entry.key)
         if gone is None:
             gone = self._seen.setdefault(entry.key, self._monotonic())
@@ -220,6 +227,7 @@ class Recovery:
         pending = {k: e for k, e in entries.items() if e.state == "sending"}
         if not pending:
             return {}
+        self.note_seen(pending)
         windows = {key: self._window(entry) for key, entry in pending.items()}
         decisions: dict[str, Decision] = {}
         self.waited = 0.0
@@ -282,7 +290,7 @@ class Recovery:
         # window is read here) or answered and journaled (its scan id is read next); one
         # answered between the two reads is in both. Unanswered ones are what their scans'
         # dates are weighed against: such a scan is listed, yet no entry claims it.
-        others = await self._others_sending(windows)
+        others, answerable = await self._others_sending(windows)
         known_ids = {e.scan_id for e in entries.values() if e.scan_id} | await self._scan_ids()
         by_id = {s.scan_id: s for s in listed}
         pairs = [
@@ -313,10 +321,13 @@ class Recovery:
             # client scans with the key: then nothing may be adopted (``decide_settlement``).
             run_started=self._clock.at(self._started).hi,
             foreign_windows=others,
+            answerable_windows=answerable,
             wait_for_foreign=wait_for_others,
         )
 
-    async def _others_sending(self, settling: Mapping[str, object]) -> list[Interval | None]:
+    async def _others_sending(
+        self, settling: Mapping[str, object]
+    ) -> tuple[list[Interval | None], list[Interval | None]]:
         """The windows of the journal's POSTs still unanswered, other than the items being
         settled, if it can say (``JournalInFlight``): on a shared journal, the other runs' sends.
 
@@ -325,16 +336,20 @@ class Recovery:
         in-doubt item's window must not be adopted as that item's. A journal without the
         method (``SQLiteJournal``: one process has the file, and none of its own POSTs is on
         its way while it settles) leaves this empty: the behaviour before it existed.
+
+        Returns every such window, and those whose answer may still be recorded (their run
+        alive, or not known to be dead): waiting for a dead run's answer would be waiting for
+        nothing, though its window still counts (its item is settled by the next run).
         """
         if not isinstance(self._journal, JournalInFlight):
-            return []
+            return [], []
         sending = await self._read_journal(self._journal.in_flight, "in_flight")
+        others = [e for key, e in sending.items() if key not in settling and e.state == "sending"]
         # No ``until``: sent before its sender's clock was dated, its scan may be any time.
-        return [
-            None if e.until is None else Interval(min(e.sent_at, e.until), e.until)
-            for key, e in sending.items()
-            if key not in settling and e.state == "sending"
+        windows = [
+            None if e.until is None else Interval(min(e.sent_at, e.until), e.until) for e in others
         ]
+        return windows, [w for w, e in zip(windows, others, strict=True) if e.live is not False]
 
     async def _scan_ids(self) -> set[str]:
         """Every scan id the journal holds now, if it can say (``JournalScanIds``).

@@ -99,6 +99,7 @@ def decide_settlement(
     lag: float,
     run_started: float | None = None,
     foreign_windows: Collection[Interval | None] = (),
+    answerable_windows: Collection[Interval | None] | None = None,
     wait_for_foreign: bool = True,
 ) -> dict[str, Decision]:
     """Decide every in-doubt item at once (their windows can share scans).
@@ -112,9 +113,10 @@ def decide_settlement(
     or an in-doubt item's unless another client shares the key (``None``: not checked);
     ``foreign_windows``: the windows of POSTs other than the in-doubt items' whose answer is not
     recorded yet (other runs' "sending" entries; ``None``: unknown, any time), read after the
-    overview; ``wait_for_foreign``: whether an item whose scans such a POST may have made, and
-    whose answer may still come (``read_at`` before its window's end), waits for it (``False``
-    on the last read: it is reported instead).
+    overview; ``answerable_windows``: those of them whose answer may still be recorded (their
+    run alive; default: all); ``wait_for_foreign``: whether an item whose scans such a POST
+    may have made, and whose answer may still come (an answerable window, ``read_at`` before
+    its end), waits for it (``False`` on the last read: it is reported instead).
     """
     unclaimed = [s for s in scans if s.api_scan and s.scan_id not in known_ids]
     dates = {s.scan_id: zone.service_time(s.naive) for s in unclaimed}
@@ -156,7 +158,11 @@ def decide_settlement(
         if any(w is None or date.overlaps(w) for w in foreign)
     }
     # Those whose answer may still come back (and be journaled, claiming its scan).
-    answerable = [w for w in foreign if w is None or read_at < w.hi]
+    answerable = [
+        w
+        for w in (foreign if answerable_windows is None else answerable_windows)
+        if w is None or read_at < w.hi
+    ]
     decisions: dict[str, Decision] = {}
     for items, listed in _tangles(fits):
         shares = _shares(items, listed, fits)

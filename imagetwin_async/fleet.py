@@ -181,7 +181,6 @@ class Fleet:
         self.model_store: RedisModelStore | None = (
             RedisModelStore(redis_client, api_key, prefix=prefix) if share_model else None
         )
-        self._release = redis_client.register_script(_RELEASE)
         self._lead = redis_client.register_script(schedule.LEAD)
         self._register = redis_client.register_script(schedule.REGISTER)
         self._sync_script = redis_client.register_script(schedule.SYNC)
@@ -812,8 +811,14 @@ class Fleet:
         )
 
     async def _give_back(self, scan_id: str) -> None:
+        """Give up the scan's read lease unused, and say so on the stream: a worker waiting
+        for this read's answer (``_await_other_read``) then asks again at once instead of
+        waiting out the lease."""
         with contextlib.suppress(*_REDIS_ERRORS):
-            await self._release(keys=[self._key("reading", scan_id)], args=[self._me])
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.eval(_RELEASE, 1, self._key("reading", scan_id), self._me)
+                self._xadd(pipe, "rd", scan_id)
+                await pipe.execute()
 
     async def _share_read(self, scan_id: str, value: str | None) -> None:
         """Store the answer, give up the read lease and announce the read, in one transaction:

@@ -267,6 +267,34 @@ async def test_a_busy_worker_that_hears_of_a_read_after_it_ended_does_not_wait_o
     assert reads_of(emu, running) == reads_of(emu, finished) == 1  # no read of its own
 
 
+async def test_a_reader_that_gives_its_lease_back_unused_wakes_who_waits_for_it(
+    emu: Emulator,
+    workers: Callable[[], Awaitable[Worker]],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """A reader fenced before it read (its leadership lapsed), or whose share failed, gives
+    the scan's read lease back without an answer. A worker waiting for that answer hears of it
+    at once and goes back to its schedule, instead of waiting out the 30 s read lease."""
+    (reader, reader_fleet, _), (_, waiting_fleet, _) = await workers(), await workers()
+    scan_id = await start_scan(reader, tmp_path)
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await raw.set(reader_fleet._key("reading", scan_id), reader_fleet._me)
+        waiter = asyncio.create_task(waiting_fleet._await_other_read(scan_id))
+        async with asyncio.timeout(GENEROUS):
+            while scan_id not in waiting_fleet._reads:  # listening, the lease seen held
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await reader_fleet._give_back(scan_id)
+        async with asyncio.timeout(2.0):  # the read lease is 30 s
+            assert isinstance(await waiter, ScanPending)
+        assert not await raw.exists(reader_fleet._key("reading", scan_id))
+    finally:
+        await raw.aclose()
+    assert reads_of(emu, scan_id) == 0
+
+
 async def test_redis_down_each_worker_goes_on_alone_without_hanging(
     emu: Emulator, tmp_path: Path
 ) -> None:

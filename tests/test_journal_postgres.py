@@ -366,6 +366,8 @@ async def test_in_flight_is_every_runs_sending_read_without_taking_anything_over
         assert set(sending) == {"lost", "sending"}
         assert (sending["sending"].sent_at, sending["sending"].until) == (3.0, 303.0)
         assert (sending["lost"].sent_at, sending["lost"].until) == (1.0, 301.0)
+        # The dead run's answer will never come: settling must not wait for it.
+        assert (sending["sending"].live, sending["lost"].live) == (True, False)
         # Unlike entries(), nothing changed hands: the dead run's row is nobody's of the living.
         async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
             cursor = await db.execute(

@@ -17,6 +17,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import attrs
+
 from imagetwin_async._journal import JournalEntry, JournalInFlight, JournalScanIds
 from imagetwin_async._models import ScanOverview, ScanResult, ScanSummary
 from imagetwin_async._recovery import ZONE_KEY, Recovery
@@ -334,3 +336,51 @@ async def test_in_flight_that_cannot_be_read_reports_rather_than_guesses() -> No
     assert decision.kind is Settlement.REPORT
     assert decision.reason == "the journal could not be read (its in_flight() failed (OSError))"
     assert journal.rows["mine"].state == "sending"
+
+
+async def test_a_dead_runs_unanswered_post_is_not_waited_for_but_its_scan_is_not_adopted() -> None:
+    """A run that died mid-POST left its row "sending" (nobody has taken it over: another pod
+    was sending then). Its scan, listed in our lost POST's window too, may be its own: never
+    adopted. But its answer will never be recorded, so settling reports at once instead of
+    reading again and again for it (seen by our outside reviewer: a wait on every settle of
+    every pod)."""
+    journal = MemoryJournal([MINE])
+    await journal.other_pod_sends("dead-item", T0 + 11.0, T0 + 312.0)
+    journal.rows["dead-item"] = attrs.evolve(journal.rows["dead-item"], live=False)  # then died
+    harness = Harness(journal, [("scan-of-dead-run", T0 + 12.0)])
+    decisions = await settle_lost(harness)
+    decision = decisions["mine"]
+    assert decision.kind is Settlement.REPORT, decision
+    assert decision.candidates == ("scan-of-dead-run",)
+    assert harness.slept == [SETTLE_DELAY + 1.0]  # our window's end + lag only: no waits for it
+
+
+async def test_an_item_first_seen_while_the_service_clock_was_undated_keeps_its_window() -> None:
+    """The adversary (found by our outside reviewer): the calibrating overview read failed at
+    startup (a 503), so the dead run's item was seen before this run could date the service's
+    clock; another client scans with the key 500 s into the run; the late settling, clock
+    dated by then, stretched the dead run's window to that moment and adopted the stranger's
+    scan. The window ends when the item was first seen, dated or not."""
+    inherited = JournalEntry("lost", "lost.pdf", "sending", sent_at=T0 - 100.0, until=T0 + 3600.0)
+    journal = MemoryJournal([inherited])
+    harness = Harness(journal, [("strangers-scan", T0 + 500.0)])
+    clock = ServiceClock()  # nothing dated it yet
+    harness.recovery = Recovery(
+        journal,
+        clock,
+        harness.read_overview,
+        request_timeout=300.0,
+        settle_delay=SETTLE_DELAY,
+        monotonic=lambda: harness.now,
+        sleep=harness.sleep,
+    )
+    harness.recovery.note_seen(await journal.entries())  # as the batch does, at once
+    first = await harness.recovery.settle(await journal.entries())
+    assert first["lost"].kind is Settlement.REPORT  # the service's clock cannot be dated yet
+    harness.now = 1000.0
+    clock.observe(1000.0, 1000.0, email.utils.formatdate(T0 + 1000.0, usegmt=True))
+    await harness.recovery.calibrate()
+    decision = (await harness.recovery.settle(await journal.entries()))["lost"]
+    assert decision.kind is not Settlement.ADOPT, decision
+    # Its window closed at T0 + 1 and lists nothing: proof its POST made no scan.
+    assert decision.kind is Settlement.RESEND
