@@ -202,7 +202,12 @@ class Recovery:
         """Call with what each ``journal.entries()`` returned, at once: another run's item left
         "sending" is first seen now, its run dead by then (it was handed over), so its window
         ends here (``_window``). Not this run's start: on a journal several pods share, a pod
-        can die while this run goes on, and its POSTs may register up to its death."""
+        can die while this run goes on, and its POSTs may register up to its death.
+
+        (On PostgreSQL "handed over" means its session ended: a pod that lost its connection
+        but runs on may still have one POST on the wire, landing later. docs/fleet.md names
+        this limit; waiting out every inherited POST's full ``until`` instead would stall each
+        restarted pod for the request deadline.)"""
         now = self._monotonic()
         for key, entry in entries.items():
             if entry.state == "sending" and key not in self._lost:
