@@ -279,15 +279,45 @@ async def test_scan_ids_are_every_runs_and_read_without_taking_anything_over(url
         await busy.sending("sending", "sending.pdf", 3.0)  # no scan id yet
         assert await reader.scan_ids() == {"scan-done"}
         # Unlike entries(), nothing changed hands: the dead run's row is nobody's of the living.
-        async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
-            cursor = await db.execute(
-                "SELECT owner FROM imagetwin_journal_items WHERE key = 'lost'"
-            )
-            row = await cursor.fetchone()
-        assert row is not None and row[0] not in (busy._owner, reader._owner)
+        assert await owner_of(url, "lost") not in (None, busy._owner, reader._owner)
     finally:
         await busy.close()
         await reader.close()
+
+
+async def owner_of(url: str, key: str) -> int | None:
+    """The owner number on the journal's row for ``key`` (None: no such row)."""
+    async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
+        cursor = await db.execute(
+            "SELECT owner FROM imagetwin_journal_items WHERE key = %s", (key,)
+        )
+        row = await cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def dated_recovery(
+    journal: PostgresJournal,
+    t0: float,
+    read_overview: Callable[[dt.date, dt.date], Awaitable[ScanOverview]],
+    now: list[float],
+    sleep: Callable[[float], Awaitable[None]],
+) -> Recovery:
+    """A Recovery whose every clock is a parameter: service time ``t0`` at monotonic 0 (``now``
+    is the monotonic clock, ``sleep`` advances it), scan-overview's dates read as UTC."""
+    await journal.store_meta(ZONE_KEY, json.dumps({"lo": 0.0, "hi": 0.0}))
+    clock = ServiceClock()
+    clock.observe(0.0, 0.0, email.utils.formatdate(t0, usegmt=True))
+    recovery = Recovery(
+        journal,
+        clock,
+        read_overview,
+        request_timeout=300.0,
+        settle_delay=30.0,
+        monotonic=lambda: now[0],
+        sleep=sleep,
+    )
+    await recovery.calibrate()
+    return recovery
 
 
 async def test_a_scan_another_pod_records_while_settling_waits_is_never_adopted(url: str) -> None:
@@ -322,19 +352,7 @@ async def test_a_scan_another_pod_records_while_settling_waits_is_never_adopted(
         async with asyncio.timeout(5.0):  # the dead backend exits a moment after the socket
             while "lost" not in (entries := await heir.entries()):
                 await asyncio.sleep(0.01)
-        await heir.store_meta(ZONE_KEY, json.dumps({"lo": 0.0, "hi": 0.0}))  # scanDate is UTC
-        clock = ServiceClock()
-        clock.observe(0.0, 0.0, email.utils.formatdate(t0, usegmt=True))
-        recovery = Recovery(
-            heir,
-            clock,
-            read_overview,
-            request_timeout=300.0,
-            settle_delay=30.0,
-            monotonic=lambda: now[0],
-            sleep=sleep,
-        )
-        await recovery.calibrate()
+        recovery = await dated_recovery(heir, t0, read_overview, now, sleep)
         decisions = await recovery.settle(entries)
         assert len(pods) == 1 and recovery.waited == 31.0  # window end (t0 + 1) + settle_delay
         assert decisions["lost"].kind is not Settlement.ADOPT, decisions["lost"]
@@ -369,12 +387,7 @@ async def test_in_flight_is_every_runs_sending_read_without_taking_anything_over
         # The dead run's answer will never come: settling must not wait for it.
         assert (sending["sending"].live, sending["lost"].live) == (True, False)
         # Unlike entries(), nothing changed hands: the dead run's row is nobody's of the living.
-        async with await psycopg.AsyncConnection.connect(url.partition("#")[0]) as db:
-            cursor = await db.execute(
-                "SELECT owner FROM imagetwin_journal_items WHERE key = 'lost'"
-            )
-            row = await cursor.fetchone()
-        assert row is not None and row[0] not in (busy._owner, reader._owner)
+        assert await owner_of(url, "lost") not in (None, busy._owner, reader._owner)
     finally:
         await busy.close()
         await reader.close()
@@ -405,19 +418,7 @@ async def test_a_scan_another_pods_unanswered_post_made_is_never_adopted(url: st
             await pod_b.started("b-item", "scan-of-pod-b", answered_at=t0 + 50.0)
 
     try:
-        await mine.store_meta(ZONE_KEY, json.dumps({"lo": 0.0, "hi": 0.0}))  # scanDate is UTC
-        clock = ServiceClock()
-        clock.observe(0.0, 0.0, email.utils.formatdate(t0, usegmt=True))
-        recovery = Recovery(
-            mine,
-            clock,
-            read_overview,
-            request_timeout=300.0,
-            settle_delay=30.0,
-            monotonic=lambda: now[0],
-            sleep=sleep,
-        )
-        await recovery.calibrate()
+        recovery = await dated_recovery(mine, t0, read_overview, now, sleep)
         now[0] = 10.0
         await mine.sending("mine", "mine.pdf", *recovery.send_times())  # [t0 + 10, t0 + 311]
         await pod_b.sending("b-item", "b.pdf", t0 + 11.0, t0 + 312.0)

@@ -116,6 +116,8 @@ class Harness:
         journal: MemoryJournal,
         overview: list[tuple[str, float]],
         during_sleep: Callable[[], Awaitable[None]] | None = None,
+        *,
+        dated: bool = True,
     ) -> None:
         self.journal = journal
         self.overview = overview  # (scan id, scanDate in service time), listed now
@@ -123,17 +125,23 @@ class Harness:
         self.now = 0.0  # monotonic
         self.slept: list[float] = []
         self.reads = 0
-        clock = ServiceClock()
-        clock.observe(0.0, 0.0, email.utils.formatdate(T0, usegmt=True))  # offset [T0, T0 + 1]
+        self.clock = ServiceClock()
+        if dated:  # else no answer has dated the service's clock yet
+            self.date(0.0)  # offset [T0, T0 + 1]
         self.recovery = Recovery(
             journal,
-            clock,
+            self.clock,
             self.read_overview,
             request_timeout=300.0,
             settle_delay=SETTLE_DELAY,
             monotonic=lambda: self.now,
             sleep=self.sleep,
         )
+
+    def date(self, monotonic: float) -> None:
+        """An answer at ``monotonic`` dates the service's clock: T0 at monotonic 0."""
+        date = email.utils.formatdate(T0 + monotonic, usegmt=True)
+        self.clock.observe(monotonic, monotonic, date)
 
     async def read_overview(self, start: dt.date, end: dt.date) -> ScanOverview:
         self.reads += 1
@@ -363,22 +371,12 @@ async def test_an_item_first_seen_while_the_service_clock_was_undated_keeps_its_
     scan. The window ends when the item was first seen, dated or not."""
     inherited = JournalEntry("lost", "lost.pdf", "sending", sent_at=T0 - 100.0, until=T0 + 3600.0)
     journal = MemoryJournal([inherited])
-    harness = Harness(journal, [("strangers-scan", T0 + 500.0)])
-    clock = ServiceClock()  # nothing dated it yet
-    harness.recovery = Recovery(
-        journal,
-        clock,
-        harness.read_overview,
-        request_timeout=300.0,
-        settle_delay=SETTLE_DELAY,
-        monotonic=lambda: harness.now,
-        sleep=harness.sleep,
-    )
+    harness = Harness(journal, [("strangers-scan", T0 + 500.0)], dated=False)
     harness.recovery.note_seen(await journal.entries())  # as the batch does, at once
     first = await harness.recovery.settle(await journal.entries())
     assert first["lost"].kind is Settlement.REPORT  # the service's clock cannot be dated yet
     harness.now = 1000.0
-    clock.observe(1000.0, 1000.0, email.utils.formatdate(T0 + 1000.0, usegmt=True))
+    harness.date(1000.0)
     await harness.recovery.calibrate()
     decision = (await harness.recovery.settle(await journal.entries()))["lost"]
     assert decision.kind is not Settlement.ADOPT, decision
