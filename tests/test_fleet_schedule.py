@@ -312,7 +312,9 @@ async def test_four_workers_polling_make_every_read_through_the_leader(
         results = await asyncio.gather(*waits)
     assert {r.scan_id for r in results} == set(scans)
     assert [f.stats.api_reads for _, f in fleet[1:]] == [0, 0, 0]
-    assert fleet[0][1].stats.adopted == 6  # the other workers' scans
+    # The other workers' six scans; a renewal of a follower's registration racing its scan's
+    # end can register one again, and the leader then takes it from the store, not the API.
+    assert fleet[0][1].stats.adopted >= 6
 
 
 async def test_a_restarted_worker_starts_with_the_fleets_duration_model(
